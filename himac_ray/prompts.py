@@ -1,0 +1,485 @@
+"""Prompt templates and output parsers for the planner, the executor and the flat agent.
+
+Owns the text the policy sees and how its answers are read back. Pure Python (numpy only for
+the image type); no Ray, no torch, no env imports.
+
+Prompts are chat message lists `[{"role": "system", ...}, {"role": "user", ...}]`; the
+`Generator` applies the model's chat template. Shapes (DESIGN, see himac-algorithm.md):
+
+- planner (macro level): task + initial observation -> `<plan>\\n1. ...\\n2. ...\\n</plan>`
+  with at most `max_subgoals` numbered subgoals.
+- executor (micro level): task, the blueprint, the current subgoal, the history since that
+  subgoal began (last `history_length` steps), the current observation and the admissible
+  actions -> `<think>...</think><action>...</action>`, optionally followed by `<sub_done>`
+  when this action completes the current subgoal.
+- flat agent (GRPO / GiGPO baselines, verl-agent style): task, history, observation,
+  admissible actions -> `<think>...</think><action>...</action>`.
+
+Visual observations (visual Sokoban): the user message `content` becomes a list of parts,
+`[{"type": "text", "text": ...}, {"type": "image", "image": <np.ndarray HxWx3 uint8>},
+{"type": "text", "text": ...}]`, with the image where the observation goes (the layout of
+HF multimodal processors). Text-only backends keep the text parts only
+(`himac_ray.engines.chat.render_chat`). Text observations keep `content` a plain str.
+
+The env descriptions paraphrase verl-agent's prompt templates (Apache-2.0,
+agent_system/environments/prompts/) and keep their formats.
+
+Parsers never raise: any input (None, bytes, 50k characters, binary) yields a result, with
+`valid=False` when the output does not follow the format. They look only at the first
+`MAX_PARSE_CHARS` characters, so their work is bounded.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+# Parsers look at this many leading characters at most (responses are <= 512 tokens anyway).
+MAX_PARSE_CHARS = 8192
+# Longest accepted action string and subgoal text; longer ones are invalid / clipped.
+MAX_ACTION_CHARS = 300
+MAX_SUBGOAL_CHARS = 300
+# Observation text is clipped in prompts to keep them within the prompt budget (2048 tokens).
+MAX_OBS_CHARS = 6000
+MAX_HISTORY_OBS_CHARS = 1500
+
+PLAN_FALLBACK = "complete the task"
+"""subgoal used when a plan is unparseable and no task text is known"""
+
+# Env kinds (prompt families); `env_kind` maps env ids to them.
+SOKOBAN, SOKOBAN_VISUAL, ALFWORLD, WEBSHOP, GENERIC = (
+    "sokoban", "sokoban_visual", "alfworld", "webshop", "generic",
+)
+ENV_KINDS = (SOKOBAN, SOKOBAN_VISUAL, ALFWORLD, WEBSHOP, GENERIC)
+
+Messages = list[dict[str, Any]]
+
+
+def env_kind(env_id: str) -> str:
+    """The prompt family of an env id ("himac/SokobanVisual-v0" -> "sokoban_visual"); a kind maps to itself."""
+    key = str(env_id or "").lower()
+    if key in ENV_KINDS:
+        return key
+    if "sokoban" in key:
+        return SOKOBAN_VISUAL if "visual" in key else SOKOBAN
+    if "alfworld" in key:
+        return ALFWORLD
+    if "webshop" in key:
+        return WEBSHOP
+    return GENERIC
+
+
+# --------------------------------------------------------------------------------------------
+# Per-env text
+# --------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class EnvText:
+    """The env-specific pieces of every prompt."""
+
+    intro: str
+    """system-message body: what the env is, its rules and its observation legend"""
+    think_hint: str
+    """what to reason about before acting"""
+    plan_hint: str
+    """what good subgoals look like for this env"""
+
+
+_SOKOBAN_RULES = (
+    "Your goal is to push every box onto a target. You can only push boxes, never pull them, and "
+    "you cannot walk through walls or push a box into a wall or into another box. Avoid pushing a "
+    "box into a corner or against a wall where it can no longer reach a target.\n"
+    "Actions: up, down, left, right (moving into a box pushes it one cell in that direction)."
+)
+
+ENV_TEXT = {
+    SOKOBAN: EnvText(
+        intro=(
+            "You are an expert agent playing Sokoban on a grid.\n\n"
+            "# Symbols\n"
+            "- `#` wall: blocks movement\n"
+            "- `_` floor: open space\n"
+            "- `O` target: where a box must go\n"
+            "- `X` box: push it onto a target\n"
+            "- `√` box on a target\n"
+            "- `P` player: you\n"
+            "- `S` player standing on a target\n\n"
+            "# Rules\n" + _SOKOBAN_RULES
+        ),
+        think_hint="the positions of the player, the boxes and the targets, and a path that pushes a box toward a target without trapping it",
+        plan_hint="each subgoal should name one box and where to move it, or where the player must stand to push it",
+    ),
+    SOKOBAN_VISUAL: EnvText(
+        intro=(
+            "You are an expert agent playing Sokoban from images of the grid.\n\n"
+            "# Picture\n"
+            "- brick walls block movement; plain tiles are floor\n"
+            "- the player is the green alien\n"
+            "- boxes are yellow crates with an orange X\n"
+            "- targets are tiles with a red outline and a diamond; a box on a target turns orange-red\n\n"
+            "# Rules\n" + _SOKOBAN_RULES
+        ),
+        think_hint="where the player, the boxes and the targets are in the image, and a path that pushes a box toward a target without trapping it",
+        plan_hint="each subgoal should name one box and where to move it, or where the player must stand to push it",
+    ),
+    ALFWORLD: EnvText(
+        intro=(
+            "You are an expert agent operating in the ALFRED embodied household environment. You "
+            "move between receptacles (countertops, cabinets, fridge, microwave, sinkbasin, ...), "
+            "pick up and put down objects, open and close receptacles, and heat, cool, clean or "
+            "examine objects. You can carry one object at a time. Every action must be copied "
+            "exactly from the list of admissible actions."
+        ),
+        think_hint="what you have found so far, where the needed object is likely to be, and which admissible action makes progress",
+        plan_hint="each subgoal should be one stage such as finding and taking an object, processing it (heat / cool / clean / light), or placing it",
+    ),
+    WEBSHOP: EnvText(
+        intro=(
+            "You are an expert autonomous agent shopping on the WebShop e-commerce website. You "
+            "search for products with search[<your query>], open results and pages with "
+            "click[<item or button>], choose product options (size, color, ...) by clicking them, "
+            "and finish by clicking 'buy now' on the product that best matches the instruction, "
+            "including its attributes, options and price limit. Page elements are separated by "
+            "[SEP]."
+        ),
+        think_hint="which product attributes, options and price the instruction asks for, and which admissible action gets you closer to buying a matching product",
+        plan_hint="each subgoal should be one stage such as searching with good keywords, opening a matching product, choosing its options, and buying it",
+    ),
+    GENERIC: EnvText(
+        intro="You are an expert agent acting in a text environment. Every action must be one of the admissible actions.",
+        think_hint="the current situation and which admissible action makes progress",
+        plan_hint="each subgoal should be one concrete intermediate stage of the task",
+    ),
+}
+
+
+# --------------------------------------------------------------------------------------------
+# Prompt builders
+# --------------------------------------------------------------------------------------------
+_IMAGE_SLOT = "\x00<image-slot>\x00"  # marks where the observation image goes in the user text
+
+
+def planner_prompt(
+    env_id: str, *, task: str, observation: str, max_subgoals: int, image: Any = None
+) -> Messages:
+    """Chat messages asking the planner for a blueprint of at most `max_subgoals` subgoals.
+
+    Args:
+        env_id: env id or kind (see `env_kind`).
+        task: the task instruction (`info["task"]`).
+        observation: text of the initial observation.
+        max_subgoals: K, the most subgoals the plan may hold.
+        image: for visual envs, the initial observation image (HxWx3 uint8), else None.
+    """
+    text = ENV_TEXT[env_kind(env_id)]
+    user = (
+        f"Your task is to: {_clip(task, MAX_OBS_CHARS)}\n\n"
+        f"The initial observation is:\n{_obs_block(observation, image)}\n\n"
+        "Before anyone acts, write a blueprint: an ordered list of at most "
+        f"{max_subgoals} short subgoals that together complete the task. An executor will carry "
+        f"them out one at a time, in order; {text.plan_hint}.\n"
+        "You may reason first inside <think> </think> tags. Then give the blueprint inside "
+        "<plan> </plan> tags, one numbered subgoal per line, for example:\n"
+        "<plan>\n1. first subgoal\n2. second subgoal\n</plan>"
+    )
+    return _messages(text.intro, user, image)
+
+
+def executor_prompt(
+    env_id: str,
+    *,
+    task: str,
+    subgoals: Sequence[str],
+    subgoal_index: int,
+    history: Sequence[tuple[str, str]],
+    observation: str,
+    admissible_actions: Sequence[str],
+    steps_in_subgoal: int,
+    history_length: int = 2,
+    image: Any = None,
+) -> Messages:
+    """Chat messages asking the executor for one action toward the current subgoal.
+
+    Args:
+        env_id: env id or kind (see `env_kind`).
+        task: the task instruction.
+        subgoals: the blueprint g_1..g_K.
+        subgoal_index: index k of the current subgoal in `subgoals`.
+        history: `(observation_text, action)` pairs of the steps taken since subgoal k began,
+            oldest first; only the last `history_length` are shown.
+        observation: text of the current observation.
+        admissible_actions: `info["admissible_actions"]`.
+        steps_in_subgoal: steps taken since subgoal k began (can exceed `len(history)`).
+        history_length: how many past steps to show.
+        image: for visual envs, the current observation image, else None.
+    """
+    text = ENV_TEXT[env_kind(env_id)]
+    k = min(max(subgoal_index, 0), max(len(subgoals) - 1, 0))
+    current = subgoals[k] if subgoals else PLAN_FALLBACK
+    user = (
+        f"Your task is to: {_clip(task, MAX_OBS_CHARS)}\n\n"
+        f"Your blueprint (subgoals, completed in order):\n{format_subgoals(subgoals)}\n\n"
+        f"You are working on subgoal {k + 1} of {max(len(subgoals), 1)}: {current}\n\n"
+        f"{_history_block(history, steps_in_subgoal, history_length, 'on this subgoal')}\n"
+        f"Your current observation is:\n{_obs_block(observation, image)}\n\n"
+        f"Your admissible actions are:\n{format_admissible(admissible_actions)}\n\n"
+        f"Now choose ONE action that makes progress on the current subgoal. First reason step by "
+        f"step about {text.think_hint}, inside <think> </think> tags. Then give exactly one "
+        "admissible action inside <action> </action> tags. If this action completes the current "
+        "subgoal, write <sub_done> right after </action>."
+    )
+    return _messages(text.intro, user, image)
+
+
+def flat_prompt(
+    env_id: str,
+    *,
+    task: str,
+    history: Sequence[tuple[str, str]],
+    observation: str,
+    admissible_actions: Sequence[str],
+    steps_taken: int,
+    history_length: int = 2,
+    image: Any = None,
+) -> Messages:
+    """Chat messages for the flat (non-hierarchical) agent, verl-agent style.
+
+    Args are as in `executor_prompt`, with the history and `steps_taken` covering the episode.
+    """
+    text = ENV_TEXT[env_kind(env_id)]
+    user = (
+        f"Your task is to: {_clip(task, MAX_OBS_CHARS)}\n\n"
+        f"{_history_block(history, steps_taken, history_length, 'so far')}\n"
+        f"Your current observation is:\n{_obs_block(observation, image)}\n\n"
+        f"Your admissible actions are:\n{format_admissible(admissible_actions)}\n\n"
+        f"Now choose ONE action for the current step. First reason step by step about "
+        f"{text.think_hint}, inside <think> </think> tags. Then give exactly one admissible "
+        "action inside <action> </action> tags."
+    )
+    return _messages(text.intro, user, image)
+
+
+def format_subgoals(subgoals: Sequence[str]) -> str:
+    """`["a", "b"]` -> `"1. a\\n2. b"`."""
+    return "\n".join(f"{i + 1}. {g}" for i, g in enumerate(subgoals))
+
+
+def format_plan(subgoals: Sequence[str]) -> str:
+    """The planner's target answer for `subgoals` (what `parse_plan` reads back)."""
+    return f"<plan>\n{format_subgoals(subgoals)}\n</plan>"
+
+
+def format_action(action: str, *, think: str = "", sub_done: bool = False) -> str:
+    """An executor / flat answer (what `parse_action` reads back)."""
+    return f"<think>{think}</think><action>{action}</action>" + ("<sub_done>" if sub_done else "")
+
+
+def format_admissible(actions: Sequence[str]) -> str:
+    """verl-agent's list rendering: one quoted action per line inside brackets."""
+    return "[\n" + ",\n".join(f"'{a}'" for a in actions) + "\n]"
+
+
+def _history_block(history: Sequence[tuple[str, str]], steps: int, history_length: int, where: str) -> str:
+    shown = list(history)[-history_length:] if history_length > 0 else []
+    if steps <= 0 or not shown:
+        return f"You have taken {max(steps, 0)} step(s) {where}.\n"
+    first = steps - len(shown) + 1
+    lines = [
+        f"You have taken {steps} step(s) {where}. The most recent {len(shown)} observation(s) "
+        "and the action you took after each:"
+    ]
+    for i, (obs, action) in enumerate(shown):
+        lines.append(f"[Observation {first + i}: '{_clip(obs, MAX_HISTORY_OBS_CHARS)}', Action {first + i}: '{action}']")
+    return "\n".join(lines) + "\n"
+
+
+def _obs_block(observation: str, image: Any) -> str:
+    text = _clip(observation, MAX_OBS_CHARS)
+    if image is None:
+        return text
+    return _IMAGE_SLOT + ("\n" + text if text else "")
+
+
+def _messages(system: str, user: str, image: Any) -> Messages:
+    if image is None:
+        return [{"role": "system", "content": system}, {"role": "user", "content": user}]
+    before, _, after = user.partition(_IMAGE_SLOT)
+    parts: list[dict[str, Any]] = []
+    if before:
+        parts.append({"type": "text", "text": before})
+    parts.append({"type": "image", "image": image})
+    if after:
+        parts.append({"type": "text", "text": after})
+    return [{"role": "system", "content": system}, {"role": "user", "content": parts}]
+
+
+def _clip(text: Any, limit: int) -> str:
+    text = text if isinstance(text, str) else str(text)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+# --------------------------------------------------------------------------------------------
+# Parsers
+# --------------------------------------------------------------------------------------------
+_TAG_RE = re.compile(r"<\s*(/?)\s*(think|action|plan|sub_done)\s*(/?)\s*>", re.IGNORECASE)
+_NUMBERED_RE = re.compile(r"^\s*(?:step\s*)?(\d{1,3})\s*[.):\-]\s*(.*?)\s*$", re.IGNORECASE)
+_CJK_RE = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af]")
+_CONTROL_RE = re.compile(r"[\x00-\x08\x0b-\x1f\x7f\ufffd]")
+_PLACEHOLDER_RE = re.compile(r"^(\w+)\[<[^>]*>\]$")
+_SOKOBAN_WORDS = ("up", "down", "left", "right")
+
+
+def _as_text(text: Any) -> str:
+    """Whatever the model produced, as a str of at most MAX_PARSE_CHARS characters."""
+    if isinstance(text, (bytes, bytearray)):
+        text = bytes(text[: 4 * MAX_PARSE_CHARS]).decode("utf-8", errors="replace")
+    elif not isinstance(text, str):
+        text = "" if text is None else repr(text)[:MAX_PARSE_CHARS]
+    return text[:MAX_PARSE_CHARS]
+
+
+def _tags(text: str) -> list[tuple[str, str, int, int]]:
+    """`(name, kind, start, end)` for every known tag; kind is "open", "close" or "self"."""
+    out = []
+    for m in _TAG_RE.finditer(text):
+        kind = "close" if m.group(1) else ("self" if m.group(3) else "open")
+        out.append((m.group(2).lower(), kind, m.start(), m.end()))
+    return out
+
+
+def _only_span(tags, name: str) -> tuple[int, int] | None:
+    """`(content_start, content_end)` of the single `<name>...</name>` pair, or None if absent/duplicated."""
+    opens = [t for t in tags if t[0] == name and t[1] == "open"]
+    closes = [t for t in tags if t[0] == name and t[1] == "close"]
+    if len(opens) != 1 or len(closes) != 1 or closes[0][2] < opens[0][3]:
+        return None
+    return opens[0][3], closes[0][2]
+
+
+def parse_plan(text: Any, max_subgoals: int, *, task: str = "") -> tuple[list[str], bool]:
+    """Read a blueprint from the planner's answer; never raises.
+
+    Valid means: exactly one `<plan>...</plan>` pair, no other known tag inside it, and 1..K lines
+    numbered `1.` / `1)` / `1:` inside it (other lines are ignored). More than K numbered lines
+    keeps the first K and is invalid. No usable subgoal -> the fallback plan `[task]` (or
+    `[PLAN_FALLBACK]` when `task` is empty) with valid False. Subgoals are clipped to
+    MAX_SUBGOAL_CHARS characters.
+
+    Returns:
+        subgoals: 1..max_subgoals strings (never empty).
+        valid: whether the answer followed the format.
+    """
+    fallback = fallback_plan(task)
+    try:
+        text = _as_text(text)
+        tags = _tags(text)
+        span = _only_span(tags, "plan")
+        if span is None:
+            return fallback, False
+        if any(span[0] <= t[2] < span[1] for t in tags):  # nested / stray tags inside the plan
+            return fallback, False
+        subgoals = []
+        for line in text[span[0] : span[1]].splitlines():
+            m = _NUMBERED_RE.match(line)
+            if m and m.group(2) and not _CONTROL_RE.search(m.group(2)):
+                subgoals.append(_clip(m.group(2), MAX_SUBGOAL_CHARS))
+        if not subgoals:
+            return fallback, False
+        k = max(int(max_subgoals), 1)
+        return subgoals[:k], len(subgoals) <= k
+    except Exception:  # parsers never raise; a bug here must not kill a rollout
+        return fallback, False
+
+
+def fallback_plan(task: Any) -> list[str]:
+    """The blueprint used when a plan is unparseable: the task itself as the single subgoal."""
+    task = task.strip() if isinstance(task, str) else ""
+    return [_clip(task, MAX_SUBGOAL_CHARS) if task else PLAN_FALLBACK]
+
+
+def parse_action(
+    text: Any, admissible: Sequence[str] | None = None, *, env_id: str = "", require_think: bool = True
+) -> tuple[str, bool, bool]:
+    """Read one action (and the `<sub_done>` flag) from an executor / flat-agent answer; never raises.
+
+    Format: `<think>...</think>` (if `require_think`) then `<action>...</action>`, each tag pair
+    exactly once and in that order, optionally followed by `<sub_done>` (also `<sub_done/>`).
+    The action is stripped; it is invalid when empty, longer than MAX_ACTION_CHARS, containing
+    `<`, `>`, control characters or CJK characters (verl-agent rejects the latter), or when
+    `admissible` is given (non-empty) and the action matches none of its entries.
+
+    Matching against `admissible` is case- and whitespace-insensitive and returns the admissible
+    spelling. Entries like `search[<your query>]` accept any non-empty argument. For Sokoban
+    (`env_id` of kind sokoban / sokoban_visual) an action naming exactly one direction word
+    ("Up", "move left") maps to that direction.
+
+    `<sub_done>` counts only after a well-formed `</action>` (it is ignored inside `<think>`).
+
+    Returns:
+        action: the command to send to the env: the admissible spelling when valid, otherwise
+            the raw (clipped) text inside `<action>` or "" when there is none.
+        valid: whether the answer followed the format and named an admissible action.
+        sub_done: whether `<sub_done>` followed the action.
+    """
+    try:
+        return _parse_action(_as_text(text), admissible, env_kind(env_id), require_think)
+    except Exception:  # parsers never raise
+        return "", False, False
+
+
+def _parse_action(text: str, admissible, kind: str, require_think: bool) -> tuple[str, bool, bool]:
+    tags = _tags(text)
+    act = _only_span(tags, "action")
+    if act is None:
+        return "", False, False
+    raw = text[act[0] : act[1]].strip()
+    action = _clip(raw, MAX_ACTION_CHARS)
+    action = _CONTROL_RE.sub("", action)
+    sub_done = any(t[0] == "sub_done" and t[1] in ("open", "self") and t[2] >= act[1] for t in tags)
+    # Every tag other than sub_done must belong to the think / action pairs.
+    if any(t[0] == "plan" for t in tags) or any(act[0] <= t[2] < act[1] for t in tags):
+        return action, False, sub_done
+    if require_think:
+        think = _only_span(tags, "think")
+        if think is None or think[1] > act[0]:
+            return action, False, sub_done
+    elif [t for t in tags if t[0] == "think"] and _only_span(tags, "think") is None:
+        return action, False, sub_done
+    if (
+        not raw
+        or len(raw) > MAX_ACTION_CHARS
+        or "<" in raw
+        or ">" in raw
+        or _CONTROL_RE.search(raw)
+        or _CJK_RE.search(text)
+    ):
+        return action, False, sub_done
+    matched = match_admissible(raw, admissible, kind=kind)
+    if matched is None:
+        return action, False, sub_done
+    return matched, True, sub_done
+
+
+def match_admissible(action: str, admissible: Sequence[str] | None, *, kind: str = GENERIC) -> str | None:
+    """The admissible spelling of `action`, or None when it is not admissible.
+
+    No (or an empty) admissible list accepts any action as is (Sokoban still canonicalises
+    direction words).
+    """
+    norm = " ".join(action.split()).lower()
+    if kind in (SOKOBAN, SOKOBAN_VISUAL):
+        words = re.findall(r"[a-z]+", norm)
+        hits = {w for w in words if w in _SOKOBAN_WORDS}
+        if norm not in _SOKOBAN_WORDS and len(hits) == 1:
+            norm = hits.pop()
+    if not admissible:
+        return norm if kind in (SOKOBAN, SOKOBAN_VISUAL) else action
+    for candidate in admissible:
+        if " ".join(str(candidate).split()).lower() == norm:
+            return candidate
+    for candidate in admissible:  # templated entries such as search[<your query>]
+        m = _PLACEHOLDER_RE.match(str(candidate).strip())
+        if m and norm.startswith(m.group(1).lower() + "[") and norm.endswith("]") and len(norm) > len(m.group(1)) + 2:
+            arg = " ".join(action.strip()[len(m.group(1)) + 1 : -1].split())
+            return f"{m.group(1)}[{arg}]" if arg else None
+    return None

@@ -1,0 +1,137 @@
+"""Prompt builders and the never-raising parsers of himac_ray.prompts."""
+
+import numpy as np
+import pytest
+
+from himac_ray import prompts
+from himac_ray.prompts import (
+    env_kind,
+    executor_prompt,
+    flat_prompt,
+    format_action,
+    format_plan,
+    parse_action,
+    parse_plan,
+    planner_prompt,
+)
+
+ENV_IDS = ["himac/Sokoban-v0", "himac/SokobanVisual-v0", "himac/ALFWorld-v0", "himac/WebShop-v0"]
+GARBAGE = [
+    "",
+    "   ",
+    None,
+    b"\x00\xff\xfe<action>up</action>",
+    "x" * 50_000,
+    "<think>" * 10_000,
+    "<action>" + "a" * 50_000 + "</action>",
+    "no tags at all, just up",
+    "<think>a</think><action><action>up</action></action>",
+    "<think><think>a</think></think><action>up</action>",
+    "<action>up</action><think>late</think>",
+    "<think>a</think><action>up",
+    "<think>a</think><action></action>",
+    "<think>a</think><action>  </action>",
+    "<think>a</think><action>up</action><action>down</action>",
+    "".join(chr(i) for i in range(0, 2000)),
+    "<think>向上</think><action>up</action>",
+    "<think>a</think><action>up\x00</action>",
+    12345,
+]
+
+
+def test_env_kind():
+    assert [env_kind(e) for e in ENV_IDS] == ["sokoban", "sokoban_visual", "alfworld", "webshop"]
+    assert env_kind("himac/ALFWorldReal-v0") == "alfworld"
+    assert env_kind("himac/WebShopReal-v0") == "webshop"
+    assert env_kind("sokoban") == "sokoban"
+    assert env_kind("something/else") == "generic"
+
+
+@pytest.mark.parametrize("env_id", ENV_IDS)
+def test_prompts_are_chat_lists(env_id):
+    common = dict(task="do the thing", observation="OBS-TEXT", admissible_actions=["up", "down"])
+    plan = planner_prompt(env_id, task="do the thing", observation="OBS-TEXT", max_subgoals=3)
+    ex = executor_prompt(
+        env_id, subgoals=["first", "second"], subgoal_index=1, history=[("o1", "a1"), ("o2", "a2"), ("o3", "a3")],
+        steps_in_subgoal=3, history_length=2, **common,
+    )
+    flat = flat_prompt(env_id, history=[], steps_taken=0, **common)
+    for chat in (plan, ex, flat):
+        assert [m["role"] for m in chat] == ["system", "user"]
+        assert all(isinstance(m["content"], str) for m in chat)
+    assert "at most 3" in plan[1]["content"] and "<plan>" in plan[1]["content"]
+    user = ex[1]["content"]
+    assert "1. first\n2. second" in user and "subgoal 2 of 2: second" in user
+    assert "<sub_done>" in user and "'up',\n'down'" in user
+    # only the last `history_length` steps, numbered by their position in the subgoal
+    assert "o1" not in user and "Observation 2: 'o2', Action 2: 'a2'" in user and "Action 3: 'a3'" in user
+    assert "<sub_done>" not in flat[1]["content"] and "OBS-TEXT" in flat[1]["content"]
+
+
+def test_visual_prompt_has_image_part():
+    img = np.zeros((96, 96, 3), np.uint8)
+    chat = executor_prompt(
+        "himac/SokobanVisual-v0", task="t", subgoals=["g"], subgoal_index=0, history=[], observation="",
+        admissible_actions=["up"], steps_in_subgoal=0, image=img,
+    )
+    parts = chat[1]["content"]
+    assert isinstance(parts, list)
+    kinds = [p["type"] for p in parts]
+    assert kinds == ["text", "image", "text"] and parts[1]["image"] is img
+    text = "".join(p.get("text", "") for p in parts)
+    assert "Your current observation is:" in text and "admissible actions" in text
+    plan = planner_prompt("himac/SokobanVisual-v0", task="t", observation="caption", max_subgoals=2, image=img)
+    assert [p["type"] for p in plan[1]["content"]] == ["text", "image", "text"]
+
+
+def test_parse_plan():
+    assert parse_plan(format_plan(["go left", "push box"]), 4) == (["go left", "push box"], True)
+    text = "<think>hmm</think>\n<plan>\n1) a\nnot numbered\n2: b\n 3. c \n</plan> trailing"
+    assert parse_plan(text, 4) == (["a", "b", "c"], True)
+    # more than K: keep the first K, invalid
+    assert parse_plan(format_plan(list("abcdef")), 3) == (["a", "b", "c"], False)
+    # fallback: the task itself, invalid
+    for bad in ["", None, "1. a\n2. b", "<plan></plan>", "<plan>no numbers</plan>", "<plan>1. a", "<plan><plan>1. a</plan></plan>",
+                "<plan>1. a</plan><plan>1. b</plan>", "<plan>1. <action>x</action></plan>", "x" * 50_000, b"\xff\x00"]:
+        assert parse_plan(bad, 3, task="the task") == (["the task"], False), bad
+    assert parse_plan("", 3) == ([prompts.PLAN_FALLBACK], False)
+    long = parse_plan("<plan>1. " + "z" * 5000 + "</plan>", 3)[0][0]
+    assert len(long) <= prompts.MAX_SUBGOAL_CHARS
+
+
+def test_parse_action_valid():
+    dirs = ["up", "down", "left", "right"]
+    assert parse_action(format_action("up", think="x"), dirs, env_id="himac/Sokoban-v0") == ("up", True, False)
+    assert parse_action("<think>x</think>\n<action> LEFT </action>\n<sub_done>", dirs, env_id="sokoban") == ("left", True, True)
+    assert parse_action("<think></think><action>Move Down.</action>", dirs, env_id="sokoban") == ("down", True, False)
+    assert parse_action("<THINK>x</THINK><Action>right</Action><sub_done/>", dirs, env_id="sokoban") == ("right", True, True)
+    # sub_done only counts after </action>
+    assert parse_action("<think>I'll say <sub_done> later</think><action>up</action>", dirs, env_id="sokoban")[2] is False
+    # two directions: ambiguous
+    assert parse_action("<think></think><action>up then left</action>", dirs, env_id="sokoban")[1] is False
+    adm = ["go to desk 1", "take mug 1 from desk 1", "look"]
+    assert parse_action("<think>a</think><action>Go to  desk 1</action>", adm, env_id="alfworld") == ("go to desk 1", True, False)
+    assert parse_action("<think>a</think><action>go to desk 9</action>", adm, env_id="alfworld") == ("go to desk 9", False, False)
+    ws = ["search[<your query>]", "click[buy now]"]
+    assert parse_action("<think>a</think><action>search[red  shoes ]</action>", ws, env_id="webshop") == ("search[red shoes]", True, False)
+    assert parse_action("<think>a</think><action>click[Buy Now]</action>", ws, env_id="webshop") == ("click[buy now]", True, False)
+    assert parse_action("<think>a</think><action>click[b000]</action>", ws, env_id="webshop")[1] is False
+    assert parse_action("<think>a</think><action>search[]</action>", ws, env_id="webshop")[1] is False
+    # no admissible list: any well-formed action is valid
+    assert parse_action("<think>a</think><action>anything</action>", None) == ("anything", True, False)
+    assert parse_action("<plan>1. x</plan><think>a</think><action>up</action>", dirs, env_id="sokoban")[1] is False
+    assert parse_action("<action>up</action>", dirs, env_id="sokoban", require_think=False) == ("up", True, False)
+
+
+@pytest.mark.parametrize("garbage", GARBAGE, ids=range(len(GARBAGE)))
+def test_parsers_never_raise_on_garbage(garbage):
+    action, valid, sub_done = parse_action(garbage, ["up", "down", "left", "right"], env_id="himac/Sokoban-v0")
+    assert isinstance(action, str) and len(action) <= prompts.MAX_ACTION_CHARS
+    assert valid is False and isinstance(sub_done, bool)
+    subgoals, pvalid = parse_plan(garbage, 3, task="t")
+    assert subgoals and pvalid is False
+
+
+def test_format_round_trip():
+    text = format_action("take mug 1 from desk 1", think="the mug is here", sub_done=True)
+    assert parse_action(text, ["take mug 1 from desk 1"], env_id="alfworld") == ("take mug 1 from desk 1", True, True)
