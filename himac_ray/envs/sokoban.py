@@ -581,7 +581,7 @@ class SokobanTextEnv(TextEnv):
         targets, boxes, player = set(), set(), 0
         for (r, c), v in np.ndenumerate(state):
             i = r * W + c
-            floor[i] = structure[r, c] != WALL
+            floor[i] = int(structure[r, c] != WALL)
             if structure[r, c] == TARGET:
                 targets.add(i)
             if v in (BOX, BOX_ON_TARGET):
