@@ -127,3 +127,16 @@ def test_real_env_without_data_raises_clear_error(env_id, tmp_path, monkeypatch)
         gym.make(env_id).reset(seed=0)
     message = str(excinfo.value)
     assert re.search(r"data|download|install|not found|missing|path", message, re.IGNORECASE), message
+
+
+@pytest.mark.parametrize("env_id", BUILTIN_IDS)
+def test_play_loop(env_id):
+    from himac_ray.envs.play import play
+
+    _require_module(env_id)
+    inputs = iter(["hint", "click[", "quit"])
+    lines: list[str] = []
+    play(env_id, 0, input_fn=lambda prompt: next(inputs), print_fn=lambda *a: lines.append(" ".join(map(str, a))))
+    text = "\n".join(lines)
+    assert "Task:" in text and "Admissible actions:" in text and "Hint:" in text
+    assert "[invalid action]" in text and lines[-1] == "bye"

@@ -207,3 +207,15 @@ def test_visual_tiles_and_scale():
     rgb_env = gym.make("himac/SokobanVisual-v0", render_mode="rgb_array")
     obs, _ = rgb_env.reset(seed=0)
     assert np.array_equal(rgb_env.render(), obs["image"]) and obs["image"].shape == (96, 96, 3)
+
+
+def test_play_wins_with_expert_actions():
+    from himac_ray.envs.play import play
+
+    expert = SokobanVisualEnv()
+    expert.reset(seed=4)
+    inputs = iter(expert.expert_actions())
+    lines: list[str] = []
+    play("himac/SokobanVisual-v0", 4, input_fn=lambda prompt: next(inputs), print_fn=lines.append)
+    assert "ASCII rendering" in "\n".join(lines)
+    assert lines[-1].startswith("Episode finished") and "won" in lines[-1]
