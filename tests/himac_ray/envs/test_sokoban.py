@@ -219,3 +219,17 @@ def test_play_wins_with_expert_actions():
     play("himac/SokobanVisual-v0", 4, input_fn=lambda prompt: next(inputs), print_fn=lines.append)
     assert "ASCII rendering" in "\n".join(lines)
     assert lines[-1].startswith("Episode finished") and "won" in lines[-1]
+
+
+def test_env_bench_smoke():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[3] / "benchmarks" / "env_bench.py"
+    spec = importlib.util.spec_from_file_location("env_bench", path)
+    env_bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(env_bench)
+    results = env_bench.run_env_bench(["himac/Sokoban-v0", "himac/NoSuchEnv-v0"], seconds=0.05)
+    assert results["himac/Sokoban-v0"]["steps_per_s"] > 0 and results["himac/Sokoban-v0"]["reset_ms_median"] > 0
+    assert "error" in results["himac/NoSuchEnv-v0"]
+    assert "himac/Sokoban-v0" in env_bench.format_table(results)
