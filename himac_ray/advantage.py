@@ -296,7 +296,8 @@ def _level_advantages(
             [r.reward for r in records], traj_ids, [r.step for r in records], gamma=gamma
         )
         anchors = [r.anchor for r in records]
-        adv = adv + step_w * step_advantages(returns, group_ids, anchors, norm_std=norm_std, eps=eps)
+        step = step_advantages(returns, group_ids, anchors, norm_std=norm_std, eps=eps)
+        adv = adv + step_w * step
     return adv
 
 

@@ -127,11 +127,13 @@ def token_logprobs(
     *,
     temperature: float = 1.0,
 ) -> torch.Tensor:
-    """Logprob of the NEXT token: out[b, t] = log softmax(logits[b, t] / temperature)[input_ids[b, t+1]].
+    """Logprob of the NEXT token at each position (predictor alignment).
 
-    Predictor alignment as in `pad_batch`; the last column is 0. Computed as
-    gather(logits) - logsumexp(logits) in float32, which equals log_softmax + gather without
-    materializing a (B, T, V) log-prob tensor. Pass the sampler's temperature so the result is
+    out[b, t] = log_softmax(logits[b, t] / temperature)[input_ids[b, t+1]].
+
+    Same alignment as `pad_batch`; the last column is 0. Computed as
+    gather(logits) - logsumexp(logits) in float32, which equals log_softmax + gather but
+    keeps no (B, T, V) log-prob tensor for backward. Pass the sampler's temperature so the result is
     comparable with the sampling logprobs. Target ids outside [0, V) (e.g. a pad id of -1)
     are clamped; such positions are padding and must be masked by the caller.
 
