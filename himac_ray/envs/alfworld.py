@@ -129,6 +129,7 @@ class ALFWorldEnv(TextEnv):
     # --- episode ------------------------------------------------------------------------------
     def reset(self, *, seed: int | None = None, options: dict | None = None):
         super().reset(seed=seed)
+        # One draw from np_random seeds the generator's stdlib RNG (choice/randint are simpler there).
         rng = random.Random(int(self.np_random.integers(1 << 62)))
         hh = self.household = generate_household(rng, split=self.split, task_types=self.task_types)
         self.task, self.won, self.num_steps = hh.task, False, 0
