@@ -113,10 +113,10 @@ ENV_TEXT = {
         intro=(
             "You are an expert agent playing Sokoban from images of the grid.\n\n"
             "# Picture\n"
-            "- brick walls block movement; plain tiles are floor\n"
+            "- brick tiles are walls: they block movement; dark tiles are floor\n"
             "- the player is the green alien\n"
-            "- boxes are yellow crates with an orange X\n"
-            "- targets are tiles with a red outline and a diamond; a box on a target turns orange-red\n\n"
+            "- boxes are yellow crates with an orange X (with a red rim when on a target)\n"
+            "- targets are dark tiles with a red outline and a red diamond\n\n"
             "# Rules\n" + _SOKOBAN_RULES
         ),
         think_hint="where the player, the boxes and the targets are in the image, and a path that pushes a box toward a target without trapping it",
@@ -174,7 +174,7 @@ def planner_prompt(
     text = ENV_TEXT[env_kind(env_id)]
     user = (
         f"Your task is to: {_clip(task, MAX_OBS_CHARS)}\n\n"
-        f"The initial observation is:\n{_obs_block(observation, image)}\n\n"
+        f"The initial observation is:\n{_obs_block(observation, image, task)}\n\n"
         "Before anyone acts, write a blueprint: an ordered list of at most "
         f"{max_subgoals} short subgoals that together complete the task. An executor will carry "
         f"them out one at a time, in order; {text.plan_hint}.\n"
@@ -220,8 +220,8 @@ def executor_prompt(
         f"Your task is to: {_clip(task, MAX_OBS_CHARS)}\n\n"
         f"Your blueprint (subgoals, completed in order):\n{format_subgoals(subgoals)}\n\n"
         f"You are working on subgoal {k + 1} of {max(len(subgoals), 1)}: {current}\n\n"
-        f"{_history_block(history, steps_in_subgoal, history_length, 'on this subgoal')}\n"
-        f"Your current observation is:\n{_obs_block(observation, image)}\n\n"
+        f"{_history_block(history, steps_in_subgoal, history_length, 'on this subgoal', task)}\n"
+        f"Your current observation is:\n{_obs_block(observation, image, task)}\n\n"
         f"Your admissible actions are:\n{format_admissible(admissible_actions)}\n\n"
         f"Now choose ONE action that makes progress on the current subgoal. First reason step by "
         f"step about {text.think_hint}, inside <think> </think> tags. Then give exactly one "
@@ -249,8 +249,8 @@ def flat_prompt(
     text = ENV_TEXT[env_kind(env_id)]
     user = (
         f"Your task is to: {_clip(task, MAX_OBS_CHARS)}\n\n"
-        f"{_history_block(history, steps_taken, history_length, 'so far')}\n"
-        f"Your current observation is:\n{_obs_block(observation, image)}\n\n"
+        f"{_history_block(history, steps_taken, history_length, 'so far', task)}\n"
+        f"Your current observation is:\n{_obs_block(observation, image, task)}\n\n"
         f"Your admissible actions are:\n{format_admissible(admissible_actions)}\n\n"
         f"Now choose ONE action for the current step. First reason step by step about "
         f"{text.think_hint}, inside <think> </think> tags. Then give exactly one admissible "
@@ -279,7 +279,7 @@ def format_admissible(actions: Sequence[str]) -> str:
     return "[\n" + ",\n".join(f"'{a}'" for a in actions) + "\n]"
 
 
-def _history_block(history: Sequence[tuple[str, str]], steps: int, history_length: int, where: str) -> str:
+def _history_block(history: Sequence[tuple[str, str]], steps: int, history_length: int, where: str, task: str) -> str:
     shown = list(history)[-history_length:] if history_length > 0 else []
     if steps <= 0 or not shown:
         return f"You have taken {max(steps, 0)} step(s) {where}.\n"
@@ -289,12 +289,20 @@ def _history_block(history: Sequence[tuple[str, str]], steps: int, history_lengt
         "and the action you took after each:"
     ]
     for i, (obs, action) in enumerate(shown):
-        lines.append(f"[Observation {first + i}: '{_clip(obs, MAX_HISTORY_OBS_CHARS)}', Action {first + i}: '{action}']")
+        obs = _obs_text(obs, task)
+        seen = f"Observation {first + i}: '{_clip(obs, MAX_HISTORY_OBS_CHARS)}', " if obs else ""
+        lines.append(f"[{seen}Action {first + i}: '{action}']")
     return "\n".join(lines) + "\n"
 
 
-def _obs_block(observation: str, image: Any) -> str:
-    text = _clip(observation, MAX_OBS_CHARS)
+def _obs_text(observation: Any, task: str) -> str:
+    """The observation text, or "" when it merely repeats the task (visual Sokoban's text part)."""
+    text = observation if isinstance(observation, str) else str(observation)
+    return "" if task and text.strip() == str(task).strip() else text
+
+
+def _obs_block(observation: str, image: Any, task: str) -> str:
+    text = _clip(_obs_text(observation, task), MAX_OBS_CHARS)
     if image is None:
         return text
     return _IMAGE_SLOT + ("\n" + text if text else "")

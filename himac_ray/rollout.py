@@ -1,0 +1,461 @@
+"""The batched hierarchical episode driver: envs + a `Generator` in, `Record`s out.
+
+Runs many episodes at once. Every decision round batches the prompts of all live episodes into
+ONE `Generator.generate` call (the planner round is one call too), so a vLLM backend sees the
+whole batch. No Ray here: `actors/sampler.py` wraps `run_rollout`.
+
+Modes (HiMAC, see docs/design himac-algorithm.md):
+
+- "macro": per seed, G = `group_size` blueprints are sampled from the planner (one prompt with
+  n=G, `planner_params`); G envs reset with that seed each execute one blueprint with the
+  executor (`executor_params`, greedy by default). Emits one `plan` record per episode and its
+  `act` records, all with group_id = the macro group of the seed.
+- "micro": per seed, the best blueprint z* (from `blueprints`, or from a macro rollout run first
+  with a greedy executor: highest return, ties -> first) is fixed and executed N = `group_size`
+  times with `executor_params` (sample with temperature > 0 here). Emits `act` records with
+  group_id = the micro group of the seed.
+- "flat": one policy, `group_size` episodes per seed with the flat (verl-agent) prompt; `act`
+  records grouped per seed (GRPO / GiGPO groups), `subgoal_index` -1.
+
+Every member of a group resets its env with the same seed (verl-agent convention), so groups
+compare responses from one initial state.
+
+Executor control: the current subgoal advances on `<sub_done>` or when `subgoal_step_budget`
+steps were spent on it (default ceil(max_steps / number of subgoals in the episode's blueprint));
+the history shown resets at each advance. On the last subgoal it keeps acting (neither
+`<sub_done>` nor the budget advance it) until the episode ends.
+
+Invalid responses (see `prompts.parse_action`): the step's reward gets `invalid_penalty`
+(default -0.1) added and the episode goes on. The env still receives a command, so it answers as
+the original env would: the parsed `<action>` text when there is one (a non-admissible command:
+ALFWorld answers "Nothing happens.", WebShop and Sokoban do nothing), else "" (same effect).
+Such a step counts toward the env's `max_steps`. An invalid / fallback blueprint gets
+`invalid_penalty` on its `plan` record's reward.
+
+Rewards and returns: `Record.reward` = env reward + penalty; `episode_return` (set on every
+record of the episode, with `won`) = the sum of `reward` over the episode's records, the `plan`
+record included. So in macro mode R(z_i) already charges a malformed blueprint.
+
+Visual observations (visual Sokoban, obs = {"image": HxWx3 uint8, "text": str}): the prompt's
+user content becomes a list of parts with `{"type": "image", "image": <np.ndarray>}` where the
+observation goes (see `himac_ray.prompts`); `Record.image` holds the PNG bytes of the image the
+response saw and `Record.anchor` = the text + "\\n[image sha1:<16 hex>]" of the raw pixels.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import io
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from himac_ray import prompts
+from himac_ray.data import Record
+from himac_ray.generation import Generator, SamplingParams
+
+MODES = ("macro", "micro", "flat")
+DEFAULT_MAX_STEPS = 50
+"""episode step cap used only when the env does not expose `max_steps`"""
+
+# Metric keys (RolloutResult.metrics).
+SUCCESS_RATE = "success_rate"
+MEAN_RETURN = "mean_return"
+MEAN_STEPS = "mean_steps"
+INVALID_ACTION_RATE = "invalid_action_rate"
+PLAN_FALLBACK_RATE = "plan_fallback_rate"
+PLAN_INVALID_RATE = "plan_invalid_rate"
+MEAN_RESPONSE_LEN = "mean_response_len"
+MEAN_NUM_SUBGOALS = "mean_num_subgoals"
+SUB_DONE_ADVANCES = "sub_done_advances"
+BUDGET_ADVANCES = "budget_advances"
+NUM_EPISODES = "episodes"
+ENV_STEPS = "env_steps"
+GEN_TOKENS = "gen_tokens"
+GEN_CALLS = "gen_calls"
+GEN_SECONDS = "gen_seconds"
+ENV_SECONDS = "env_seconds"
+
+
+@dataclass
+class RolloutResult:
+    """What `run_rollout` returns."""
+
+    records: list[Record]
+    """plan records first (macro), then act records, each episode's in step order"""
+    episodes: list[dict]
+    """one summary per episode: seed, group_id, traj_id, won, return, steps, plan_valid,
+    plan_fallback, subgoals, num_subgoals, subgoals_reached"""
+    metrics: dict[str, float]
+    """see the metric-key constants of this module"""
+    blueprints: dict[int, list[str]] = field(default_factory=dict)
+    """seed -> the best blueprint of its group (macro) or the blueprint executed (micro)"""
+    pre: "RolloutResult | None" = None
+    """micro mode without `blueprints`: the macro rollout that chose them (its records and
+    metrics are not part of this result's)"""
+
+
+@dataclass
+class Episode:
+    """Live state of one episode (also driven by sft.py)."""
+
+    env: Any
+    group_id: str
+    traj_id: str
+    seed: int
+    task: str
+    obs_text: str
+    image: Any
+    info: dict
+    max_steps: int
+    subgoals: list[str] | None = None
+    """None in flat mode"""
+    plan_valid: bool = True
+    plan_fallback: bool = False
+    budget: int = 0
+    subgoal_index: int = 0
+    steps_in_subgoal: int = 0
+    history: list[tuple[str, str]] = field(default_factory=list)
+    steps: int = 0
+    ret: float = 0.0
+    done: bool = False
+    won: bool = False
+    records: list[Record] = field(default_factory=list)
+    extra: dict = field(default_factory=dict)
+
+
+def run_rollout(
+    *,
+    generator: Generator,
+    env_id: str,
+    env_kwargs: dict | None = None,
+    seeds: Sequence[int],
+    mode: str,
+    group_size: int,
+    planner_params: SamplingParams = SamplingParams(temperature=1.0),
+    executor_params: SamplingParams = SamplingParams(temperature=0.0),
+    max_subgoals: int = 4,
+    subgoal_step_budget: int | None = None,
+    history_length: int = 2,
+    invalid_penalty: float = -0.1,
+    blueprints: dict[int, list[str]] | None = None,
+    env_factory: Callable[..., Any] | None = None,
+    progress: Callable[[dict], None] | None = None,
+    planner_generator: Generator | None = None,
+) -> RolloutResult:
+    """Run `len(seeds) * group_size` episodes in `mode` and collect their records.
+
+    Args:
+        generator: the executor / flat policy (and the planner unless `planner_generator`).
+        env_id: a registered env id (`himac_ray.envs.ENV_IDS`); also picks the prompt family.
+        env_kwargs: keyword arguments for the env constructor.
+        seeds: one group per seed (seeds should be distinct; `blueprints` is keyed by seed).
+        mode: "macro", "micro" or "flat" (module docstring).
+        group_size: G blueprints (macro), N executions (micro) or episodes (flat) per seed.
+        planner_params: planner sampling (its `n` is replaced by `group_size`).
+        executor_params: executor / flat sampling (its `n` is replaced by 1).
+        max_subgoals: K, the most subgoals a blueprint may hold.
+        subgoal_step_budget: steps per subgoal before advancing without `<sub_done>`;
+            None -> ceil(max_steps / len(blueprint)).
+        history_length: past steps shown in each executor / flat prompt.
+        invalid_penalty: added to the reward of an invalid action or blueprint.
+        blueprints: micro mode: seed -> fixed blueprint; None -> run a macro rollout first
+            (greedy executor) and use each group's best blueprint.
+        env_factory: `env_factory(env_id, **env_kwargs)` builds one env; default `gymnasium.make`.
+        progress: called after every generate round with a small dict (phase, round, live,
+            finished, total).
+        planner_generator: the planner policy, when it is a different model; default `generator`.
+
+    Returns:
+        RolloutResult with records, per-episode summaries, metrics and blueprints.
+    """
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    if group_size < 1:
+        raise ValueError(f"group_size must be >= 1, got {group_size}")
+    if max_subgoals < 1:
+        raise ValueError(f"max_subgoals must be >= 1, got {max_subgoals}")
+    planner_generator = planner_generator or generator
+    env_kwargs = dict(env_kwargs or {})
+    pre = None
+    stats = {GEN_SECONDS: 0.0, ENV_SECONDS: 0.0, GEN_CALLS: 0, SUB_DONE_ADVANCES: 0, BUDGET_ADVANCES: 0}
+    if mode == "micro" and blueprints is None:
+        pre = run_rollout(
+            generator=generator, env_id=env_id, env_kwargs=env_kwargs, seeds=seeds, mode="macro",
+            group_size=group_size, planner_params=planner_params,
+            executor_params=dataclasses.replace(executor_params, temperature=0.0),
+            max_subgoals=max_subgoals, subgoal_step_budget=subgoal_step_budget,
+            history_length=history_length, invalid_penalty=invalid_penalty,
+            env_factory=env_factory, progress=progress, planner_generator=planner_generator,
+        )
+        blueprints = pre.blueprints
+
+    groups: list[list[Episode]] = []
+    for i, seed in enumerate(seeds):
+        group_id = f"{mode}-{i}-seed{seed}"
+        groups.append(
+            [reset_episode(env_id, env_kwargs, env_factory, int(seed), group_id, f"{group_id}/{j}", stats) for j in range(group_size)]
+        )
+    episodes = [e for g in groups for e in g]
+
+    if mode == "macro":
+        _plan_round(planner_generator, env_id, groups, planner_params, max_subgoals, invalid_penalty, stats)
+    elif mode == "micro":
+        for g in groups:
+            if g[0].seed not in blueprints:
+                raise KeyError(f"micro mode: no blueprint for seed {g[0].seed}")
+            subgoals = [str(s) for s in blueprints[g[0].seed]][:max_subgoals] or prompts.fallback_plan(g[0].task)
+            for e in g:
+                e.subgoals = list(subgoals)
+    if mode != "flat":
+        for e in episodes:
+            e.budget = subgoal_budget(e.max_steps, len(e.subgoals), subgoal_step_budget)
+    if progress is not None and mode == "macro":
+        progress({"phase": "plan", "round": 0, "live": len(episodes), "finished": 0, "total": len(episodes)})
+
+    _act_loop(generator, env_id, episodes, mode, executor_params, history_length, invalid_penalty, stats, progress)
+    for e in episodes:
+        e.env.close()
+    result = _result(groups, mode, stats)
+    result.pre = pre
+    return result
+
+
+# --------------------------------------------------------------------------------------------
+# Phases
+# --------------------------------------------------------------------------------------------
+def reset_episode(
+    env_id: str, env_kwargs: dict, env_factory, seed: int, group_id: str, traj_id: str, stats: dict | None = None
+) -> Episode:
+    """Build one env (`env_factory` or `gymnasium.make`), reset it with `seed`, wrap it in an `Episode`."""
+    start = time.perf_counter()
+    env = env_factory(env_id, **env_kwargs) if env_factory is not None else _gym_make(env_id, env_kwargs)
+    obs, info = env.reset(seed=seed)
+    if stats is not None:
+        stats[ENV_SECONDS] += time.perf_counter() - start
+    text, image = split_obs(obs)
+    max_steps = getattr(env.unwrapped, "max_steps", None) or getattr(env.spec, "max_episode_steps", None)
+    extra = {"task_type": info["task_type"]} if "task_type" in info else {}
+    return Episode(
+        env=env, group_id=group_id, traj_id=traj_id, seed=seed, task=str(info.get("task", "")),
+        obs_text=text, image=image, info=info, max_steps=int(max_steps or DEFAULT_MAX_STEPS), extra=extra,
+    )
+
+
+def _gym_make(env_id: str, env_kwargs: dict):
+    import gymnasium as gym
+
+    import himac_ray.envs  # noqa: F401  (registers the env ids)
+
+    return gym.make(env_id, **env_kwargs)
+
+
+def _plan_round(generator, env_id, groups, params, max_subgoals, invalid_penalty, stats) -> None:
+    """One generate call: n = group size blueprints per seed, blueprint j -> episode j."""
+    chats = [
+        prompts.planner_prompt(env_id, task=g[0].task, observation=g[0].obs_text, max_subgoals=max_subgoals, image=g[0].image)
+        for g in groups
+    ]
+    samples = _generate(generator, chats, dataclasses.replace(params, n=len(groups[0])), stats)
+    for g, group_samples in zip(groups, samples):
+        for e, sample in zip(g, group_samples):
+            subgoals, valid = prompts.parse_plan(sample.text, max_subgoals, task=e.task)
+            e.subgoals, e.plan_valid = subgoals, valid
+            e.plan_fallback = not valid and subgoals == prompts.fallback_plan(e.task)
+            reward = 0.0 if valid else float(invalid_penalty)
+            e.ret += reward
+            e.records.append(
+                _record(e, sample, env_id, level="plan", step=-1, subgoal_index=-1, reward=reward, valid=valid, sub_done=False)
+            )
+
+
+def _act_loop(generator, env_id, episodes, mode, params, history_length, invalid_penalty, stats, progress) -> None:
+    """Decision rounds until every episode ended; one generate call per round."""
+    params = dataclasses.replace(params, n=1)
+    live = [e for e in episodes if not e.done]
+    rnd = 0
+    while live:
+        chats = [episode_prompt(e, env_id, mode, history_length) for e in live]
+        samples = _generate(generator, chats, params, stats)
+        for e, (sample,) in zip(live, samples):
+            _act_step(e, sample, env_id, mode, invalid_penalty, stats)
+        live = [e for e in live if not e.done]
+        rnd += 1
+        if progress is not None:
+            finished = len(episodes) - len(live)
+            progress({"phase": "act", "round": rnd, "live": len(live), "finished": finished, "total": len(episodes)})
+
+
+def subgoal_budget(max_steps: int, num_subgoals: int, subgoal_step_budget: int | None = None) -> int:
+    """Steps per subgoal before the driver advances without `<sub_done>`: the explicit budget, or
+    ceil(max_steps / number of subgoals in the blueprint)."""
+    return int(subgoal_step_budget) if subgoal_step_budget else math.ceil(max_steps / max(num_subgoals, 1))
+
+
+def episode_prompt(e: Episode, env_id: str, mode: str, history_length: int):
+    """The executor prompt (macro / micro) or flat prompt for the episode's current state."""
+    admissible = e.info.get("admissible_actions", [])
+    if mode == "flat":
+        return prompts.flat_prompt(
+            env_id, task=e.task, history=e.history, observation=e.obs_text, admissible_actions=admissible,
+            steps_taken=e.steps, history_length=history_length, image=e.image,
+        )
+    return prompts.executor_prompt(
+        env_id, task=e.task, subgoals=e.subgoals, subgoal_index=e.subgoal_index, history=e.history,
+        observation=e.obs_text, admissible_actions=admissible, steps_in_subgoal=e.steps_in_subgoal,
+        history_length=history_length, image=e.image,
+    )
+
+
+def _act_step(e: Episode, sample, env_id, mode, invalid_penalty, stats) -> None:
+    """Parse one response, step the env, write the record, advance the subgoal."""
+    action, valid, sub_done = prompts.parse_action(sample.text, e.info.get("admissible_actions"), env_id=env_id)
+    if mode == "flat":
+        sub_done = False
+    start = time.perf_counter()
+    obs, env_reward, terminated, truncated, info = e.env.step(action)
+    stats[ENV_SECONDS] += time.perf_counter() - start
+    reward = float(env_reward) + (0.0 if valid else float(invalid_penalty))
+    subgoal_index = -1 if mode == "flat" else e.subgoal_index
+    e.records.append(
+        _record(e, sample, env_id, level="act", step=e.steps, subgoal_index=subgoal_index, reward=reward, valid=valid, sub_done=sub_done)
+    )
+    advance_episode(e, action=action, reward=reward, obs=obs, info=info, done=terminated or truncated, sub_done=sub_done, stats=stats)
+
+
+def advance_episode(e: Episode, *, action: str, reward: float, obs: Any, info: dict, done: bool, sub_done: bool, stats: dict | None = None) -> None:
+    """Book-keeping after one env step (shared with sft.py so demonstrations match rollouts).
+
+    Appends `(previous observation text, action)` to the history, adds `reward` to the return,
+    ends the episode on `done` (or at `max_steps`), and otherwise advances the current subgoal
+    on `sub_done` or when its step budget is spent (never past the last subgoal), clearing the
+    history at each advance.
+    """
+    e.history.append((e.obs_text, action))
+    e.steps += 1
+    e.steps_in_subgoal += 1
+    e.ret += reward
+    e.obs_text, e.image = split_obs(obs)
+    e.info = info
+    if done or e.steps >= e.max_steps:
+        _finish(e, bool(info.get("won", False)))
+        return
+    if e.subgoals is not None and e.subgoal_index < len(e.subgoals) - 1:
+        if sub_done or e.steps_in_subgoal >= e.budget:
+            if stats is not None:
+                stats[SUB_DONE_ADVANCES if sub_done else BUDGET_ADVANCES] += 1
+            e.subgoal_index += 1
+            e.steps_in_subgoal = 0
+            e.history = []
+
+
+def _finish(e: Episode, won: bool) -> None:
+    e.done, e.won = True, won
+    for r in e.records:
+        r.episode_return, r.won = e.ret, won
+
+
+def _generate(generator, chats, params, stats):
+    start = time.perf_counter()
+    out = generator.generate(chats, params)
+    stats[GEN_SECONDS] += time.perf_counter() - start
+    stats[GEN_CALLS] += 1
+    if len(out) != len(chats) or any(len(s) != params.n for s in out):
+        raise ValueError(
+            f"generator returned {[len(s) for s in out]} samples for {len(chats)} prompts with n={params.n}"
+        )
+    return out
+
+
+def _record(e: Episode, sample, env_id, *, level, step, subgoal_index, reward, valid, sub_done) -> Record:
+    return Record(
+        group_id=e.group_id,
+        traj_id=e.traj_id,
+        level=level,
+        env_id=env_id,
+        seed=e.seed,
+        step=step,
+        subgoal_index=subgoal_index,
+        prompt_ids=list(sample.prompt_token_ids),
+        response_ids=list(sample.token_ids),
+        logprobs=[float(x) for x in sample.logprobs],
+        response_text=sample.text if isinstance(sample.text, str) else str(sample.text),
+        reward=reward,
+        valid=valid,
+        sub_done=sub_done,
+        anchor=anchor_of(e.obs_text, e.image),
+        image=png_bytes(e.image) if e.image is not None else b"",
+        extra=dict(e.extra),
+        num_subgoals=len(e.subgoals) if e.subgoals else 0,
+    )
+
+
+def _result(groups: list[list[Episode]], mode: str, stats: dict) -> RolloutResult:
+    episodes = [e for g in groups for e in g]
+    records = [r for e in episodes for r in e.records if r.level == "plan"]
+    records += [r for e in episodes for r in e.records if r.level == "act"]
+    summaries = [
+        {
+            "seed": e.seed, "group_id": e.group_id, "traj_id": e.traj_id, "won": e.won, "return": e.ret,
+            "steps": e.steps, "plan_valid": e.plan_valid, "plan_fallback": e.plan_fallback,
+            "subgoals": list(e.subgoals or []), "num_subgoals": len(e.subgoals or []),
+            "subgoals_reached": e.subgoal_index + 1 if e.subgoals else 0,
+        }
+        for e in episodes
+    ]
+    blueprints = {}
+    if mode != "flat":
+        for g in groups:
+            best = max(range(len(g)), key=lambda j: (g[j].ret, -j))  # ties -> first
+            blueprints[g[0].seed] = list(g[best].subgoals)
+    acts = [r for r in records if r.level == "act"]
+    plans = [e for e in episodes if mode == "macro"]
+    n = max(len(episodes), 1)
+    metrics = {
+        SUCCESS_RATE: sum(e.won for e in episodes) / n,
+        MEAN_RETURN: sum(e.ret for e in episodes) / n,
+        MEAN_STEPS: sum(e.steps for e in episodes) / n,
+        INVALID_ACTION_RATE: sum(not r.valid for r in acts) / max(len(acts), 1),
+        PLAN_FALLBACK_RATE: sum(e.plan_fallback for e in plans) / max(len(plans), 1),
+        PLAN_INVALID_RATE: sum(not e.plan_valid for e in plans) / max(len(plans), 1),
+        MEAN_RESPONSE_LEN: sum(len(r.response_ids) for r in records) / max(len(records), 1),
+        MEAN_NUM_SUBGOALS: sum(len(e.subgoals or []) for e in episodes) / n,
+        NUM_EPISODES: len(episodes),
+        ENV_STEPS: sum(e.steps for e in episodes),
+        GEN_TOKENS: sum(len(r.response_ids) for r in records),
+        **{k: stats[k] for k in (GEN_CALLS, GEN_SECONDS, ENV_SECONDS, SUB_DONE_ADVANCES, BUDGET_ADVANCES)},
+    }
+    return RolloutResult(records=records, episodes=summaries, metrics=metrics, blueprints=blueprints)
+
+
+# --------------------------------------------------------------------------------------------
+# Observation helpers (also used by sft.py)
+# --------------------------------------------------------------------------------------------
+def split_obs(obs: Any) -> tuple[str, Any]:
+    """`(text, image)` of an observation: str -> (obs, None); {"image", "text"} -> both."""
+    if isinstance(obs, dict):
+        image = obs.get("image")
+        return str(obs.get("text", "") or ""), (np.asarray(image) if image is not None else None)
+    return (obs if isinstance(obs, str) else str(obs)), None
+
+
+def anchor_of(text: str, image: Any) -> str:
+    """GiGPO anchor: the raw observation text, plus a hash of the pixels for visual observations."""
+    if image is None:
+        return text
+    arr = np.ascontiguousarray(image)
+    digest = hashlib.sha1(repr((arr.shape, str(arr.dtype))).encode() + arr.tobytes()).hexdigest()[:16]
+    return f"{text}\n[image sha1:{digest}]"
+
+
+def png_bytes(image: Any) -> bytes:
+    """PNG encoding of an HxWx3 (or HxW) uint8 array."""
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(np.asarray(image, dtype=np.uint8)).save(buf, format="PNG")
+    return buf.getvalue()
