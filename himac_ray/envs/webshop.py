@@ -8,10 +8,9 @@ JSON files, and a BM25 index instead of the Lucene one. The real site is `envs/r
 
 Deviations from the original (everything else follows docs `envs.md` section 2):
 
-1. The search page lists no `click[search]` (the original lists the Search button as a clickable
-   although clicking it is a no-op), and `search[...]` is only valid where a search bar is shown,
-   i.e. on the search page; the original runs a search from any page, although verl-agent only
-   offers it on the search page.
+1. The search page lists no `click[search]`: the original lists the Search button as a clickable,
+   but clicking it is a no-op. (As in the original, `search[...]` works from every page, although
+   `admissible_actions` offers it only where a search bar is shown, like verl-agent.)
 2. The action name is matched case-insensitively (`Click[Buy Now]` works); the argument is
    lower-cased as in the original. `(.+)\\[(.+)\\]` is evaluated by an equivalent linear-time parser
    so that a 10,000-character action cannot trigger regex backtracking.
@@ -69,7 +68,7 @@ class WebShopEnv(TextEnv):
 
     ## Action Space
     A free-form string parsed as `name[arg]` (`(.+)\\[(.+)\\]`, arg lower-cased):
-    - `search[keywords]` on the search page;
+    - `search[keywords]` (offered on the search page; as in the original it works on every page);
     - `click[x]` for any clickable `x` of the page: `back to search`, `< prev`, `next >`, a product
       ASIN (lower-case), an option value, `description`, `features`, `reviews`, `buy now`.
     Anything else is an invalid no-op (reward 0, `info["action_is_valid"] = False`).
@@ -92,8 +91,9 @@ class WebShopEnv(TextEnv):
     ## Arguments
     - `num_products` (2000): size of the synthetic catalog.
     - `catalog_seed` (0): seed of catalog, goals and goal order; built once per process and cached.
-    - `split` ("train"): "test" = goals 0-499, "train" = goals 500+; `reset(seed=s)` draws a goal of
-      the split; `reset(options={"goal_idx": i})` picks the i-th goal of the split.
+    - `split` ("train"): "test" = goals 0-499, "train" = goals 500+ (a catalog with fewer than 1,000
+      goals gives the first half to test); `reset(seed=s)` draws a goal of the split with
+      `self.np_random`; `reset(options={"goal_idx": i})` picks the i-th goal of the split.
     - `max_steps` (15), `render_mode` (None or "ansi").
     """
 
@@ -243,8 +243,7 @@ class WebShopEnv(TextEnv):
             return None
         name, arg = name.lower(), arg.lower()
         if name == "search":
-            if self.page_kind != "search" or not arg.strip():
-                return None
+            # The original searches from any page (SimServer has no search-bar check).
             self.keywords = arg
             self.hits = self.catalog.search(self.keywords)
             self._show_results(1)
