@@ -171,6 +171,23 @@ def test_macro_expert_solves_every_env(env_id, env_kwargs):
     assert len(gen.calls) == 1 + max(e["steps"] for e in res.episodes) == res.metrics["gen_calls"]
     assert gen.calls[1] == (len(seeds) * G, 1)
     assert set(res.blueprints) == set(seeds)
+    if env_id == ALFWORLD:
+        assert all(r.extra.get("task_type") for r in res.records)
+
+
+def test_separate_planner_generator_and_progress():
+    planner = ScriptedGenerator(lambda chat, i: f"<plan>\n1. solve it ({i})\n</plan>")
+    executor = ScriptedGenerator(lambda chat, i: "<think>t</think><action>left</action>")
+    seen = []
+    res = run_rollout(
+        generator=executor, planner_generator=planner, env_id=SOKOBAN, env_kwargs={"max_steps": 3}, seeds=[0, 1],
+        mode="macro", group_size=2, progress=seen.append,
+    )
+    assert sorted(e["subgoals"][0] for e in res.episodes) == ["solve it (0)", "solve it (0)", "solve it (1)", "solve it (1)"]
+    assert [r.response_text for r in res.records if r.level == "plan"][:2] == [
+        "<plan>\n1. solve it (0)\n</plan>", "<plan>\n1. solve it (1)\n</plan>"]
+    assert [p["phase"] for p in seen] == ["plan", "act", "act", "act"]
+    assert seen[-1]["finished"] == seen[-1]["total"] == 4 and seen[-1]["live"] == 0
 
 
 def test_visual_records_carry_png_and_image_parts():
