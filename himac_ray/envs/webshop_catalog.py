@@ -20,7 +20,13 @@ from typing import Any
 
 import numpy as np
 from rank_bm25 import BM25Okapi
-from himac_ray.envs.webshop_reward import EXACT_MATCH_OPTS, FUZZY_THRESHOLD, fuzzy_ratio, normalize_color
+
+from himac_ray.envs.webshop_reward import (
+    EXACT_MATCH_OPTS,
+    FUZZY_THRESHOLD,
+    fuzzy_ratio,
+    normalize_color,
+)
 
 SEARCH_RETURN_N = 50
 NUM_TEST_GOALS = 500
@@ -143,7 +149,10 @@ PRODUCT_TYPES: list[tuple[str, str, str, list[str], list[str], dict[str, list[st
 
 _PRICE_BANDS = {"fashion": (9.0, 60.0), "beauty": (5.0, 45.0), "food": (4.0, 30.0),
                 "furniture": (20.0, 250.0), "electronics": (8.0, 120.0)}
-_SYLLABLES = "ka lo mi ra zen vo ta ri no su be lu fa do ne xo qui pa ve mo ar el in on".split()
+_SYLLABLES = [
+    "ka", "lo", "mi", "ra", "zen", "vo", "ta", "ri", "no", "su", "be", "lu", "fa", "do", "ne", "xo",
+    "qui", "pa", "ve", "mo", "ar", "el", "in", "on"
+]
 _FILLERS = [
     "made for everyday use", "a thoughtful gift for family and friends", "built to hold up over time",
     "easy to care for", "backed by friendly customer service", "a customer favorite",
@@ -320,7 +329,7 @@ class Catalog:
         """Goal indices of a split: verl-agent uses goals 0-499 as test and 500+ as train."""
         n_test = min(NUM_TEST_GOALS, self.num_goals // 2)
         if split == "test":
-            return range(0, n_test)
+            return range(n_test)
         if split == "train":
             return range(n_test, self.num_goals)
         raise ValueError(f"split must be 'train' or 'test', got {split!r}")

@@ -35,33 +35,44 @@ FUZZY_THRESHOLD = 85
 
 # The colour vocabulary of WebShop's `engine/normalize.py` (MIT, Princeton NLP), in its original
 # alphabetical order: `normalize_color` returns the *first* entry found as a substring, so order matters.
-COLOR_SET = (
-    "alabaster apricot aqua ash asphalt azure banana beige black blue blush bordeaux bronze brown "
-    "burgundy camel camo caramel champagne charcoal cheetah chestnut chocolate christmas coffee cognac "
-    "copper coral cranberry cream crystal dark denim eggplant elephant espresso fuchsia gold granite "
-    "grape graphite grass gray green grey heather indigo ivory ivy khaki lavender lemon leopard light "
-    "lilac lime magenta maroon mauve merlot midnight mint mocha multicolor mushroom mustard natural navy "
-    "nude olive orange peach pewter pink plum purple rainbow red rose royal rust sand sapphire seashell "
-    "silver skull slate steel stone stonewash sunflower tan taupe teal tiger turquoise violet walnut wheat "
-    "white wine yellow"
-).split()
+COLOR_SET = [
+    "alabaster", "apricot", "aqua", "ash", "asphalt", "azure", "banana", "beige", "black", "blue",
+    "blush", "bordeaux", "bronze", "brown", "burgundy", "camel", "camo", "caramel", "champagne",
+    "charcoal", "cheetah", "chestnut", "chocolate", "christmas", "coffee", "cognac", "copper",
+    "coral", "cranberry", "cream", "crystal", "dark", "denim", "eggplant", "elephant", "espresso",
+    "fuchsia", "gold", "granite", "grape", "graphite", "grass", "gray", "green", "grey", "heather",
+    "indigo", "ivory", "ivy", "khaki", "lavender", "lemon", "leopard", "light", "lilac", "lime",
+    "magenta", "maroon", "mauve", "merlot", "midnight", "mint", "mocha", "multicolor", "mushroom",
+    "mustard", "natural", "navy", "nude", "olive", "orange", "peach", "pewter", "pink", "plum",
+    "purple", "rainbow", "red", "rose", "royal", "rust", "sand", "sapphire", "seashell", "silver",
+    "skull", "slate", "steel", "stone", "stonewash", "sunflower", "tan", "taupe", "teal", "tiger",
+    "turquoise", "violet", "walnut", "wheat", "white", "wine", "yellow"
+]
 
 # Deviation 1: words that are never product-type nouns. spaCy tags nouns by context; a fixed list of
 # stop words, adjectives and marketing descriptors is close enough for generated and real titles.
 NON_NOUN_WORDS = frozenset(
-    """
-    a an the and or nor but for with without of in on at to from by into onto over under up down out off
-    as per via about above after before between through during within than then so too very just also
-    only not no yes all any each every both few more most other some such own same new old this that these
-    those it its it's is are was were be been being has have had do does did can will would should could
-    may might must one two three four five six seven eight nine ten
-    men women mens womens men's women's man woman unisex kids kid boys girls girl boy baby adult adults
-    big small large little tall short long wide high low light heavy soft hard thin thick slim extra mini
-    full half double single multi best great good perfect premium classic modern vintage natural organic
-    pure fresh original professional portable compact durable lightweight waterproof adjustable comfortable
-    cute casual elegant stylish fashion luxury deluxe ultra super quality pack set pcs piece pieces count
-    size color colour inch inches ounce ounces fl oz lb lbs cm mm ft feet
-    """.split()
+    [
+        "a", "an", "the", "and", "or", "nor", "but", "for", "with", "without", "of", "in", "on",
+        "at", "to", "from", "by", "into", "onto", "over", "under", "up", "down", "out", "off", "as",
+        "per", "via", "about", "above", "after", "before", "between", "through", "during", "within",
+        "than", "then", "so", "too", "very", "just", "also", "only", "not", "no", "yes", "all",
+        "any", "each", "every", "both", "few", "more", "most", "other", "some", "such", "own",
+        "same", "new", "old", "this", "that", "these", "those", "it", "its", "it's", "is", "are",
+        "was", "were", "be", "been", "being", "has", "have", "had", "do", "does", "did", "can",
+        "will", "would", "should", "could", "may", "might", "must", "one", "two", "three", "four",
+        "five", "six", "seven", "eight", "nine", "ten", "men", "women", "mens", "womens", "men's",
+        "women's", "man", "woman", "unisex", "kids", "kid", "boys", "girls", "girl", "boy", "baby",
+        "adult", "adults", "big", "small", "large", "little", "tall", "short", "long", "wide",
+        "high", "low", "light", "heavy", "soft", "hard", "thin", "thick", "slim", "extra", "mini",
+        "full", "half", "double", "single", "multi", "best", "great", "good", "perfect", "premium",
+        "classic", "modern", "vintage", "natural", "organic", "pure", "fresh", "original",
+        "professional", "portable", "compact", "durable", "lightweight", "waterproof", "adjustable",
+        "comfortable", "cute", "casual", "elegant", "stylish", "fashion", "luxury", "deluxe",
+        "ultra", "super", "quality", "pack", "set", "pcs", "piece", "pieces", "count", "size",
+        "color", "colour", "inch", "inches", "ounce", "ounces", "fl", "oz", "lb", "lbs", "cm", "mm",
+        "ft", "feet"
+    ]
 )
 
 _TOKEN_RE = re.compile(r"[a-z][a-z']*")
@@ -119,9 +130,9 @@ def get_type_reward(purchased: dict[str, Any], goal: dict[str, Any]) -> dict[str
         r_type = 0.1
     if title_score == 0.0:
         r_type = 0.0
-    return dict(
-        r_type=r_type, query_match=query_match, category_match=category_match, title_score=title_score
-    )
+    return {
+        "r_type": r_type, "query_match": query_match, "category_match": category_match, "title_score": title_score
+    }
 
 
 def get_attribute_reward(purchased: dict[str, Any], goal: dict[str, Any]) -> tuple[float, int]:

@@ -139,12 +139,12 @@ class WebShopRealEnv(TextEnv):
             raise ValueError(f"split must be 'train' or 'test', got {split!r}")
         self.root = resolve_webshop_path(webshop_path, num_products)
         text_env_cls = _import_text_env(self.root)
-        kwargs = dict(
-            observation_mode="text",
-            file_path=str(self.root / DATA_LAYOUT[num_products][0]),
-            num_products=num_products,
-            human_goals=False,
-        )
+        kwargs = {
+            "observation_mode": "text",
+            "file_path": str(self.root / DATA_LAYOUT[num_products][0]),
+            "num_products": num_products,
+            "human_goals": False,
+        }
         kwargs.update(env_kwargs or {})
         try:
             self._env = text_env_cls(**kwargs)
@@ -155,7 +155,7 @@ class WebShopRealEnv(TextEnv):
         num_goals = len(self._env.server.goals)
         self.split = split
         n_test = min(NUM_TEST_GOALS, num_goals)
-        self.goal_range = range(0, n_test) if split == "test" else range(n_test, num_goals)
+        self.goal_range = range(n_test) if split == "test" else range(n_test, num_goals)
         if not self.goal_range:
             raise ValueError(f"WebShop at {self.root} has {num_goals} goals: none left for split {split!r}")
         self.goal_idx = -1
