@@ -32,8 +32,9 @@ Parsers never raise: any input (None, bytes, 50k characters, binary) yields a re
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 # Parsers look at this many leading characters at most (responses are <= 512 tokens anyway).
 MAX_PARSE_CHARS = 8192
@@ -285,8 +286,10 @@ def _history_block(history: Sequence[tuple[str, str]], steps: int, history_lengt
         return f"You have taken {max(steps, 0)} step(s) {where}.\n"
     first = steps - len(shown) + 1
     lines = [
-        f"You have taken {steps} step(s) {where}. The most recent {len(shown)} observation(s) "
-        "and the action you took after each:"
+        (
+            f"You have taken {steps} step(s) {where}. The most recent {len(shown)} observation(s) "
+            "and the action you took after each:"
+        )
     ]
     for i, (obs, action) in enumerate(shown):
         obs = _obs_text(obs, task)
@@ -395,7 +398,7 @@ def parse_plan(text: Any, max_subgoals: int, *, task: str = "") -> tuple[list[st
             return fallback, False
         k = max(int(max_subgoals), 1)
         return subgoals[:k], len(subgoals) <= k
-    except Exception:  # parsers never raise; a bug here must not kill a rollout
+    except Exception:  # noqa: BLE001  (parsers never raise; a bug here must not kill a rollout)
         return fallback, False
 
 
@@ -431,7 +434,7 @@ def parse_action(
     """
     try:
         return _parse_action(_as_text(text), admissible, env_kind(env_id), require_think)
-    except Exception:  # parsers never raise
+    except Exception:  # noqa: BLE001  (parsers never raise)
         return "", False, False
 
 

@@ -49,8 +49,9 @@ import hashlib
 import io
 import math
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -59,6 +60,10 @@ from himac_ray.data import Record
 from himac_ray.generation import Generator, SamplingParams
 
 MODES = ("macro", "micro", "flat")
+PLANNER_PARAMS = SamplingParams(temperature=1.0)
+"""default planner sampling: blueprints are sampled (macro groups need diversity)"""
+EXECUTOR_PARAMS = SamplingParams(temperature=0.0)
+"""default executor sampling: greedy (the frozen executor scoring blueprints in macro mode)"""
 DEFAULT_MAX_STEPS = 50
 """episode step cap used only when the env does not expose `max_steps`"""
 
@@ -94,7 +99,7 @@ class RolloutResult:
     """see the metric-key constants of this module"""
     blueprints: dict[int, list[str]] = field(default_factory=dict)
     """seed -> the best blueprint of its group (macro) or the blueprint executed (micro)"""
-    pre: "RolloutResult | None" = None
+    pre: RolloutResult | None = None
     """micro mode without `blueprints`: the macro rollout that chose them (its records and
     metrics are not part of this result's)"""
 
@@ -136,8 +141,8 @@ def run_rollout(
     seeds: Sequence[int],
     mode: str,
     group_size: int,
-    planner_params: SamplingParams = SamplingParams(temperature=1.0),
-    executor_params: SamplingParams = SamplingParams(temperature=0.0),
+    planner_params: SamplingParams = PLANNER_PARAMS,
+    executor_params: SamplingParams = EXECUTOR_PARAMS,
     max_subgoals: int = 4,
     subgoal_step_budget: int | None = None,
     history_length: int = 2,
@@ -195,15 +200,42 @@ def run_rollout(
         blueprints = pre.blueprints
 
     groups: list[list[Episode]] = []
-    for i, seed in enumerate(seeds):
-        group_id = f"{mode}-{i}-seed{seed}"
-        groups.append(
-            [reset_episode(env_id, env_kwargs, env_factory, int(seed), group_id, f"{group_id}/{j}", stats) for j in range(group_size)]
+    try:
+        for i, seed in enumerate(seeds):
+            group_id = f"{mode}-{i}-seed{seed}"
+            groups.append(
+                [reset_episode(env_id, env_kwargs, env_factory, int(seed), group_id, f"{group_id}/{j}", stats) for j in range(group_size)]
+            )
+        _run_groups(
+            groups, generator=generator, planner_generator=planner_generator, env_id=env_id, mode=mode,
+            planner_params=planner_params, executor_params=executor_params, max_subgoals=max_subgoals,
+            subgoal_step_budget=subgoal_step_budget, history_length=history_length,
+            invalid_penalty=invalid_penalty, blueprints=blueprints, stats=stats, progress=progress,
         )
-    episodes = [e for g in groups for e in g]
+    finally:
+        for g in groups:
+            for e in g:
+                e.env.close()
+    result = _result(groups, mode, stats)
+    result.pre = pre
+    return result
 
+
+# --------------------------------------------------------------------------------------------
+# Phases
+# --------------------------------------------------------------------------------------------
+def _run_groups(
+    groups, *, generator, planner_generator, env_id, mode, planner_params, executor_params, max_subgoals,
+    subgoal_step_budget, history_length, invalid_penalty, blueprints, stats, progress,
+) -> None:
+    """Blueprints (macro: sampled, micro: given), then decision rounds until every episode ended."""
+    episodes = [e for g in groups for e in g]
+    if not episodes:
+        return
     if mode == "macro":
         _plan_round(planner_generator, env_id, groups, planner_params, max_subgoals, invalid_penalty, stats)
+        if progress is not None:
+            progress({"phase": "plan", "round": 0, "live": len(episodes), "finished": 0, "total": len(episodes)})
     elif mode == "micro":
         for g in groups:
             if g[0].seed not in blueprints:
@@ -214,20 +246,9 @@ def run_rollout(
     if mode != "flat":
         for e in episodes:
             e.budget = subgoal_budget(e.max_steps, len(e.subgoals), subgoal_step_budget)
-    if progress is not None and mode == "macro":
-        progress({"phase": "plan", "round": 0, "live": len(episodes), "finished": 0, "total": len(episodes)})
-
     _act_loop(generator, env_id, episodes, mode, executor_params, history_length, invalid_penalty, stats, progress)
-    for e in episodes:
-        e.env.close()
-    result = _result(groups, mode, stats)
-    result.pre = pre
-    return result
 
 
-# --------------------------------------------------------------------------------------------
-# Phases
-# --------------------------------------------------------------------------------------------
 def reset_episode(
     env_id: str, env_kwargs: dict, env_factory, seed: int, group_id: str, traj_id: str, stats: dict | None = None
 ) -> Episode:
@@ -344,13 +365,13 @@ def advance_episode(e: Episode, *, action: str, reward: float, obs: Any, info: d
     if done or e.steps >= e.max_steps:
         _finish(e, bool(info.get("won", False)))
         return
-    if e.subgoals is not None and e.subgoal_index < len(e.subgoals) - 1:
-        if sub_done or e.steps_in_subgoal >= e.budget:
-            if stats is not None:
-                stats[SUB_DONE_ADVANCES if sub_done else BUDGET_ADVANCES] += 1
-            e.subgoal_index += 1
-            e.steps_in_subgoal = 0
-            e.history = []
+    on_last = e.subgoals is None or e.subgoal_index >= len(e.subgoals) - 1
+    if not on_last and (sub_done or e.steps_in_subgoal >= e.budget):
+        if stats is not None:
+            stats[SUB_DONE_ADVANCES if sub_done else BUDGET_ADVANCES] += 1
+        e.subgoal_index += 1
+        e.steps_in_subgoal = 0
+        e.history = []
 
 
 def _finish(e: Episode, won: bool) -> None:

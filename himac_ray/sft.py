@@ -25,7 +25,8 @@ Alignment of expert actions to subgoals (DESIGN):
 
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from himac_ray import prompts, rollout
 

@@ -32,7 +32,7 @@ GARBAGE = [
     "<think>a</think><action></action>",
     "<think>a</think><action>  </action>",
     "<think>a</think><action>up</action><action>down</action>",
-    "".join(chr(i) for i in range(0, 2000)),
+    "".join(chr(i) for i in range(2000)),
     "<think>向上</think><action>up</action>",
     "<think>a</think><action>up\x00</action>",
     12345,
@@ -49,7 +49,7 @@ def test_env_kind():
 
 @pytest.mark.parametrize("env_id", ENV_IDS)
 def test_prompts_are_chat_lists(env_id):
-    common = dict(task="do the thing", observation="OBS-TEXT", admissible_actions=["up", "down"])
+    common = {"task": "do the thing", "observation": "OBS-TEXT", "admissible_actions": ["up", "down"]}
     plan = planner_prompt(env_id, task="do the thing", observation="OBS-TEXT", max_subgoals=3)
     ex = executor_prompt(
         env_id, subgoals=["first", "second"], subgoal_index=1, history=[("o1", "a1"), ("o2", "a2"), ("o3", "a3")],

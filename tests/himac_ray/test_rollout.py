@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import itertools
 import re
 
 import gymnasium as gym
@@ -20,7 +21,7 @@ SOKOBAN_VISUAL = "himac/SokobanVisual-v0"
 ALFWORLD = "himac/ALFWorld-v0"
 WEBSHOP = "himac/WebShop-v0"
 # two-box Sokoban so blueprints have several subgoals
-SOKOBAN2 = dict(dim_room=(7, 7), num_boxes=2, max_steps=30)
+SOKOBAN2 = {"dim_room": (7, 7), "num_boxes": 2, "max_steps": 30}
 
 
 def _module_missing(name: str) -> bool:
@@ -156,13 +157,13 @@ def test_macro_expert_solves_every_env(env_id, env_kwargs):
         group = [r for r in plans if r.group_id == f"macro-{i}-seed{seed}"]
         assert len(group) == G and {r.seed for r in group} == {seed}
         assert len({r.anchor for r in group}) == 1 and len({r.traj_id for r in group}) == G
-    for traj, recs in _by_traj(res.records).items():
+    for recs in _by_traj(res.records).values():
         assert recs[0].level == "plan" and [r.step for r in recs[1:]] == list(range(len(recs) - 1))
         assert all(r.won and r.episode_return == pytest.approx(sum(x.reward for x in recs)) for r in recs)
         assert all(r.num_subgoals == recs[0].num_subgoals for r in recs)
         # <sub_done> advances the subgoal index by one at the next step
         idx = [r.subgoal_index for r in recs[1:]]
-        for a, b in zip(recs[1:], recs[2:]):
+        for a, b in itertools.pairwise(recs[1:]):
             assert b.subgoal_index == a.subgoal_index + (a.sub_done and a.subgoal_index < a.num_subgoals - 1)
         assert idx == sorted(idx)
     assert res.metrics["sub_done_advances"] > 0 and res.metrics["budget_advances"] == 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import itertools
 
 import numpy as np
 import pytest
@@ -66,11 +67,11 @@ def test_demonstration_format_and_alignment():
         episodes.setdefault(x["seed"], []).append(x)
         roles = [m["role"] for m in x["messages"]]
         assert roles == ["system", "user", "assistant"]
-    for seed, ex in episodes.items():
+    for ex in episodes.values():
         plan, acts = ex[0], ex[1:]
         subgoals, valid = prompts.parse_plan(plan["messages"][-1]["content"], 4)
         assert valid and 1 <= len(subgoals) <= 4
-        for a, b in zip(acts, acts[1:]):
+        for a, b in itertools.pairwise(acts):
             _, valid, sub_done = prompts.parse_action(a["messages"][-1]["content"], ["up", "down", "left", "right"], env_id=SOKOBAN)
             assert valid
             assert b["subgoal_index"] == a["subgoal_index"] + (sub_done and a["subgoal_index"] < len(subgoals) - 1)
