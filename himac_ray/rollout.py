@@ -162,7 +162,8 @@ def run_rollout(
         mode: "macro", "micro" or "flat" (module docstring).
         group_size: G blueprints (macro), N executions (micro) or episodes (flat) per seed.
         planner_params: planner sampling (its `n` is replaced by `group_size`).
-        executor_params: executor / flat sampling (its `n` is replaced by 1).
+        executor_params: executor / flat sampling (its `n` is replaced by 1). Its `stop`
+            strings must not cut the answer at `</action>`, or `<sub_done>` is never seen.
         max_subgoals: K, the most subgoals a blueprint may hold.
         subgoal_step_budget: steps per subgoal before advancing without `<sub_done>`;
             None -> ceil(max_steps / len(blueprint)).
