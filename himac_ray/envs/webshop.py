@@ -21,6 +21,9 @@ Deviations from the original (everything else follows docs `envs.md` section 2):
 5. Search uses BM25 (rank_bm25) over title, bullets and attributes; hits need a positive score.
 6. Product nouns for the reward's `title_score` come from a stop-word heuristic, not spaCy, and the
    score is clipped to [0, 1] (see `webshop_reward.py`).
+7. Goals are built like `get_synthetic_goals` (one per product x option combination, one instruction
+   and price bound per product), but every product gets a templated instruction ("Find me {attrs}
+   {query} with {attr}"), and the goal order comes from the catalog seed, not `random.seed(233)`.
 """
 
 from __future__ import annotations
