@@ -60,6 +60,17 @@ class Sample:
     """"stop" (EOS or a stop string) or "length" (hit max_tokens)"""
 
 
+def text_of(content) -> str:
+    """The text of a message's content: a string, or the text parts of a list of content parts.
+
+    Visual prompts use a list of parts: {"type": "text", "text": ...} and {"type": "image",
+    "image": HxWx3 uint8 array}.
+    """
+    if isinstance(content, str):
+        return content
+    return "".join(part.get("text", "") for part in content if part.get("type") == "text")
+
+
 class Generator(Protocol):
     """Anything that turns chat prompts into samples."""
 
@@ -87,7 +98,7 @@ class ScriptedGenerator:
     def generate(self, prompts: Sequence[Chat], params: SamplingParams) -> list[list[Sample]]:
         out = []
         for chat in prompts:
-            prompt_ids = self._encode("".join(m["content"] for m in chat))
+            prompt_ids = self._encode("".join(text_of(m["content"]) for m in chat))
             samples = []
             for i in range(params.n):
                 text = self.policy(chat, i)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from himac_ray.generation import Chat
+from himac_ray.generation import Chat, text_of
 
 
 def render_chat(tokenizer, chat: Chat) -> list[int]:
@@ -13,7 +13,7 @@ def render_chat(tokenizer, chat: Chat) -> list[int]:
     Image content parts ({"type": "image", ...}) are reduced to their text parts here; the
     multimodal path renders them through the model's processor instead.
     """
-    messages = [{"role": m["role"], "content": _text_of(m["content"])} for m in chat]
+    messages = [{"role": m["role"], "content": text_of(m["content"])} for m in chat]
     text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     return list(tokenizer.encode(text, add_special_tokens=False))
 
@@ -21,8 +21,3 @@ def render_chat(tokenizer, chat: Chat) -> list[int]:
 def render_chats(tokenizer, chats: Sequence[Chat]) -> list[list[int]]:
     return [render_chat(tokenizer, chat) for chat in chats]
 
-
-def _text_of(content) -> str:
-    if isinstance(content, str):
-        return content
-    return "".join(part.get("text", "") for part in content if part.get("type") == "text")

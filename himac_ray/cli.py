@@ -1,0 +1,121 @@
+"""`himac-ray` command line: model preparation, training, evaluation, benchmarks, play.
+
+Every command accepts `--config FILE` and `--set a.b=c` (repeatable); the config is validated
+before anything starts. Ray and the actors are imported lazily, only by the commands that need
+them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from himac_ray.config import ConfigError, TrainConfig, config_to_dict, load_config
+
+
+def _config_args() -> argparse.ArgumentParser:
+    parent = argparse.ArgumentParser(add_help=False)
+    parent.add_argument("--config", help="YAML config file (see configs/)")
+    parent.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+        help="override one config key, e.g. --set algorithm.group_size=4 (repeatable)",
+    )
+    return parent
+
+
+def _load(args) -> TrainConfig:
+    return load_config(args.config, args.overrides)
+
+
+def cmd_model(args) -> int:
+    from himac_ray.models import build_tiny_llama, prepare_embedded_model
+
+    path = build_tiny_llama(force=args.force) if args.tiny else prepare_embedded_model(force=args.force)
+    print(path)
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from himac_ray.generation_demo import run_generation_demo
+    from himac_ray.models import resolve_model
+
+    cfg = _load(args)
+    run_generation_demo(resolve_model(cfg.model.path))
+    return 0
+
+
+def cmd_config(args) -> int:
+    cfg = _load(args)
+    print(json.dumps(config_to_dict(cfg), indent=2))
+    return 0
+
+
+def cmd_play(args) -> int:
+    from himac_ray.envs.play import play
+
+    play(args.env, args.seed)
+    return 0
+
+
+BENCHES = ("env",)
+
+
+def cmd_bench(args) -> int:
+    if args.name == "env":
+        from benchmarks.env_bench import format_table, run_env_bench
+
+        results = run_env_bench(seconds=args.seconds)
+        print(format_table(results))
+    if args.json:
+        print(json.dumps(results))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="himac-ray",
+        description="HiMAC (hierarchical macro-micro RL) for long-horizon LLM agents on Ray + vLLM + DeepSpeed.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    common = _config_args()
+
+    p = sub.add_parser("model", parents=[common], help="prepare local models (no downloads)")
+    p.add_argument("action", choices=["prepare"], help="prepare: convert the embedded SmolLM2-135M GGUF once")
+    p.add_argument("--tiny", action="store_true", help="build the tiny random Llama instead")
+    p.add_argument("--force", action="store_true", help="rebuild even if already prepared")
+    p.set_defaults(func=cmd_model)
+
+    p = sub.add_parser("demo", parents=[common], help="the demo job on the embedded model")
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("config", parents=[common], help="print the validated config as JSON")
+    p.set_defaults(func=cmd_config)
+
+    p = sub.add_parser("play", parents=[common], help="play an environment in the terminal")
+    p.add_argument("env", help="env id, e.g. himac/Sokoban-v0")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_play)
+
+    p = sub.add_parser("bench", parents=[common], help="run a benchmark and print its figures")
+    p.add_argument("name", choices=BENCHES)
+    p.add_argument("--json", action="store_true", help="print one JSON object of the figures last")
+    p.add_argument("--seconds", type=float, default=2.0, help="time per measurement (env bench)")
+    p.set_defaults(func=cmd_bench)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except ConfigError as err:
+        print(f"himac-ray: config error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("himac-ray: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

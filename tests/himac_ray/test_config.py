@@ -1,0 +1,65 @@
+"""Config loading: defaults, YAML files, overrides, and clear errors for bad input."""
+
+from pathlib import Path
+
+import pytest
+
+from himac_ray.config import ConfigError, load_config
+
+CONFIGS = sorted((Path(__file__).parents[2] / "configs").glob("*.yaml"))
+
+
+def test_defaults_validate():
+    cfg = load_config()
+    assert cfg.algorithm.name == "himac" and cfg.algorithm.kl_coef == 0.01
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+def test_shipped_configs_validate(path):
+    load_config(path)
+
+
+def test_overrides_are_typed():
+    cfg = load_config(None, ["algorithm.group_size=4", "learner.lr=1e-5", "env.kwargs={max_steps: 9}",
+                             "rollout.subgoal_step_budget=null"])
+    assert cfg.algorithm.group_size == 4
+    assert cfg.learner.lr == pytest.approx(1e-5)
+    assert cfg.env.kwargs == {"max_steps": 9}
+    assert cfg.rollout.subgoal_step_budget is None
+
+
+@pytest.mark.parametrize(
+    "override, needle",
+    [
+        ("algorithm.grup_size=3", "did you mean algorithm.group_size"),
+        ("algorithm.name=ppo", "algorithm.name='ppo' is not allowed"),
+        ("learner.lr=fast", "learner.lr='fast'"),
+        ("learner.zero_stage=1", "learner.zero_stage=1 is not allowed"),
+        ("run.iterations=0", "run.iterations=0 must be >= 1"),
+        ("algorithm.group_size=1", "algorithm.group_size=1 must be >= 2"),
+        ("env.id=himac/Chess-v0", "env.id='himac/Chess-v0' is not a himac-ray env"),
+        ("rollout.top_p=2", "rollout.top_p=2.0 must be in (0, 1]"),
+        ("nonsense=1", "unknown config key 'nonsense'"),
+        ("algorithm=3", "algorithm must be a mapping"),
+        ("no_equals_sign", "must look like key.sub=value"),
+    ],
+)
+def test_bad_values_name_key_value_and_allowed(override, needle):
+    with pytest.raises(ConfigError) as err:
+        load_config(None, [override])
+    assert needle in str(err.value)
+
+
+def test_missing_and_malformed_files(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("algorithm: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(bad)
+
+
+def test_config_is_frozen():
+    cfg = load_config()
+    with pytest.raises(Exception):
+        cfg.algorithm.group_size = 3
