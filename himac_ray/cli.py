@@ -12,6 +12,7 @@ import json
 import sys
 
 from himac_ray.config import ConfigError, TrainConfig, config_to_dict, load_config
+from himac_ray.models import ModelUnavailableError
 
 
 def _config_args() -> argparse.ArgumentParser:
@@ -42,6 +43,24 @@ def cmd_demo(args) -> int:
 
     cfg = _load(args)
     run_generation_demo(resolve_model(cfg.model.path))
+    return 0
+
+
+def cmd_train(args) -> int:
+    from himac_ray.train import train
+
+    train(_load(args), resume=args.resume)
+    return 0
+
+
+def cmd_sft(args) -> int:
+    from pathlib import Path
+
+    from himac_ray.sft_train import sft_from_config
+
+    cfg = _load(args)
+    out = Path(args.out) if args.out else Path(cfg.run.dir) / "sft_model"
+    print(sft_from_config(cfg, out))
     return 0
 
 
@@ -89,6 +108,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", parents=[common], help="the demo job on the embedded model")
     p.set_defaults(func=cmd_demo)
 
+    p = sub.add_parser("train", parents=[common], help="train with HiMAC (or a flat baseline) on Ray")
+    p.add_argument("--resume", action="store_true", help="continue from the latest complete checkpoint in run.dir")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("sft", parents=[common], help="warm-start the policy on the envs' expert demonstrations")
+    p.add_argument("--out", help="output model folder (default: <run.dir>/sft_model)")
+    p.set_defaults(func=cmd_sft)
+
     p = sub.add_parser("config", parents=[common], help="print the validated config as JSON")
     p.set_defaults(func=cmd_config)
 
@@ -111,6 +138,9 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except ConfigError as err:
         print(f"himac-ray: config error: {err}", file=sys.stderr)
+        return 2
+    except ModelUnavailableError as err:
+        print(f"himac-ray: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("himac-ray: interrupted", file=sys.stderr)

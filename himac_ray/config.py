@@ -107,6 +107,8 @@ class RolloutConfig:
     """token budget of one blueprint"""
     action_max_tokens: int = 96
     """token budget of one executor response"""
+    num_env_pools: int = 1
+    """env-pool actors; the iteration's groups are split over them (a dead pool's share is redone)"""
 
 
 @dataclass(frozen=True)
@@ -234,7 +236,7 @@ CHOICES = {
 }
 POSITIVE = (
     "model.max_model_len", "algorithm.group_size", "algorithm.num_groups", "rollout.max_subgoals",
-    "rollout.plan_max_tokens", "rollout.action_max_tokens", "sampler.num_engines",
+    "rollout.plan_max_tokens", "rollout.action_max_tokens", "rollout.num_env_pools", "sampler.num_engines",
     "sampler.tensor_parallel_size", "learner.num_ranks", "learner.micro_batch_size",
     "learner.mini_batches", "learner.max_len", "learner.sync_bucket_mb", "run.iterations",
     "run.checkpoint_every", "run.keep_checkpoints", "sft.episodes", "sft.batch_size", "env.eval_episodes",

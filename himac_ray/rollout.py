@@ -454,6 +454,46 @@ def _result(groups: list[list[Episode]], mode: str, stats: dict) -> RolloutResul
     return RolloutResult(records=records, episodes=summaries, metrics=metrics, blueprints=blueprints)
 
 
+def merge_results(results: Sequence[RolloutResult]) -> RolloutResult:
+    """One `RolloutResult` from several disjoint ones (e.g. env pools' seed slices).
+
+    Counts and timings add up; rates are re-weighted by what they count (episodes, act
+    records, plan records), so the merge equals one rollout over all the seeds.
+    """
+    results = [r for r in results if r is not None]
+    if len(results) == 1:
+        return results[0]
+    records = [r for res in results for r in res.records if r.level == "plan"]
+    records += [r for res in results for r in res.records if r.level == "act"]
+    episodes = [e for res in results for e in res.episodes]
+
+    def weighted(key: str, weight) -> float:
+        total = sum(weight(res) for res in results)
+        return sum(res.metrics.get(key, 0.0) * weight(res) for res in results) / max(total, 1)
+
+    def n_eps(res):
+        return res.metrics.get(NUM_EPISODES, len(res.episodes))
+
+    def n_acts(res):
+        return sum(r.level == "act" for r in res.records)
+
+    def n_plans(res):
+        return sum(r.level == "plan" for r in res.records)
+
+    metrics = {key: sum(res.metrics.get(key, 0) for res in results) for key in (
+        NUM_EPISODES, ENV_STEPS, GEN_TOKENS, GEN_CALLS, GEN_SECONDS, ENV_SECONDS, SUB_DONE_ADVANCES, BUDGET_ADVANCES)}
+    for key in (SUCCESS_RATE, MEAN_RETURN, MEAN_STEPS, MEAN_NUM_SUBGOALS):
+        metrics[key] = weighted(key, n_eps)
+    metrics[INVALID_ACTION_RATE] = weighted(INVALID_ACTION_RATE, n_acts)
+    metrics[PLAN_FALLBACK_RATE] = weighted(PLAN_FALLBACK_RATE, n_plans)
+    metrics[PLAN_INVALID_RATE] = weighted(PLAN_INVALID_RATE, n_plans)
+    metrics[MEAN_RESPONSE_LEN] = sum(len(r.response_ids) for r in records) / max(len(records), 1)
+    blueprints = {seed: bp for res in results for seed, bp in res.blueprints.items()}
+    pres = [res.pre for res in results]
+    pre = merge_results(pres) if all(p is not None for p in pres) else None
+    return RolloutResult(records=records, episodes=episodes, metrics=metrics, blueprints=blueprints, pre=pre)
+
+
 # --------------------------------------------------------------------------------------------
 # Observation helpers (also used by sft.py)
 # --------------------------------------------------------------------------------------------

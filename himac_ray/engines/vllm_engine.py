@@ -11,10 +11,13 @@ import os
 import tempfile
 import time
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import TYPE_CHECKING, Mapping, Sequence
 
 from himac_ray.engines.chat import render_chats
 from himac_ray.generation import Chat, Sample, SamplingParams
+
+if TYPE_CHECKING:
+    import torch
 
 WORKER_EXTENSION = "himac_ray.engines.vllm_engine.WeightReloadExtension"
 
@@ -130,6 +133,20 @@ class VLLMGenerator:
         self.stats["requests"] += len(prompt_ids)
         self.stats["prompt_tokens"] += sum(len(ids) for ids in prompt_ids)
         return results
+
+    def score(self, pairs: Sequence[tuple[list[int], list[int]]]) -> list[list[float]]:
+        """Raw logprobs of each (prompt_ids, response_ids) pair's response under the current weights."""
+        from vllm import SamplingParams as VSamplingParams
+        from vllm.inputs import TokensPrompt
+
+        params = VSamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=0)
+        outputs = self.llm.generate(
+            [TokensPrompt(prompt_token_ids=list(p) + list(r)) for p, r in pairs], params, use_tqdm=False
+        )
+        return [
+            [out.prompt_logprobs[len(p) + j][tok].logprob for j, tok in enumerate(r)]
+            for (p, r), out in zip(pairs, outputs)
+        ]
 
     def reload_weights(self, source: str | Path | Mapping[str, "torch.Tensor"], *, version: int | None = None) -> float:
         """Load new weights in place from a safetensors file or a state dict; returns seconds taken."""

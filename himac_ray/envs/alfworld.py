@@ -24,8 +24,23 @@ import random
 from typing import Any
 
 from himac_ray.envs.alfworld_world import (
-    APPLIANCE, CAN_CONTAIN, CLEAN, CLEANABLE, COOL, COOLABLE, HEAT, HEATABLE, LIGHT, OPENABLE,
-    SPLITS, TASK_TYPES, TWO, Household, display_key, generate_household, split_name,
+    APPLIANCE,
+    CAN_CONTAIN,
+    CLEAN,
+    CLEANABLE,
+    COOL,
+    COOLABLE,
+    HEAT,
+    HEATABLE,
+    LIGHT,
+    OPENABLE,
+    SPLITS,
+    TASK_TYPES,
+    TWO,
+    Household,
+    display_key,
+    generate_household,
+    split_name,
 )
 from himac_ray.envs.base import TextEnv, normalize_action
 

@@ -1,5 +1,6 @@
 """Config loading: defaults, YAML files, overrides, and clear errors for bad input."""
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -61,5 +62,5 @@ def test_missing_and_malformed_files(tmp_path):
 
 def test_config_is_frozen():
     cfg = load_config()
-    with pytest.raises(Exception):
+    with pytest.raises(dataclasses.FrozenInstanceError):
         cfg.algorithm.group_size = 3

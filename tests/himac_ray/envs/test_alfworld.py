@@ -16,7 +16,13 @@ from gymnasium.utils.env_checker import check_env
 import himac_ray.envs  # noqa: F401  (registers the env ids)
 from himac_ray.envs.alfworld import HELP, NOTHING, ALFWorldEnv, join_items
 from himac_ray.envs.alfworld_world import (
-    CAN_CONTAIN, OPENABLE, TASK_TYPES, UNSEEN_FLOORPLANS, get_floorplan, is_held_out, split_name,
+    CAN_CONTAIN,
+    OPENABLE,
+    TASK_TYPES,
+    UNSEEN_FLOORPLANS,
+    get_floorplan,
+    is_held_out,
+    split_name,
 )
 from himac_ray.envs.real import alfworld_real
 from himac_ray.envs.real.alfworld_real import ALFWorldRealEnv, ALFWorldUnavailableError

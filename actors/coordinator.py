@@ -1,0 +1,100 @@
+"""The coordinator actor: starts samplers, env pools and the learner group, then runs `Trainer`.
+
+All loop logic lives in `himac_ray.trainer.Trainer`; this actor only binds it to Ray: rollouts
+go to `RolloutDispatcher` (env pools + `SamplerPool`), learning to `LearnerGroup`, and weight
+sync writes the trained policy to a shared-memory safetensors file that every sampler of that
+policy reloads in place.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+from pathlib import Path
+
+import ray
+
+from actors.env_pool import RolloutDispatcher
+from actors.learner import LearnerGroup
+from actors.sampler import SamplerPool, create_samplers
+from himac_ray.config import config_from_dict
+from himac_ray.trainer import Trainer
+
+
+@ray.remote(num_cpus=0, max_concurrency=4)
+class Coordinator:
+    """Methods block; `status()` answers while `run()` is busy (threaded actor)."""
+
+    def __init__(self, cfg_dict: dict, *, model_path: str, planner_path: str | None = None):
+        self.cfg = config_from_dict(cfg_dict)
+        self.model_path, self.planner_path = model_path, planner_path
+        self.status_ = {"phase": "starting", "iteration": 0}
+        self.rows: list[dict] = []
+        self.trainer: Trainer | None = None
+        self.run_id = uuid.uuid4().hex[:8]
+
+    def setup(self) -> dict:
+        cfg = self.cfg
+        self.status_["phase"] = "starting samplers"
+        if self.planner_path:
+            self.executors, _ = create_samplers(self.model_path, role="executor", model=cfg.model, sampler=cfg.sampler)
+            self.planners, _ = create_samplers(self.planner_path, role="planner", model=cfg.model,
+                                               sampler=cfg.sampler, seed_offset=1000)
+        else:
+            self.executors, _ = create_samplers(self.model_path, role="both", model=cfg.model, sampler=cfg.sampler)
+            self.planners = []
+        self.status_["phase"] = "starting learner"
+        self.learner = LearnerGroup(cfg=cfg, model_path=self.model_path, planner_path=self.planner_path)
+        self.status_["phase"] = "starting env pools"
+        r = cfg.rollout
+        dispatcher = RolloutDispatcher(cfg.env.id, cfg.env.kwargs, num_pools=r.num_env_pools)
+        fixed = dict(
+            generator=SamplerPool(self.executors),
+            planner_generator=SamplerPool(self.planners) if self.planners else None,
+            max_subgoals=r.max_subgoals, subgoal_step_budget=r.subgoal_step_budget,
+            history_length=r.history_length, invalid_penalty=cfg.algorithm.invalid_penalty,
+        )
+        self.dispatcher = dispatcher
+        self.trainer = Trainer(cfg, rollout=lambda **kw: dispatcher(**fixed, **kw), learner=self.learner,
+                               sync=self.sync, log=print)
+        return {"samplers": len(self.executors) + len(self.planners), "learner_ranks": cfg.learner.num_ranks}
+
+    def sync(self, *, trainable: str | None, version: int) -> dict:
+        """Push the trained policy (both when `trainable` is None) to its samplers; returns timing."""
+        start = time.perf_counter()
+        if not self.planners:
+            jobs = [("executor", self.executors)]
+        else:
+            jobs = [(p, s) for p, s in (("planner", self.planners), ("executor", self.executors))
+                    if trainable in (None, p)]
+        shm = "/dev/shm" if os.path.isdir("/dev/shm") else "/tmp"
+        paths = []
+        for policy, samplers in jobs:
+            path = Path(shm) / f"himac-{self.run_id}-{policy}-v{version}.safetensors"
+            self.learner.save_weights(str(path), policy=policy)
+            ray.get([s.reload_weights.remote(str(path), version) for s in samplers])
+            path.unlink(missing_ok=True)
+            paths.append(str(path))
+        return {"seconds": time.perf_counter() - start, "path": ",".join(paths), "method": "shm"}
+
+    def run(self, resume: bool = False, iterations: int | None = None) -> list[dict]:
+        if self.trainer is None:
+            self.setup()
+        if resume:
+            self.trainer.restore()
+        self.trainer.status = self.status_
+        return self.trainer.run(iterations, on_iteration=self.rows.append)
+
+    def status(self) -> dict:
+        return {**self.status_, "last": self.rows[-1] if self.rows else None, "done": len(self.rows)}
+
+    def sampler_stats(self) -> list[dict]:
+        return ray.get([s.stats.remote() for s in self.executors + self.planners])
+
+    def sampler_logprobs(self, records: list) -> list[list[float]]:
+        """Sampler-side logprobs of fixed responses (teacher forcing through vLLM), for sync checks."""
+        return ray.get(self.executors[0].score.remote(records))
+
+    def learner_logprobs(self, records: list) -> list[list[float]]:
+        return self.learner.compute_logprobs(records)

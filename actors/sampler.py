@@ -1,0 +1,106 @@
+"""vLLM sampler actors (one engine each) and `SamplerPool`, a `Generator` spreading a batch over them."""
+
+from __future__ import annotations
+
+import time
+
+import ray
+from ray.util.placement_group import placement_group
+from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+from himac_ray.config import ModelConfig, SamplerConfig
+from himac_ray.generation import SamplingParams
+
+ROLES = ("planner", "executor", "both")
+
+
+class SamplerDiedError(RuntimeError):
+    """A sampler actor died mid-call; the caller restarts it and redoes the work."""
+
+
+@ray.remote
+class SamplerActor:
+    """Hosts one `VLLMGenerator`; `role` says which level's prompts it serves."""
+
+    def __init__(self, model_path: str, *, role: str, model: ModelConfig, sampler: SamplerConfig, seed: int):
+        from himac_ray.engines.vllm_engine import VLLMGenerator
+
+        self.role = role
+        self.gen = VLLMGenerator(
+            model_path, seed=seed, max_model_len=model.max_model_len, kv_cache_gb=sampler.kv_cache_gb,
+            dtype=model.dtype, gpu_memory_utilization=sampler.gpu_memory_utilization,
+            tensor_parallel_size=sampler.tensor_parallel_size,
+        )
+        self.started = time.time()
+
+    def generate(self, prompts, params: SamplingParams):
+        return self.gen.generate(prompts, params)
+
+    def score(self, records) -> list[list[float]]:
+        return self.gen.score([(r.prompt_ids, r.response_ids) for r in records])
+
+    def reload_weights(self, path: str, version: int) -> float:
+        return self.gen.reload_weights(path, version=version)
+
+    def weights_version(self) -> int:
+        return self.gen.weights_version
+
+    def stats(self) -> dict:
+        up = max(time.time() - self.started, 1e-9)
+        return {**self.gen.stats, "role": self.role, "weights_version": self.gen.weights_version,
+                "busy_fraction": self.gen.stats["busy_seconds"] / up, "node_id": ray.get_runtime_context().get_node_id()}
+
+
+class SamplerPool:
+    """A `Generator` over sampler actors: splits each batch into contiguous chunks, one per actor.
+
+    Picklable (it holds actor handles), so env-pool actors call the samplers directly.
+    """
+
+    def __init__(self, actors: list):
+        if not actors:
+            raise ValueError("SamplerPool needs at least one sampler actor")
+        self.actors = list(actors)
+
+    def generate(self, prompts, params: SamplingParams):
+        prompts = list(prompts)
+        k = len(self.actors)
+        bounds = [round(j * len(prompts) / k) for j in range(k + 1)]
+        refs = [a.generate.remote(prompts[lo:hi], params) for a, lo, hi in zip(self.actors, bounds, bounds[1:]) if hi > lo]
+        try:
+            chunks = ray.get(refs)
+        except ray.exceptions.RayActorError as err:
+            raise SamplerDiedError(f"a sampler actor died during generation: {err}") from err
+        return [samples for chunk in chunks for samples in chunk]
+
+
+def create_samplers(model_path: str, *, role: str, model: ModelConfig, sampler: SamplerConfig,
+                    seed_offset: int = 0, pg_timeout_s: float = 120.0) -> tuple[list, object]:
+    """Start `sampler.num_engines` actors for `role` in a SPREAD placement group.
+
+    Returns (actors, placement_group). Fails with a clear message when the cluster cannot
+    host them (instead of waiting forever for resources).
+    """
+    if role not in ROLES:
+        raise ValueError(f"role must be one of {ROLES}, got {role!r}")
+    bundle = {"CPU": sampler.cpus_per_engine}
+    if sampler.gpus_per_engine:
+        bundle["GPU"] = sampler.gpus_per_engine
+    pg = placement_group([dict(bundle) for _ in range(sampler.num_engines)], strategy="SPREAD")
+    ready, _ = ray.wait([pg.ready()], timeout=pg_timeout_s)
+    if not ready:
+        ray.util.remove_placement_group(pg)
+        raise RuntimeError(
+            f"cannot place {sampler.num_engines} {role} sampler(s) needing {bundle} each within {pg_timeout_s:.0f}s; "
+            f"cluster has {ray.cluster_resources()} (lower sampler.num_engines / sampler.cpus_per_engine)"
+        )
+    actors = [
+        SamplerActor.options(
+            num_cpus=sampler.cpus_per_engine, num_gpus=sampler.gpus_per_engine,
+            scheduling_strategy=PlacementGroupSchedulingStrategy(pg, placement_group_bundle_index=i),
+            name=None,
+        ).remote(model_path, role=role, model=model, sampler=sampler, seed=sampler.seed + seed_offset + i)
+        for i in range(sampler.num_engines)
+    ]
+    ray.get([a.weights_version.remote() for a in actors])  # wait until every engine is up
+    return actors, pg

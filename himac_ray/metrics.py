@@ -1,0 +1,76 @@
+"""Per-iteration metrics: key names, the `metrics.jsonl` log and the learning-curve PNG."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+ITERATION = "iteration"
+TRAINABLE = "trainable"
+SUCCESS_RATE = "charts/success_rate"
+MEAN_RETURN = "charts/mean_return"
+ENV_STEPS = "charts/env_steps_total"
+INVALID_RATE = "charts/invalid_action_rate"
+RESPONSE_LEN = "charts/mean_response_len"
+ROLLOUT_TOKENS_PER_S = "perf/rollout_tokens_per_s"
+ENV_STEPS_PER_S = "perf/env_steps_per_s"
+SYNC_SECONDS = "perf/weight_sync_seconds"
+TIME_PREFIX = "time/"
+"""phase wall-clock seconds: time/rollout, time/advantage, time/learn, time/sync, time/record"""
+EVAL_SUCCESS = "eval/success_rate"
+
+
+class MetricsLog:
+    """Appends one JSON row per iteration to `metrics.jsonl`; resume-safe."""
+
+    def __init__(self, run_dir: str | Path):
+        self.path = Path(run_dir) / "metrics.jsonl"
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+
+    def rows(self) -> list[dict]:
+        if not self.path.exists():
+            return []
+        return [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
+
+    def truncate_from(self, iteration: int) -> None:
+        """Drop rows of iterations >= `iteration` (they are redone after a resume)."""
+        keep = [r for r in self.rows() if r.get(ITERATION, -1) < iteration]
+        tmp = self.path.with_suffix(".jsonl.tmp")
+        tmp.write_text("".join(json.dumps(r) + "\n" for r in keep))
+        tmp.replace(self.path)
+
+    def append(self, row: dict) -> None:
+        with self.path.open("a") as f:
+            f.write(json.dumps(row) + "\n")
+
+
+def plot_curve(rows: list[dict], path: str | Path, *, title: str = "") -> Path | None:
+    """Success rate and mean return against env steps, marking the trained level per iteration."""
+    if not rows:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    x = [r.get(ENV_STEPS, r[ITERATION]) for r in rows]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.8))
+    colors = {"planner": "tab:purple", "executor": "tab:green"}
+    for ax, key, label in ((ax1, SUCCESS_RATE, "train success rate"), (ax2, MEAN_RETURN, "mean return")):
+        ax.plot(x, [r.get(key, float("nan")) for r in rows], color="0.4", lw=1)
+        for level, color in colors.items():
+            pts = [(xi, r.get(key)) for xi, r in zip(x, rows) if r.get(TRAINABLE) == level]
+            if pts:
+                ax.scatter(*zip(*pts), color=color, label=f"{level} phase", zorder=3, s=18)
+        ax.set_xlabel("env steps")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+    evals = [(xi, r[EVAL_SUCCESS]) for xi, r in zip(x, rows) if EVAL_SUCCESS in r]
+    if evals:
+        ax1.plot(*zip(*evals), "k--o", ms=4, label="held-out success")
+    ax1.legend(fontsize=8)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return Path(path)

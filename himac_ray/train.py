@@ -1,0 +1,143 @@
+"""Training entry point: `himac-ray train ...` and `python -m himac_ray.train ...` (for `ray job submit`).
+
+Connects to `run.ray_address` / `$RAY_ADDRESS`, or starts a local Ray head whose dashboard binds
+to `run.dashboard_host` (127.0.0.1 by default: the dashboard runs submitted jobs without auth),
+optionally warm-starts the policy by SFT on the envs' experts, then drives the `Coordinator`
+actor with a progress bar. Imports Ray and the actors lazily.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+from himac_ray.config import TrainConfig, config_to_dict, load_config
+from himac_ray.run_state import latest_checkpoint
+
+SFT_DIR = "sft_model"
+
+
+def add_train_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    parser.add_argument("--config", help="YAML config file (see configs/)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override one config key (repeatable)")
+    parser.add_argument("--resume", action="store_true", help="continue from the latest complete checkpoint")
+    return parser
+
+
+def init_ray(cfg: TrainConfig, *, log=print):
+    """Connect to an existing cluster or start a local head bound to `run.dashboard_host`."""
+    import ray
+
+    if ray.is_initialized():
+        return ray.get_runtime_context()
+    address = cfg.run.ray_address or os.environ.get("RAY_ADDRESS")
+    env = {"env_vars": {"TOKENIZERS_PARALLELISM": "false", "VLLM_CONFIGURE_LOGGING": "0"}}
+    if address:
+        ctx = ray.init(address=address, runtime_env=env, log_to_driver=True)
+        log(f"[himac-ray] connected to Ray at {address}")
+    else:
+        needed = cfg.sampler.num_engines * cfg.sampler.cpus_per_engine * (2 if cfg.model.planner_path else 1)
+        needed += cfg.learner.num_ranks * cfg.learner.cpus_per_rank
+        num_cpus = max(os.cpu_count() or 1, int(needed + 0.999))
+        ctx = ray.init(num_cpus=num_cpus, include_dashboard=True, dashboard_host=cfg.run.dashboard_host,
+                       runtime_env=env)
+        url = getattr(ctx, "dashboard_url", "") or ""
+        log(f"[himac-ray] local Ray started; dashboard: http://{url}" if url else "[himac-ray] local Ray started")
+    return ctx
+
+
+def _resolve_models(cfg: TrainConfig, run_dir: Path, resume: bool, log) -> tuple[str, str | None]:
+    """Model folders for samplers and learner (SFT warm start when configured)."""
+    from himac_ray.models import resolve_model
+
+    model_path = str(resolve_model(cfg.model.path))
+    planner_path = str(resolve_model(cfg.model.planner_path)) if cfg.model.planner_path else None
+    sft_dir = run_dir / SFT_DIR
+    if (sft_dir / "config.json").exists():
+        log(f"[himac-ray] using the SFT warm start in {sft_dir}")
+        return str(sft_dir), planner_path
+    if cfg.run.sft_warmup and not (resume and latest_checkpoint(run_dir)):
+        from himac_ray.sft_train import sft_from_config
+
+        log(f"[himac-ray] SFT warm start on {cfg.sft.episodes} expert episodes of {cfg.env.id}")
+        warm = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, path=model_path))
+        return str(sft_from_config(warm, sft_dir)), planner_path
+    return model_path, planner_path
+
+
+def _drive(coordinator, total: int, resume: bool, log) -> list[dict]:
+    """Run the coordinator, showing a progress bar fed by its status."""
+    import ray
+    from tqdm import tqdm
+
+    ref = coordinator.run.remote(resume=resume)
+    bar = tqdm(total=total, desc="himac-ray", unit="iter", dynamic_ncols=True, file=sys.stdout)
+    shown = 0
+    while True:
+        ready, _ = ray.wait([ref], timeout=2.0)
+        status = ray.get(coordinator.status.remote())
+        last = status.get("last") or {}
+        if last:
+            done = last["iteration"] + 1
+            bar.update(max(0, done - bar.n))
+            if done != shown:
+                shown = done
+                bar.write(_summary(last))
+        bar.set_postfix_str(f"it {status.get('iteration', 0)} {status.get('trainable', '')}: {status.get('phase', '')}")
+        if ready:
+            bar.close()
+            return ray.get(ref)
+
+
+def _summary(row: dict) -> str:
+    return (f"iter {row['iteration']:3d} [{row['trainable']:>8}] success {row['charts/success_rate']:.2f} "
+            f"return {row['charts/mean_return']:+.2f} invalid {row['charts/invalid_action_rate']:.2f} "
+            f"tok/s {row['perf/rollout_tokens_per_s']:.0f} sync {row['perf/weight_sync_seconds']:.2f}s")
+
+
+def train(cfg: TrainConfig, *, resume: bool = False, log=print) -> list[dict]:
+    """Run (or resume) training as configured; returns the new metrics rows."""
+    import ray
+
+    from actors.coordinator import Coordinator
+
+    run_dir = Path(cfg.run.dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if resume and latest_checkpoint(run_dir) is None:
+        log(f"[himac-ray] --resume: no complete checkpoint in {run_dir}; starting from scratch")
+        resume = False
+    (run_dir / "config.json").write_text(json.dumps(config_to_dict(cfg), indent=2))
+    init_ray(cfg, log=log)
+    model_path, planner_path = _resolve_models(cfg, run_dir, resume, log)
+    coordinator = Coordinator.remote(config_to_dict(cfg), model_path=model_path, planner_path=planner_path)
+    start = time.time()
+    try:
+        ray.get(coordinator.setup.remote())
+        rows = _drive(coordinator, cfg.run.iterations, resume, log)
+    except ray.exceptions.RayError as err:
+        ckpt = latest_checkpoint(run_dir)
+        hint = f"latest complete checkpoint: {ckpt}; continue with --resume" if ckpt else "no checkpoint was written"
+        raise SystemExit(f"[himac-ray] training failed: {err}\n[himac-ray] {hint}") from None
+    finally:
+        ray.kill(coordinator, no_restart=True)
+    log(f"[himac-ray] {len(rows)} iteration(s) in {time.time() - start:.0f}s; run dir {run_dir} "
+        f"(metrics.jsonl, curve.png, checkpoints/)")
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = add_train_args(argparse.ArgumentParser(prog="python -m himac_ray.train", description=__doc__))
+    args = parser.parse_args(argv)
+    cfg = load_config(args.config, args.overrides)
+    train(cfg, resume=args.resume)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,242 @@
+"""The training loop: rollout -> advantages -> learn -> sync -> record, with co-evolution phases.
+
+Pure Python: the loop talks to duck-typed services, so the same code runs against Ray actors
+(`actors/coordinator.py` builds them) or in-process objects:
+
+- `rollout(*, seeds, mode, group_size, planner_params, executor_params) -> RolloutResult`
+- `learner`: `train_step(records, *, trainable) -> dict`, `save_checkpoint(dir)`,
+  `load_checkpoint(dir)`
+- `sync(*, trainable, version) -> dict` pushes the trained policy's weights to its samplers and
+  returns at least `{"seconds": float, "path": str}`.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from himac_ray import metrics as M
+from himac_ray.advantage import compute_advantages
+from himac_ray.coevolution import trainable_level
+from himac_ray.config import TrainConfig
+from himac_ray.data import write_parquet
+from himac_ray.generation import SamplingParams
+from himac_ray.run_state import (
+    CoordinatorState,
+    begin_checkpoint,
+    clean_partial_checkpoints,
+    commit_checkpoint,
+    latest_checkpoint,
+)
+
+FLAT_ALGORITHMS = ("grpo", "gigpo", "rloo")
+LEVEL_OF = {"planner": "plan", "executor": "act"}
+
+
+@dataclass(frozen=True)
+class Phase:
+    """What iteration i does."""
+
+    trainable: str | None
+    """planner | executor | None (both levels: co-evolution disabled)"""
+    mode: str
+    """rollout mode: macro | micro | flat"""
+
+
+def phase_of(cfg: TrainConfig, iteration: int) -> Phase:
+    """The co-evolution schedule turned into a rollout mode (docs/algorithm.md)."""
+    if cfg.algorithm.name in FLAT_ALGORITHMS:
+        return Phase("executor", "flat")
+    if not cfg.coevolution.enabled:
+        return Phase(None, "macro")
+    co = cfg.coevolution
+    level = trainable_level(
+        iteration, algorithm=cfg.algorithm.name, planner_iters=co.planner_iters,
+        executor_iters=co.executor_iters, executor_warmup=co.executor_warmup, start_with=co.start_with,
+    )
+    return Phase(level, "macro" if level == "planner" else "micro")
+
+
+def iteration_seeds(cfg: TrainConfig, iteration: int) -> list[int]:
+    """Env seeds of iteration i: a fixed function of i, so resumed runs see the same tasks."""
+    start = cfg.env.train_seed_start + iteration * cfg.algorithm.num_groups
+    return list(range(start, start + cfg.algorithm.num_groups))
+
+
+def sampling_params(cfg: TrainConfig, phase: Phase) -> tuple[SamplingParams, SamplingParams]:
+    """(planner, executor) sampling for a phase; blueprints are scored by a greedy executor."""
+    r = cfg.rollout
+    planner = SamplingParams(
+        temperature=r.planner_temperature, top_p=r.top_p, max_tokens=r.plan_max_tokens, stop=("</plan>",)
+    )
+    scoring = phase.mode == "macro" and phase.trainable == "planner"
+    executor = SamplingParams(
+        temperature=r.scoring_temperature if scoring else r.executor_temperature,
+        top_p=r.top_p, max_tokens=r.action_max_tokens, stop=("<sub_done>",),
+    )
+    return planner, executor
+
+
+def eval_params(cfg: TrainConfig) -> tuple[SamplingParams, SamplingParams]:
+    r = cfg.rollout
+    return (
+        SamplingParams(temperature=0.0, max_tokens=r.plan_max_tokens, stop=("</plan>",)),
+        SamplingParams(temperature=0.0, max_tokens=r.action_max_tokens, stop=("<sub_done>",)),
+    )
+
+
+class Trainer:
+    """Runs iterations and checkpoints; see the module docstring for the services."""
+
+    def __init__(self, cfg: TrainConfig, *, rollout: Callable, learner, sync: Callable, log: Callable = print):
+        self.cfg = cfg
+        self.rollout = rollout
+        self.learner = learner
+        self.sync = sync
+        self.log = log
+        self.run_dir = Path(cfg.run.dir)
+        self.metrics = M.MetricsLog(self.run_dir)
+        self.state = CoordinatorState()
+        self.rng = np.random.default_rng(cfg.run.seed)
+        self.status = {"iteration": 0, "phase": "starting"}
+
+    # ------------------------------------------------------------ lifecycle
+
+    def restore(self) -> bool:
+        """Load the latest complete checkpoint, if any; returns whether one was found."""
+        clean_partial_checkpoints(self.run_dir)
+        ckpt = latest_checkpoint(self.run_dir)
+        if ckpt is None:
+            return False
+        self.learner.load_checkpoint(str(ckpt / "learner"))
+        self.state = CoordinatorState.load(ckpt / "coordinator.json")
+        if self.state.rng:
+            self.rng.bit_generator.state = self.state.rng
+        self.metrics.truncate_from(self.state.iteration)
+        # the samplers start from the base weights: give them the checkpoint's
+        self.sync(trainable=None, version=self.state.weights_version)
+        self.log(f"resumed from {ckpt} at iteration {self.state.iteration}")
+        return True
+
+    def checkpoint(self) -> Path:
+        self.status["phase"] = "checkpoint"
+        tmp = begin_checkpoint(self.run_dir)
+        self.learner.save_checkpoint(str(tmp / "learner"))
+        self.state.rng = self.rng.bit_generator.state
+        self.state.save(tmp / "coordinator.json")
+        return commit_checkpoint(tmp, self.run_dir, self.state.iteration, keep=self.cfg.run.keep_checkpoints)
+
+    def run(self, iterations: int | None = None, on_iteration: Callable[[dict], None] | None = None) -> list[dict]:
+        """Run until `iterations` (default `run.iterations`) are done; checkpoint at exit."""
+        total = iterations or self.cfg.run.iterations
+        rows = []
+        try:
+            while self.state.iteration < total:
+                row = self.run_iteration()
+                rows.append(row)
+                if on_iteration:
+                    on_iteration(row)
+                done = self.state.iteration
+                if done % self.cfg.run.checkpoint_every == 0 and done < total:
+                    self.checkpoint()
+        finally:
+            if rows:
+                self.checkpoint()
+                M.plot_curve(self.metrics.rows(), self.run_dir / "curve.png", title=self._title())
+        return rows
+
+    # ------------------------------------------------------------ one iteration
+
+    def run_iteration(self) -> dict:
+        i = self.state.iteration
+        phase = phase_of(self.cfg, i)
+        self.status.update(iteration=i, trainable=phase.trainable or "both")
+        times = {}
+
+        self.status["phase"] = "rollout"
+        start = time.perf_counter()
+        planner_params, executor_params = sampling_params(self.cfg, phase)
+        result = self.rollout(
+            seeds=iteration_seeds(self.cfg, i), mode=phase.mode, group_size=self.cfg.algorithm.group_size,
+            planner_params=planner_params, executor_params=executor_params,
+        )
+        times["rollout"] = time.perf_counter() - start
+
+        self.status["phase"] = "advantage"
+        start = time.perf_counter()
+        records = self._with_advantages(result.records, phase.trainable)
+        times["advantage"] = time.perf_counter() - start
+
+        self.status["phase"] = "learn"
+        start = time.perf_counter()
+        learn = self._learn(records, phase.trainable)
+        times["learn"] = time.perf_counter() - start
+
+        self.status["phase"] = "sync"
+        start = time.perf_counter()
+        self.state.weights_version += 1
+        sync = self.sync(trainable=phase.trainable, version=self.state.weights_version)
+        times["sync"] = time.perf_counter() - start
+
+        self.status["phase"] = "record"
+        start = time.perf_counter()
+        self.state.env_steps += int(result.metrics.get("env_steps", 0))
+        row = self._row(i, phase, result, learn, sync, times)
+        if self.cfg.run.save_trajectories:
+            write_parquet(result.records, self.run_dir / "trajectories" / f"iter_{i:05d}.parquet")
+        times["record"] = time.perf_counter() - start
+        row.update({f"{M.TIME_PREFIX}{k}": v for k, v in times.items()})
+        self.metrics.append(row)
+        self.state.iteration = i + 1
+        self.state.trainable = phase.trainable or "both"
+        return row
+
+    def _with_advantages(self, records, trainable):
+        a = self.cfg.algorithm
+        return compute_advantages(
+            records, algorithm=a.name, trainable=trainable, norm_std=a.norm_std, eps=a.eps, gamma=a.gamma,
+            step_advantage_w=a.step_advantage_w, episode_score=a.episode_score,
+            subgoal_shaping_w=a.subgoal_shaping_w, micro_step_term=a.micro_step_term,
+            episode_norm_over_steps=a.episode_norm_over_steps,
+        )
+
+    def _learn(self, records, trainable) -> dict:
+        levels = [trainable] if trainable else ["planner", "executor"]
+        out = {}
+        for level in levels:
+            batch = [r for r in records if r.level == LEVEL_OF[level]]
+            if not batch:
+                continue
+            metrics = self.learner.train_step(batch, trainable=level)
+            out.update({f"{LEVEL_OF[level]}/{k}" if len(levels) > 1 else k: v for k, v in metrics.items()})
+            out["learner/records"] = out.get("learner/records", 0) + len(batch)
+        return out
+
+    def _row(self, i, phase, result, learn, sync, times) -> dict:
+        m = result.metrics
+        rollout_s = max(times["rollout"], 1e-9)
+        row = {
+            M.ITERATION: i,
+            M.TRAINABLE: phase.trainable or "both",
+            "mode": phase.mode,
+            M.SUCCESS_RATE: m.get("success_rate", 0.0),
+            M.MEAN_RETURN: m.get("mean_return", 0.0),
+            M.INVALID_RATE: m.get("invalid_action_rate", 0.0),
+            M.RESPONSE_LEN: m.get("mean_response_len", 0.0),
+            M.ENV_STEPS: self.state.env_steps,
+            M.ROLLOUT_TOKENS_PER_S: m.get("gen_tokens", 0) / rollout_s,
+            M.ENV_STEPS_PER_S: m.get("env_steps", 0) / rollout_s,
+            M.SYNC_SECONDS: sync.get("seconds", 0.0),
+            "plan_fallback_rate": m.get("plan_fallback_rate", 0.0),
+            "records": len(result.records),
+            "weights_version": self.state.weights_version,
+        }
+        row.update({k: v for k, v in learn.items() if isinstance(v, (int, float))})
+        return row
+
+    def _title(self) -> str:
+        return f"{self.cfg.algorithm.name} on {self.cfg.env.id} ({self.cfg.model.path})"
