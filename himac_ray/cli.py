@@ -64,6 +64,20 @@ def cmd_sft(args) -> int:
     return 0
 
 
+def cmd_eval(args) -> int:
+    from himac_ray.evaluate import evaluate_checkpoint
+
+    cfg = _load(args) if args.config or args.overrides else None
+    out = evaluate_checkpoint(args.checkpoint, episodes=args.episodes, cfg=cfg)
+    print(f"checkpoint {out['checkpoint']}: success {out['success_rate']:.3f} "
+          f"mean return {out['mean_return']:+.2f} over {out['episodes']} held-out episodes")
+    for task_type, t in out["by_task_type"].items():
+        print(f"  {task_type:<32} success {t['success_rate']:.3f} ({t['episodes']} episodes)")
+    if args.json:
+        print(json.dumps(out))
+    return 0
+
+
 def cmd_config(args) -> int:
     cfg = _load(args)
     print(json.dumps(config_to_dict(cfg), indent=2))
@@ -111,6 +125,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", parents=[common], help="train with HiMAC (or a flat baseline) on Ray")
     p.add_argument("--resume", action="store_true", help="continue from the latest complete checkpoint in run.dir")
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("eval", parents=[common], help="success on held-out seeds, by env / task type")
+    p.add_argument("--checkpoint", required=True, help="run dir (latest checkpoint), checkpoint dir or HF folder")
+    p.add_argument("--episodes", type=int, default=32, help="held-out episodes")
+    p.add_argument("--json", action="store_true", help="print one JSON object last")
+    p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("sft", parents=[common], help="warm-start the policy on the envs' expert demonstrations")
     p.add_argument("--out", help="output model folder (default: <run.dir>/sft_model)")

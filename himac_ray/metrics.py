@@ -25,26 +25,47 @@ class MetricsLog:
 
     def __init__(self, run_dir: str | Path):
         self.path = Path(run_dir) / "metrics.jsonl"
+        self.eval_path = Path(run_dir) / "eval.jsonl"
         self.path.parent.mkdir(parents=True, exist_ok=True)
 
-    def rows(self) -> list[dict]:
-        if not self.path.exists():
+    @staticmethod
+    def _read(path: Path) -> list[dict]:
+        if not path.exists():
             return []
-        return [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
+        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+    @staticmethod
+    def _write(path: Path, rows: list[dict]) -> None:
+        tmp = path.with_suffix(".jsonl.tmp")
+        tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        tmp.replace(path)
+
+    def rows(self) -> list[dict]:
+        return self._read(self.path)
+
+    def eval_rows(self) -> list[dict]:
+        """Held-out evaluations; `iteration` = iterations finished before the evaluation."""
+        return self._read(self.eval_path)
 
     def truncate_from(self, iteration: int) -> None:
         """Drop rows of iterations >= `iteration` (they are redone after a resume)."""
-        keep = [r for r in self.rows() if r.get(ITERATION, -1) < iteration]
-        tmp = self.path.with_suffix(".jsonl.tmp")
-        tmp.write_text("".join(json.dumps(r) + "\n" for r in keep))
-        tmp.replace(self.path)
+        self._write(self.path, [r for r in self.rows() if r.get(ITERATION, -1) < iteration])
+        self._write(self.eval_path, [r for r in self.eval_rows() if r.get(ITERATION, -1) <= iteration])
 
     def append(self, row: dict) -> None:
         with self.path.open("a") as f:
             f.write(json.dumps(row) + "\n")
 
+    def rewrite_last(self, row: dict) -> None:
+        """Replace the last row (adding eval metrics to the iteration just logged)."""
+        self._write(self.path, self.rows()[:-1] + [row])
 
-def plot_curve(rows: list[dict], path: str | Path, *, title: str = "") -> Path | None:
+    def append_eval(self, row: dict) -> None:
+        with self.eval_path.open("a") as f:
+            f.write(json.dumps(row) + "\n")
+
+
+def plot_curve(rows: list[dict], path: str | Path, *, title: str = "", evals: list[dict] = ()) -> Path | None:
     """Success rate and mean return against env steps, marking the trained level per iteration."""
     if not rows:
         return None
@@ -65,9 +86,9 @@ def plot_curve(rows: list[dict], path: str | Path, *, title: str = "") -> Path |
         ax.set_xlabel("env steps")
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
-    evals = [(xi, r[EVAL_SUCCESS]) for xi, r in zip(x, rows) if EVAL_SUCCESS in r]
     if evals:
-        ax1.plot(*zip(*evals), "k--o", ms=4, label="held-out success")
+        ax1.plot([e.get(ENV_STEPS, 0) for e in evals], [e["success_rate"] for e in evals], "k--o", ms=4,
+                 label="held-out success")
     ax1.legend(fontsize=8)
     fig.suptitle(title)
     fig.tight_layout()

@@ -24,6 +24,7 @@ from himac_ray.advantage import compute_advantages
 from himac_ray.coevolution import trainable_level
 from himac_ray.config import TrainConfig
 from himac_ray.data import write_parquet
+from himac_ray.evaluate import run_eval
 from himac_ray.generation import SamplingParams
 from himac_ray.run_state import (
     CoordinatorState,
@@ -81,14 +82,6 @@ def sampling_params(cfg: TrainConfig, phase: Phase) -> tuple[SamplingParams, Sam
     return planner, executor
 
 
-def eval_params(cfg: TrainConfig) -> tuple[SamplingParams, SamplingParams]:
-    r = cfg.rollout
-    return (
-        SamplingParams(temperature=0.0, max_tokens=r.plan_max_tokens, stop=("</plan>",)),
-        SamplingParams(temperature=0.0, max_tokens=r.action_max_tokens, stop=("<sub_done>",)),
-    )
-
-
 class Trainer:
     """Runs iterations and checkpoints; see the module docstring for the services."""
 
@@ -133,21 +126,45 @@ class Trainer:
     def run(self, iterations: int | None = None, on_iteration: Callable[[dict], None] | None = None) -> list[dict]:
         """Run until `iterations` (default `run.iterations`) are done; checkpoint at exit."""
         total = iterations or self.cfg.run.iterations
+        every = self.cfg.run.eval_every
         rows = []
+        if every and self.state.iteration == 0 and total > 0:
+            self.evaluate()  # the starting point (e.g. the SFT warm start)
         try:
             while self.state.iteration < total:
                 row = self.run_iteration()
+                done = self.state.iteration
+                if (every and done % every == 0) or done == total:
+                    row.update(self.evaluate())
+                    self.metrics.rewrite_last(row)
                 rows.append(row)
                 if on_iteration:
                     on_iteration(row)
-                done = self.state.iteration
                 if done % self.cfg.run.checkpoint_every == 0 and done < total:
                     self.checkpoint()
         finally:
             if rows:
-                self.checkpoint()
-                M.plot_curve(self.metrics.rows(), self.run_dir / "curve.png", title=self._title())
+                self._final_checkpoint()
+                M.plot_curve(self.metrics.rows(), self.run_dir / "curve.png", title=self._title(),
+                             evals=self.metrics.eval_rows())
         return rows
+
+    def _final_checkpoint(self) -> None:
+        try:
+            self.checkpoint()
+        except Exception as err:  # e.g. the learner died: keep the last complete checkpoint
+            ckpt = latest_checkpoint(self.run_dir)
+            self.log(f"could not checkpoint at exit ({type(err).__name__}: {err}); "
+                     f"latest complete checkpoint: {ckpt}")
+
+    def evaluate(self) -> dict:
+        """Held-out greedy evaluation; logged to eval.jsonl and returned as eval/* metrics."""
+        self.status["phase"] = "eval"
+        out = run_eval(self.cfg, self.rollout)
+        self.metrics.append_eval({M.ITERATION: self.state.iteration, M.ENV_STEPS: self.state.env_steps, **out})
+        self.log(f"held-out success after {self.state.iteration} iteration(s): {out['success_rate']:.3f} "
+                 f"({out['episodes']} episodes)")
+        return {M.EVAL_SUCCESS: out["success_rate"], "eval/mean_return": out["mean_return"]}
 
     # ------------------------------------------------------------ one iteration
 
@@ -185,6 +202,8 @@ class Trainer:
         self.status["phase"] = "record"
         start = time.perf_counter()
         self.state.env_steps += int(result.metrics.get("env_steps", 0))
+        if result.pre is not None:  # micro mode's macro pre-pass that chose z* also stepped envs
+            self.state.env_steps += int(result.pre.metrics.get("env_steps", 0))
         row = self._row(i, phase, result, learn, sync, times)
         if self.cfg.run.save_trajectories:
             write_parquet(result.records, self.run_dir / "trajectories" / f"iter_{i:05d}.parquet")

@@ -1,0 +1,101 @@
+"""Held-out evaluation: greedy planner and executor on seeds disjoint from training.
+
+Used by the trainer (`run.eval_every`) through its rollout service and by `himac-ray eval
+--checkpoint DIR`, which loads a checkpoint's HF weights into a local vLLM engine.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from pathlib import Path
+from typing import Callable
+
+from himac_ray.config import TrainConfig, config_from_dict
+from himac_ray.generation import SamplingParams
+from himac_ray.run_state import latest_checkpoint
+
+FLAT_ALGORITHMS = ("grpo", "gigpo", "rloo")
+
+
+def eval_params(cfg: TrainConfig) -> tuple[SamplingParams, SamplingParams]:
+    """Greedy (planner, executor) sampling."""
+    r = cfg.rollout
+    return (
+        SamplingParams(temperature=0.0, max_tokens=r.plan_max_tokens, stop=("</plan>",)),
+        SamplingParams(temperature=0.0, max_tokens=r.action_max_tokens, stop=("<sub_done>",)),
+    )
+
+
+def eval_seeds(cfg: TrainConfig, episodes: int | None = None) -> list[int]:
+    n = episodes or cfg.env.eval_episodes
+    return list(range(cfg.env.eval_seed_start, cfg.env.eval_seed_start + n))
+
+
+def summarize(result) -> dict:
+    """Success and return overall and by task type (from the records' `extra["task_type"]`)."""
+    task_type = {r.traj_id: r.extra.get("task_type", "all") for r in result.records}
+    by_type = defaultdict(list)
+    for e in result.episodes:
+        by_type[task_type.get(e["traj_id"], "all")].append(e)
+    n = max(len(result.episodes), 1)
+    return {
+        "success_rate": sum(e["won"] for e in result.episodes) / n,
+        "mean_return": sum(e["return"] for e in result.episodes) / n,
+        "episodes": len(result.episodes),
+        "by_task_type": {
+            t: {"success_rate": sum(e["won"] for e in es) / len(es), "episodes": len(es)}
+            for t, es in sorted(by_type.items())
+        },
+    }
+
+
+def run_eval(cfg: TrainConfig, rollout: Callable, *, episodes: int | None = None) -> dict:
+    """Evaluate through a rollout service (`rollout(*, seeds, mode, group_size, planner_params, executor_params)`)."""
+    planner, executor = eval_params(cfg)
+    mode = "flat" if cfg.algorithm.name in FLAT_ALGORITHMS else "macro"
+    result = rollout(seeds=eval_seeds(cfg, episodes), mode=mode, group_size=1,
+                     planner_params=planner, executor_params=executor)
+    return summarize(result)
+
+
+def find_policy_folder(checkpoint: str | Path) -> tuple[Path, Path | None]:
+    """(policy model folder, run dir) for a run dir, a checkpoint dir or an HF model folder."""
+    path = Path(checkpoint)
+    if (path / "config.json").exists() and (path / "model.safetensors").exists():
+        return path, None
+    run_dir = None
+    if (path / "checkpoints").exists():
+        run_dir, path = path, latest_checkpoint(path)
+        if path is None:
+            raise FileNotFoundError(f"{checkpoint} holds no complete checkpoint")
+    learner = path / "learner"
+    for name in ("policy", "executor"):
+        if (learner / name / "config.json").exists():
+            return learner / name, run_dir or path.parent.parent
+    raise FileNotFoundError(f"{checkpoint} is neither a run dir, a checkpoint dir nor an HF model folder")
+
+
+def evaluate_checkpoint(checkpoint: str | Path, *, episodes: int, cfg: TrainConfig | None = None) -> dict:
+    """Load a checkpoint's policy into vLLM and evaluate it on held-out seeds."""
+    from himac_ray.engines.vllm_engine import VLLMGenerator
+    from himac_ray.rollout import run_rollout
+
+    policy, run_dir = find_policy_folder(checkpoint)
+    if cfg is None:
+        saved = run_dir / "config.json" if run_dir else None
+        if not (saved and saved.exists()):
+            raise FileNotFoundError(f"no config.json next to {checkpoint}; pass --config")
+        cfg = config_from_dict(json.loads(saved.read_text()))
+    gen = VLLMGenerator(policy, seed=cfg.run.seed, max_model_len=cfg.model.max_model_len,
+                        kv_cache_gb=cfg.sampler.kv_cache_gb, dtype=cfg.model.dtype)
+    r = cfg.rollout
+
+    def rollout(**kw):
+        return run_rollout(generator=gen, env_id=cfg.env.id, env_kwargs=cfg.env.kwargs, max_subgoals=r.max_subgoals,
+                           subgoal_step_budget=r.subgoal_step_budget, history_length=r.history_length,
+                           invalid_penalty=cfg.algorithm.invalid_penalty, **kw)
+
+    out = run_eval(cfg, rollout, episodes=episodes)
+    out["checkpoint"] = str(policy)
+    return out
