@@ -144,7 +144,7 @@ MODELS = {
     "smollm2-135m": ModelSpec("SmolLM2-135M", 0.135e9, 30, 576, 9, 3, 64, 49152, True,
                               "SmolLM2-135M-Instruct config.json (the embedded model)"),
 }
-_MODEL_RE = re.compile(r"(qwen2\.?5)(?:-vl)?-(\d+(?:\.\d+)?)b", re.IGNORECASE)
+_MODEL_RE = re.compile(r"(qwen2[.-]?5)(?:-vl)?-(\d+(?:\.\d+)?)b", re.IGNORECASE)
 
 
 class SizingError(ValueError):
@@ -298,6 +298,7 @@ class Assumptions:
     executor_reuses_blueprints: bool = False
     """executor iterations reuse the last planner iteration's z* instead of a fresh macro pass"""
     gpus_per_node: int = 8
+    """GPUs per node: layouts beyond one node sync and reduce over InfiniBand"""
 
 
 FIGURES = [
@@ -919,9 +920,19 @@ def sync_table(gpu: str = DEFAULT_GPU, a: Assumptions | None = None, *, markdown
 
 
 def figures_table() -> str:
-    """The published / measured figures behind the model, as Markdown."""
+    """The published / measured figures behind the model, then the assumptions, as Markdown."""
+    from himac_ray.config_docs import field_docstrings
+
     lines = ["| figure | value | source |", "|---|---|---|"]
     lines += [f"| {f} | {v} | {s} |" for f, v, s in FIGURES]
+    lines += ["", "| assumption (`--assume KEY=VALUE`) | default | meaning |", "|---|---|---|"]
+    docs = field_docstrings(Assumptions)
+    for f in dataclasses.fields(Assumptions):
+        meaning = " ".join(docs.get(f.name, "").split()).replace("|", "\\|")
+        lines.append(f"| `{f.name}` | {f.default!r} | {meaning} |")
+    lines += ["", "| GPU | source |", "|---|---|"]
+    lines += [f"| {g.name} | {g.source} |" for g in GPUS.values()]
+    lines += ["", f"Prompt lengths (`PROMPT_TOKENS`): {PROMPT_TOKENS_SOURCE}."]
     return "\n".join(lines)
 
 

@@ -1,0 +1,238 @@
+"""Deployment files: every YAML/JSON under deploy/ and the paper configs parse, the Grafana
+dashboard has its panels, Prometheus uses Ray's service discovery, and every command that
+deploy/README.md shows exists (himac-ray subcommands and flags, `python -m himac_ray.train`,
+make targets)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import shlex
+from pathlib import Path
+
+import pytest
+import yaml
+
+from himac_ray.config import load_config
+
+ROOT = Path(__file__).resolve().parents[1]
+DEPLOY = ROOT / "deploy"
+README = DEPLOY / "README.md"
+PAPER_CONFIGS = {
+    "alfworld_qwen25_1p5b.yaml": ("himac/ALFWorldReal-v0", 50, "1.5B"),
+    "alfworld_qwen25_7b.yaml": ("himac/ALFWorldReal-v0", 50, "7B"),
+    "webshop_qwen25_1p5b.yaml": ("himac/WebShopReal-v0", 15, "1.5B"),
+    "webshop_qwen25_7b.yaml": ("himac/WebShopReal-v0", 15, "7B"),
+    "sokoban_qwen25_7b.yaml": ("himac/Sokoban-v0", 15, "7B"),
+}
+GRAFANA_METRICS = {
+    "himac_rollout_tokens_per_s": ("role",),
+    "himac_env_steps_per_s": (),
+    "himac_sampler_busy_fraction": ("role",),
+    "himac_weight_sync_seconds": (),
+    "himac_learner_tokens_per_s": (),
+    "himac_phase_seconds": ("phase",),
+    "himac_success_rate": (),
+    "himac_mean_return": (),
+    "himac_invalid_action_rate": (),
+    "himac_response_length": ("role",),
+    "himac_trainable_level": (),
+}
+
+
+# ------------------------------------------------------------------ files parse
+
+
+def _deploy_files(*suffixes: str) -> list[Path]:
+    return sorted(p for p in DEPLOY.rglob("*") if p.is_file() and p.suffix in suffixes)
+
+
+@pytest.mark.parametrize("path", _deploy_files(".yaml", ".yml"), ids=lambda p: str(p.relative_to(ROOT)))
+def test_yaml_parses(path):
+    docs = [d for d in yaml.safe_load_all(path.read_text()) if d is not None]
+    assert docs and all(isinstance(d, dict) for d in docs)
+
+
+@pytest.mark.parametrize("path", _deploy_files(".json"), ids=lambda p: str(p.relative_to(ROOT)))
+def test_json_parses(path):
+    assert isinstance(json.loads(path.read_text()), dict)
+
+
+def test_expected_deploy_files_exist():
+    for rel in ("cluster.yaml", "kuberay/rayjob.yaml", "Dockerfile", "runtime_env.yaml",
+                "prometheus/prometheus.yml", "grafana/himac-ray.json", "README.md"):
+        assert (DEPLOY / rel).is_file(), rel
+
+
+@pytest.mark.parametrize("name", sorted(PAPER_CONFIGS))
+def test_paper_configs_load(name):
+    env_id, max_steps, size = PAPER_CONFIGS[name]
+    cfg = load_config(ROOT / "configs" / name)
+    assert cfg.env.id == env_id and cfg.env.kwargs["max_steps"] == max_steps
+    assert f"Qwen2.5-{size}-Instruct" in cfg.model.path and cfg.model.path.startswith("/")
+    assert (cfg.algorithm.name, cfg.algorithm.group_size, cfg.algorithm.num_groups) == ("himac", 8, 16)
+    assert cfg.learner.lr == 1e-6 and cfg.algorithm.kl_coef == 0.01
+    assert cfg.rollout.plan_max_tokens == cfg.rollout.action_max_tokens == 512
+    assert cfg.learner.max_len == 2048 + 512
+    assert cfg.model.dtype == "bfloat16" and cfg.learner.backend == "nccl"
+    assert cfg.sampler.gpus_per_engine >= 1 and cfg.learner.gpus_per_rank >= 1
+    assert cfg.sampler.gpus_per_engine == cfg.sampler.tensor_parallel_size
+
+
+# ------------------------------------------------------------------ contents
+
+
+def test_grafana_dashboard_panels():
+    dash = json.loads((DEPLOY / "grafana" / "himac-ray.json").read_text())
+    exprs = {}
+    for panel in dash["panels"]:
+        assert panel["title"] and panel["targets"]
+        for target in panel["targets"]:
+            exprs[target["expr"]] = panel
+    for metric, labels in GRAFANA_METRICS.items():
+        hits = [e for e in exprs if re.search(rf"\bray_{metric}\{{", e)]
+        assert hits, f"no panel queries ray_{metric}"
+        panel = exprs[hits[0]]
+        legend = panel["targets"][0].get("legendFormat", "")
+        assert "run" in hits[0] and "{{run}}" in legend, metric
+        for label in labels:
+            assert "{{" + label + "}}" in legend, f"{metric} panel does not show {label}"
+    # un-prefixed names would match nothing: Ray exports app metrics as ray_<name>
+    assert not [e for e in exprs if re.search(r"(?<!ray_)\bhimac_", e)]
+    names = {v["name"] for v in dash["templating"]["list"]}
+    assert {"datasource", "run"} <= names
+
+
+def test_prometheus_uses_ray_service_discovery():
+    cfg = yaml.safe_load((DEPLOY / "prometheus" / "prometheus.yml").read_text())
+    files = [f for job in cfg["scrape_configs"] for sd in job.get("file_sd_configs", []) for f in sd["files"]]
+    assert "/tmp/ray/prom_metrics_service_discovery.json" in files
+
+
+def test_cluster_dashboard_is_local_only():
+    cfg = yaml.safe_load((DEPLOY / "cluster.yaml").read_text())
+    head = " ".join(cfg["head_start_ray_commands"])
+    assert "--dashboard-host=127.0.0.1" in head
+    text = (DEPLOY / "cluster.yaml").read_text()
+    assert "port-forward" in text.lower() or "ssh -L" in text
+    assert any("p5" in n["node_config"]["InstanceType"] or "p4" in n["node_config"]["InstanceType"]
+               for n in cfg["available_node_types"].values())
+
+
+def test_rayjob_manifest():
+    job = yaml.safe_load((DEPLOY / "kuberay" / "rayjob.yaml").read_text())
+    assert job["apiVersion"] == "ray.io/v1" and job["kind"] == "RayJob"
+    assert job["spec"]["entrypoint"].startswith("python -m himac_ray.train --config configs/")
+    spec = job["spec"]["rayClusterSpec"]
+    assert spec["rayVersion"] == "2.60.0"
+    gpus = [c["resources"]["limits"]["nvidia.com/gpu"] for g in spec["workerGroupSpecs"]
+            for c in g["template"]["spec"]["containers"]]
+    assert gpus and all(int(n) >= 1 for n in gpus)
+    config = job["spec"]["entrypoint"].split("--config ")[1].split()[0]
+    cfg = load_config(ROOT / config)
+    used = cfg.sampler.num_engines * cfg.sampler.gpus_per_engine + cfg.learner.num_ranks * cfg.learner.gpus_per_rank
+    assert used <= sum(int(n) * g["replicas"] for n, g in zip(gpus, spec["workerGroupSpecs"]))
+
+
+def test_runtime_env():
+    env = yaml.safe_load((DEPLOY / "runtime_env.yaml").read_text())
+    assert env["working_dir"] == "."
+    assert env["env_vars"]["HF_HUB_OFFLINE"] == "1"
+
+
+def test_dockerfile_installs_the_gpu_stack():
+    text = (DEPLOY / "Dockerfile").read_text()
+    assert re.search(r"^FROM ", text, re.M)
+    assert "rayproject/ray:2.60.0" in text
+    assert 'pip install --no-cache-dir -e ".[${EXTRAS}]"' in text and "ARG EXTRAS=cuda" in text
+    assert "import himac_ray, vllm, deepspeed" in text
+
+
+# ------------------------------------------------------------------ README commands
+
+
+def readme_commands() -> list[str]:
+    """Shell commands in the README's ```bash blocks, with `\\` continuations joined."""
+    text = README.read_text()
+    cmds = []
+    for block in re.findall(r"```bash\n(.*?)```", text, re.S):
+        joined = re.sub(r"\\\n\s*", " ", block)
+        for line in joined.splitlines():
+            line = line.split("  #")[0].strip()
+            if line and not line.startswith("#"):
+                cmds.append(line)
+    return cmds
+
+
+def _argv_after(cmd: str, marker: list[str]) -> list[str] | None:
+    words = shlex.split(cmd)
+    for i in range(len(words) - len(marker) + 1):
+        if words[i : i + len(marker)] == marker:
+            return words[i + len(marker) :]
+    return None
+
+
+def himac_commands() -> list[list[str]]:
+    out = []
+    for cmd in readme_commands():
+        words = shlex.split(cmd)
+        if words and words[0] == "himac-ray":
+            out.append(words[1:])
+    return out
+
+
+def _subparsers(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            return dict(action.choices)
+    return {}
+
+
+def test_readme_shows_the_documented_commands():
+    subs = {argv[0] for argv in himac_commands()}
+    assert {"train", "eval", "sweep", "plan"} <= subs
+    assert any(_argv_after(c, ["python", "-m", "himac_ray.train"]) for c in readme_commands())
+    assert any("--resume" in argv for argv in himac_commands())
+
+
+def test_readme_himac_subcommands_exist():
+    from himac_ray.cli import build_parser
+
+    known = _subparsers(build_parser())
+    missing = sorted({argv[0] for argv in himac_commands()} - set(known))
+    assert not missing, f"deploy/README.md uses himac-ray subcommands the CLI lacks: {missing}"
+
+
+@pytest.mark.parametrize("argv", himac_commands(), ids=lambda a: " ".join(a[:2]))
+def test_readme_himac_commands_parse(argv):
+    from himac_ray.cli import build_parser
+
+    parser = build_parser()
+    if argv[0] not in _subparsers(parser):
+        pytest.fail(f"himac-ray has no subcommand {argv[0]!r} (deploy/README.md: himac-ray {' '.join(argv)})")
+    try:
+        parser.parse_args(argv)
+    except SystemExit as err:  # argparse exits on unknown flags / bad values
+        pytest.fail(f"`himac-ray {' '.join(argv)}` does not parse (exit {err.code})")
+
+
+def test_readme_train_module_commands_parse():
+    from himac_ray.train import add_train_args
+
+    cmds = [argv for c in readme_commands() if (argv := _argv_after(c, ["python", "-m", "himac_ray.train"]))]
+    assert cmds
+    for argv in cmds:
+        add_train_args(argparse.ArgumentParser()).parse_args(argv)
+
+
+def test_readme_make_targets_exist():
+    targets = set(re.findall(r"^([A-Za-z0-9_.-]+):", (ROOT / "Makefile").read_text(), re.M))
+    used = {shlex.split(c)[1] for c in readme_commands() if shlex.split(c)[0] == "make"}
+    used |= set(re.findall(r"`make ([a-z0-9_-]+)`", README.read_text()))
+    assert used <= targets, f"deploy/README.md names make targets the Makefile lacks: {sorted(used - targets)}"
+
+
+def test_readme_config_paths_exist():
+    for path in set(re.findall(r"(?:configs|deploy)/[A-Za-z0-9_./-]+\.(?:yaml|yml|json)", README.read_text())):
+        assert (ROOT / path).is_file(), path
