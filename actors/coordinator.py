@@ -8,6 +8,7 @@ policy reloads in place.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 import uuid
@@ -45,7 +46,8 @@ class Coordinator:
             self.executors, _ = create_samplers(self.model_path, role="both", model=cfg.model, sampler=cfg.sampler)
             self.planners = []
         self.status_["phase"] = "starting learner"
-        self.learner = LearnerGroup(cfg=cfg, model_path=self.model_path, planner_path=self.planner_path)
+        model = dataclasses.replace(cfg.model, path=self.model_path, planner_path=self.planner_path)
+        self.learner = LearnerGroup(model=model, learner=cfg.learner, algorithm=cfg.algorithm, seed=cfg.run.seed)
         self.status_["phase"] = "starting env pools"
         r = cfg.rollout
         dispatcher = RolloutDispatcher(cfg.env.id, cfg.env.kwargs, num_pools=r.num_env_pools)

@@ -136,6 +136,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="output model folder (default: <run.dir>/sft_model)")
     p.set_defaults(func=cmd_sft)
 
+    from himac_ray import sizing
+
+    p = sub.add_parser("plan", parents=[common], help="estimate GPU layout, tokens and iteration time for a config")
+    sizing.add_arguments(p, config_args=False)
+    p.set_defaults(func=sizing.run)
+
     p = sub.add_parser("config", parents=[common], help="print the validated config as JSON")
     p.set_defaults(func=cmd_config)
 

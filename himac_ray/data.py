@@ -191,6 +191,7 @@ def write_parquet(table_or_records: pa.Table | Sequence[Record], path: str | os.
     if not isinstance(table, pa.Table):
         table = records_to_table(table_or_records)
     path = os.fspath(path)
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     tmp = f"{path}.tmp-{os.getpid()}-{uuid.uuid4().hex}"
     try:
         pq.write_table(table, tmp)

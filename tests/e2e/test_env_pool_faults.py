@@ -1,0 +1,52 @@
+"""A killed env-pool actor mid-rollout is replaced and its groups redone: no record lost or duplicated."""
+
+import threading
+import time
+from collections import defaultdict
+
+import pytest
+import ray
+
+from actors.env_pool import RolloutDispatcher
+from actors.sampler import SamplerPool, create_samplers
+from himac_ray.config import load_config
+from himac_ray.generation import SamplingParams
+from himac_ray.models import resolve_model
+
+pytestmark = [pytest.mark.slow, pytest.mark.ray]
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    ray.init(num_cpus=4, include_dashboard=False)
+    yield
+    ray.shutdown()
+
+
+def test_killed_env_pool_is_restarted_and_its_seeds_redone(local_ray):
+    cfg = load_config(None, ["model.path=tiny", "model.max_model_len=2048"])
+    samplers, _ = create_samplers(str(resolve_model("tiny")), role="both", model=cfg.model, sampler=cfg.sampler)
+    dispatcher = RolloutDispatcher("himac/Sokoban-v0", {"max_steps": 8}, num_pools=2, log=lambda m: None)
+    seeds, group_size = [11, 12, 13, 14], 3
+    victim = dispatcher.pools[0]
+    killer = threading.Timer(1.0, lambda: ray.kill(victim))
+    killer.start()
+    start = time.time()
+    result = dispatcher(
+        seeds=seeds, mode="macro", group_size=group_size, generator=SamplerPool(samplers), max_subgoals=2,
+        planner_params=SamplingParams(temperature=1.0, max_tokens=24),
+        executor_params=SamplingParams(temperature=0.0, max_tokens=16),
+    )
+    killer.join()
+    assert dispatcher.restarts == 1, f"the pool was not killed mid-rollout ({time.time() - start:.1f}s)"
+    assert len(result.episodes) == len(seeds) * group_size
+    by_traj = defaultdict(list)
+    for r in result.records:
+        by_traj[r.traj_id].append(r)
+    assert len(by_traj) == len(seeds) * group_size
+    for traj, recs in by_traj.items():
+        assert sum(r.level == "plan" for r in recs) == 1, traj
+        steps = sorted(r.step for r in recs if r.level == "act")
+        assert steps == list(range(len(steps))) and len(steps) >= 1, traj
+    assert sorted({r.seed for r in result.records}) == seeds
+    assert result.metrics["episodes"] == len(seeds) * group_size
