@@ -1,0 +1,521 @@
+"""The DeepSpeed learner: one data-parallel rank of the policy update (no Ray).
+
+Owns the ZeRO-2/3 engine(s), the frozen KL reference, the clipped-PG training step, logprob
+checks, weight export for the samplers and checkpoints. `actors/learner.py` runs one `Learner`
+per Ray actor; a single process (world_size 1) works on its own. DeepSpeed is imported lazily.
+
+Policies: one shared policy plays both levels (paper default), or with `model.planner_path`
+two policies keyed "planner" / "executor". `trainable="planner"` trains `plan` records,
+`"executor"` trains `act` records; records of the other level are dropped before sharding.
+
+Loss scale (DESIGN): with `token-mean` the mini-batch loss is sum(token losses) / N, N = trained
+tokens of the WHOLE mini-batch on ALL ranks (all-reduced before the first micro-batch;
+`seq-mean-token-mean` does the same with the number of trained sequences). Each micro-batch's
+`compute_policy_loss` (a local mean over n_mb items) is rescaled by n_mb / N * world_size; the
+`* world_size` undoes DeepSpeed's gradient averaging over ranks. So the gradient, the loss and
+the metrics do not depend on world size or micro-batch split. DeepSpeed runs with
+`managed_gradient_accumulation: false`: every micro-batch is one `backward`, every mini-batch
+one `step`, and all ranks run the same number of micro-batches (a rank short of records runs
+a 2-token dummy with zero mask, so ZeRO's collectives still match).
+
+Checkpoints never unpickle: weights are safetensors; per-rank optimizer state is saved with
+`torch.save` after replacing non-tensor objects (DeepSpeed's LossScaler, enums, fragment
+addresses) by a marker, loaded with `weights_only=True` and merged back into the live
+optimizer's own state dict, which supplies those objects.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import logging
+import math
+import os
+import shutil
+import socket
+import time
+from datetime import timedelta
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import pyarrow as pa
+import torch
+
+from himac_ray.config import AlgorithmConfig, LearnerConfig, ModelConfig
+from himac_ray.data import LEVELS, Record, pad_batch, table_to_records
+from himac_ray.loss import (
+    APPROX_KL_KEY,
+    CLIPFRAC_KEY,
+    ENTROPY_KEY,
+    KL_KEY,
+    PG_LOSS_KEY,
+    compute_policy_loss,
+    token_entropy,
+    token_logprobs,
+)
+from himac_ray.models import resolve_model
+
+GRAD_NORM_KEY = "grad_norm"
+TOKENS_KEY = "perf/learner_tokens"
+"""real (prompt + response) tokens forwarded by all ranks in the step"""
+SECONDS_KEY = "perf/learner_seconds"
+TOKENS_PER_S_KEY = "perf/learner_tokens_per_s"
+TRAINABLE_LEVEL = {"planner": "plan", "executor": "act"}
+LEVEL_POLICY = {level: policy for policy, level in TRAINABLE_LEVEL.items()}
+_NOT_SAVED = "__himac_ray_not_saved__"
+_STATE_FILE = "learner_state.json"
+
+logger = logging.getLogger(__name__)
+
+
+def shard_records(records: Sequence[Record], *, rank: int, world_size: int) -> list[int]:
+    """Indices (into `records`) of this rank's share: sort by a stable key, take every world_size-th."""
+    order = sorted(range(len(records)), key=lambda i: (records[i].level, records[i].group_id, records[i].traj_id,
+                                                       records[i].step, records[i].subgoal_index))
+    return order[rank::world_size]
+
+
+def _split(items: list, parts: int) -> list[list]:
+    """Contiguous split into `parts` lists whose sizes differ by at most one (numpy.array_split)."""
+    q, r = divmod(len(items), parts)
+    bounds = [i * q + min(i, r) for i in range(parts + 1)]
+    return [items[bounds[i]:bounds[i + 1]] for i in range(parts)]
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("", 0))
+        return s.getsockname()[1]
+
+
+def _to_plain(obj):
+    """Tensors and plain Python values kept (tensors cloned to CPU); any other object -> marker."""
+    if torch.is_tensor(obj):
+        return obj.detach().cpu().clone()
+    if isinstance(obj, enum.Enum):
+        return _NOT_SAVED
+    if obj is None or isinstance(obj, (bool, int, float, str)):
+        return obj
+    if isinstance(obj, dict):
+        return {k: _to_plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return (tuple if isinstance(obj, tuple) else list)(_to_plain(v) for v in obj)
+    return _NOT_SAVED
+
+
+def _from_plain(saved, template):
+    """Inverse of `_to_plain`: markers take the value at the same place in `template`."""
+    if isinstance(saved, str) and saved == _NOT_SAVED:
+        return template
+    if isinstance(saved, dict):
+        get = template.get if isinstance(template, dict) else (lambda k: None)
+        return {k: _from_plain(v, get(k)) for k, v in saved.items()}
+    if isinstance(saved, (list, tuple)):
+        same = isinstance(template, (list, tuple)) and len(template) == len(saved)
+        return type(saved)(_from_plain(v, template[i] if same else None) for i, v in enumerate(saved))
+    return saved
+
+
+def _dummy(level: str, pad_token_id: int) -> Record:
+    return Record(group_id="", traj_id="", level=level, env_id="", seed=0, step=0, subgoal_index=0,
+                  prompt_ids=[pad_token_id], response_ids=[pad_token_id], logprobs=[0.0])
+
+
+class Learner:
+    """One DeepSpeed data-parallel rank training the HiMAC policy (or planner + executor policies).
+
+    Every public method is collective: all ranks call it with the same arguments (records,
+    paths) in the same order, as `actors.learner.LearnerGroup` does.
+    """
+
+    def __init__(self, *, model: ModelConfig, learner: LearnerConfig, algorithm: AlgorithmConfig,
+                 rank: int = 0, world_size: int = 1, seed: int = 0):
+        import deepspeed
+        from transformers import AutoTokenizer
+
+        logging.getLogger("DeepSpeed").setLevel(logging.WARNING)
+        self.model_cfg, self.cfg, self.algo = model, learner, algorithm
+        self.rank, self.world_size = rank, world_size
+        self.backend = learner.backend if learner.backend != "auto" else (
+            "nccl" if torch.cuda.is_available() else "gloo")
+        self._init_distributed(deepspeed)
+        torch.manual_seed(seed)
+        executor_path = resolve_model(model.path)
+        self.tokenizer = AutoTokenizer.from_pretrained(executor_path)
+        self.pad_token_id = self.tokenizer.pad_token_id
+        if self.pad_token_id is None:
+            self.pad_token_id = self.tokenizer.eos_token_id
+        executor = self._build_policy(deepspeed, executor_path)
+        planner = executor if model.planner_path is None else self._build_policy(
+            deepspeed, resolve_model(model.planner_path))
+        self.policies = {"planner": planner, "executor": executor}
+        """policy name -> (engine, frozen reference or None); shared mode maps both to one pair"""
+        self.steps = 0
+        """train_step calls that ran at least one optimizer step"""
+
+    # ------------------------------------------------------------------ setup
+
+    def _init_distributed(self, deepspeed) -> None:
+        import torch.distributed as dist
+
+        if not dist.is_initialized():
+            if self.world_size == 1:
+                os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+                os.environ.setdefault("MASTER_PORT", str(_free_port()))
+            elif not ("MASTER_ADDR" in os.environ and "MASTER_PORT" in os.environ):
+                raise RuntimeError("world_size > 1 needs MASTER_ADDR and MASTER_PORT in the environment")
+            os.environ.setdefault("RANK", str(self.rank))
+            os.environ.setdefault("WORLD_SIZE", str(self.world_size))
+            os.environ.setdefault("LOCAL_RANK", "0")
+            if (int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])) != (self.rank, self.world_size):
+                raise RuntimeError(f"env RANK/WORLD_SIZE={os.environ['RANK']}/{os.environ['WORLD_SIZE']} "
+                                   f"disagree with rank={self.rank}, world_size={self.world_size}")
+            if self.backend == "nccl":
+                torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
+            deepspeed.init_distributed(dist_backend=self.backend, auto_mpi_discovery=False, verbose=False,
+                                       timeout=timedelta(minutes=30))
+        if (dist.get_rank(), dist.get_world_size()) != (self.rank, self.world_size):
+            raise RuntimeError(f"torch.distributed is rank {dist.get_rank()}/{dist.get_world_size()}, "
+                               f"Learner was given {self.rank}/{self.world_size}")
+
+    def _ds_config(self, *, train: bool) -> dict:
+        gpu = self.backend == "nccl"
+        dtype = self.model_cfg.dtype if gpu else "float32"  # fp32 on CPU
+        return {
+            "train_micro_batch_size_per_gpu": self.cfg.micro_batch_size,
+            "gradient_accumulation_steps": 1,
+            "managed_gradient_accumulation": False,
+            "gradient_clipping": self.cfg.grad_clip if train else 0.0,
+            "zero_optimization": {"stage": self.cfg.zero_stage},
+            "zero_allow_untested_optimizer": True,
+            "bf16": {"enabled": dtype == "bfloat16"},
+            "fp16": {"enabled": dtype == "float16"},
+            "steps_per_print": 2**62,
+            "wall_clock_breakdown": False,
+        }
+
+    def _build_policy(self, deepspeed, path: Path):
+        from transformers import AutoModelForCausalLM
+
+        module = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+        optimizer = torch.optim.AdamW(module.parameters(), lr=self.cfg.lr, weight_decay=self.cfg.weight_decay)
+        engine, *_ = deepspeed.initialize(model=module, optimizer=optimizer, config=self._ds_config(train=True))
+        ref = None
+        if self.algo.kl_coef != 0.0:
+            ref_module = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval().requires_grad_(False)
+            if self.cfg.zero_stage == 3:  # partition the reference too; forwards gather it layer by layer
+                ref, *_ = deepspeed.initialize(model=ref_module, config=self._ds_config(train=False))
+            else:
+                ref = ref_module.to(engine.device)
+            ref.eval()
+        return engine, ref
+
+    def _unique_policies(self) -> dict[str, tuple]:
+        p = self.policies
+        return {"policy": p["executor"]} if p["planner"] is p["executor"] else dict(p)
+
+    # --------------------------------------------------------------- training
+
+    def _forward_logprobs(self, model, batch: dict, *, entropy: str = "none"):
+        """(B, T) logprobs and entropy ("none" -> None, "metric" -> detached, "loss" -> with grad)."""
+        ids = batch["input_ids"].to(model.device)
+        mask = batch["attention_mask"].to(model.device)
+        logits = model(input_ids=ids, attention_mask=mask, use_cache=False).logits
+        ent = None
+        if entropy != "none":  # only at trained positions: a (B, T, V) softmax is the costliest op here
+            trained = batch["response_mask"].to(model.device) > 0
+            with torch.set_grad_enabled(entropy == "loss" and torch.is_grad_enabled()):
+                picked = token_entropy(logits[trained].unsqueeze(0))[0]
+                ent = picked.new_zeros(trained.shape).masked_scatter(trained, picked)
+        return token_logprobs(logits, ids), ent
+
+    def train_step(self, records_or_table: pa.Table | Sequence[Record], *, trainable: str) -> dict[str, float]:
+        """One update of the `trainable` policy on its level's records (collective).
+
+        Args:
+            records_or_table: the SAME full batch on every rank (Records or a RECORD_SCHEMA table);
+                `advantage` and sampling `logprobs` filled in.
+            trainable: "planner" (trains `plan` records) or "executor" (trains `act` records).
+
+        Returns:
+            metrics (identical on every rank): PG_LOSS_KEY, KL_KEY, CLIPFRAC_KEY, APPROX_KL_KEY,
+            ENTROPY_KEY (global means over the mini-batch, then averaged over mini-batches),
+            GRAD_NORM_KEY (pre-clip global norm, averaged over optimizer steps), TOKENS_KEY,
+            SECONDS_KEY, TOKENS_PER_S_KEY. All zero when no record has the trained level.
+        """
+        if trainable not in TRAINABLE_LEVEL:
+            raise ValueError(f"trainable must be one of {list(TRAINABLE_LEVEL)}, got {trainable!r}")
+        start = time.perf_counter()
+        level = TRAINABLE_LEVEL[trainable]
+        records = self._as_records(records_or_table)
+        records = [r for r in records if r.level == level]
+        keys = (PG_LOSS_KEY, KL_KEY, ENTROPY_KEY, CLIPFRAC_KEY, APPROX_KL_KEY, GRAD_NORM_KEY)
+        totals = dict.fromkeys(keys, 0.0)
+        tokens, steps = 0.0, 0
+        engine, ref = self.policies[trainable]
+        engine.train()
+        ordered = [records[i] for i in shard_records(records, rank=0, world_size=1)]
+        for chunk in _split(ordered, self.cfg.mini_batches):
+            if not chunk:
+                continue
+            metrics, n_tok = self._train_mini_batch(engine, ref, chunk, level)
+            for k in keys:
+                totals[k] += metrics[k]
+            tokens += n_tok
+            steps += 1
+        self.steps += steps > 0
+        seconds = time.perf_counter() - start
+        out = {k: v / max(steps, 1) for k, v in totals.items()}
+        out.update({TOKENS_KEY: tokens, SECONDS_KEY: seconds, TOKENS_PER_S_KEY: tokens / max(seconds, 1e-9)})
+        return out
+
+    def _micro_batches(self, chunk: list[Record], *, level: str, train_levels: tuple) -> list[dict]:
+        """This rank's micro-batches of `chunk`; every rank gets the same count (dummies pad)."""
+        mine = chunk[self.rank::self.world_size]
+        mb = self.cfg.micro_batch_size
+        count = math.ceil(math.ceil(len(chunk) / self.world_size) / mb)
+        batches = []
+        for i in range(count):
+            part = mine[i * mb:(i + 1) * mb]
+            real = bool(part)
+            batch = pad_batch(part or [_dummy(level, self.pad_token_id)], pad_token_id=self.pad_token_id,
+                              levels=train_levels if real else (), max_len=self.cfg.max_len)
+            batch["tokens"] = float(batch["attention_mask"].sum()) if real else 0.0
+            batches.append(batch)
+        return batches
+
+    def _all_reduce(self, values: list[float]) -> list[float]:
+        import torch.distributed as dist
+
+        t = torch.tensor(values, dtype=torch.float64)
+        if self.backend == "nccl":
+            t = t.cuda()
+        dist.all_reduce(t)
+        return t.cpu().tolist()
+
+    def _train_mini_batch(self, engine, ref, chunk: list[Record], level: str) -> tuple[dict, float]:
+        batches = self._micro_batches(chunk, level=level, train_levels=(level,))
+        seq_agg = self.algo.loss_aggregation == "seq-mean-token-mean"
+        counts = []  # (aggregation count, trained tokens) per micro-batch
+        for b in batches:
+            n_tok = b["response_mask"].sum(-1)
+            counts.append((float((n_tok > 0).sum()) if seq_agg else float(n_tok.sum()), float(n_tok.sum())))
+        agg_total, tok_total = self._all_reduce([sum(c[0] for c in counts), sum(c[1] for c in counts)])
+        sums = [0.0] * 6  # pg*c, kl*c, ent*n, clipfrac*n, approx_kl*n, forwarded tokens
+        for b, (c_agg, c_tok) in zip(batches, counts):
+            device = engine.device
+            ref_lp = None
+            if ref is not None:
+                with torch.no_grad():
+                    ref_lp = self._forward_logprobs(ref, b)[0]
+            logprobs, entropy = self._forward_logprobs(
+                engine, b, entropy="loss" if self.algo.entropy_coef != 0.0 else "metric")
+            loss, m = compute_policy_loss(
+                logprobs=logprobs, old_logprobs=b["old_logprobs"].to(device), advantages=b["advantages"].to(device),
+                response_mask=b["response_mask"].to(device), ref_logprobs=ref_lp, clip_coef=self.algo.clip_coef,
+                clip_coef_high=self.algo.clip_coef_high, kl_coef=self.algo.kl_coef, entropy=entropy,
+                entropy_coef=self.algo.entropy_coef, aggregation=self.algo.loss_aggregation)
+            engine.backward(loss * (c_agg / max(agg_total, 1.0) * self.world_size), scale_wrt_gas=False)
+            for i, (key, c) in enumerate(((PG_LOSS_KEY, c_agg), (KL_KEY, c_agg), (ENTROPY_KEY, c_tok),
+                                          (CLIPFRAC_KEY, c_tok), (APPROX_KL_KEY, c_tok))):
+                sums[i] += m[key] * c
+            sums[5] += b["tokens"]
+        engine.step()
+        sums = self._all_reduce(sums)
+        grad_norm = engine.get_global_grad_norm()
+        grad_norm = float(grad_norm) if grad_norm is not None else float("nan")
+        a, t = max(agg_total, 1.0), max(tok_total, 1.0)
+        metrics = {PG_LOSS_KEY: sums[0] / a, KL_KEY: sums[1] / a, ENTROPY_KEY: sums[2] / t,
+                   CLIPFRAC_KEY: sums[3] / t, APPROX_KL_KEY: sums[4] / t, GRAD_NORM_KEY: grad_norm}
+        return metrics, sums[5]
+
+    @staticmethod
+    def _as_records(records_or_table) -> list[Record]:
+        return table_to_records(records_or_table) if isinstance(records_or_table, pa.Table) else list(records_or_table)
+
+    # ---------------------------------------------------------------- logprobs
+
+    @torch.no_grad()
+    def compute_logprobs(self, records: pa.Table | Sequence[Record], *, policy: str | None = None) -> list[list[float]]:
+        """Current-policy logprobs of each record's response tokens (collective; same list on every rank).
+
+        Args:
+            records: Records (or a table); prompts are left-truncated to `learner.max_len` as in training.
+            policy: "planner" / "executor" for all records, or None = by level (plan -> planner).
+
+        Returns:
+            one list per record, len(response_ids) floats (a first response token without any
+            prompt token before it gets 0.0). Identical on every rank.
+        """
+        records = self._as_records(records)
+        max_r = max((len(r.response_ids) for r in records), default=0)
+        out = torch.zeros(len(records), max(max_r, 1), dtype=torch.float64)
+        names = [policy or LEVEL_POLICY[r.level] for r in records]
+        groups: dict[int, list[int]] = {}
+        for i, name in enumerate(names):
+            groups.setdefault(id(self.policies[name]), []).append(i)
+        for name in dict.fromkeys(names):  # each engine once, in a rank-independent order
+            idx = groups.pop(id(self.policies[name]), None)
+            if idx is None:
+                continue
+            engine = self.policies[name][0]
+            engine.eval()
+            sub = [records[i] for i in idx]
+            order = [idx[j] for j in shard_records(sub, rank=0, world_size=1)]
+            chunk = [records[i] for i in order]
+            mine = order[self.rank::self.world_size]
+            mb = self.cfg.micro_batch_size
+            for k, b in enumerate(self._micro_batches(chunk, level=chunk[0].level, train_levels=LEVELS)):
+                lp = self._forward_logprobs(engine, b)[0].cpu()
+                for row, i in enumerate(mine[k * mb:(k + 1) * mb]):
+                    R = len(records[i].response_ids)
+                    P = int(b["attention_mask"][row].sum()) - R
+                    for j in range(R):
+                        if P + j - 1 >= 0:
+                            out[i, j] = float(lp[row, P + j - 1])
+            engine.train()
+        if self.world_size > 1:
+            import torch.distributed as dist
+
+            t = out.cuda() if self.backend == "nccl" else out
+            dist.all_reduce(t)
+            out = t.cpu()
+        return [out[i, :len(r.response_ids)].tolist() for i, r in enumerate(records)]
+
+    # ----------------------------------------------------------------- weights
+
+    def export_weights(self, *, policy: str, bucket_mb: int) -> Iterator[dict[str, torch.Tensor]]:
+        """Full weights of `policy` as HF-named CPU tensors, in buckets of about `bucket_mb` MB (collective).
+
+        Names are the keys of the HF model's `state_dict()`: the checkpoint's names plus tied
+        aliases such as `lm_head.weight` (a copy of `model.embed_tokens.weight`). vLLM's in-place
+        reload needs the alias: without it the LM head keeps its old weights ("ParallelLMHead:
+        Failed to load weights"). Under ZeRO-3 each bucket is gathered with ONE
+        `GatheredParameters` call, so every rank must exhaust the iterator.
+        """
+        import deepspeed
+
+        module = self.policies[policy][0].module
+        keys = set(module.state_dict().keys())
+        names: dict[int, list[str]] = {}
+        unique = []
+        for name, p in module.named_parameters(remove_duplicate=False):
+            if name in keys:
+                if id(p) not in names:
+                    unique.append(p)
+                names.setdefault(id(p), []).append(name)
+        limit, bucket, size = bucket_mb * 2**20, [], 0
+        for i, p in enumerate(unique):
+            bucket.append(p)
+            size += getattr(p, "ds_numel", p.numel()) * p.element_size()
+            if size < limit and i < len(unique) - 1:
+                continue
+            out = {}
+            with deepspeed.zero.GatheredParameters(bucket, enabled=self.cfg.zero_stage == 3):
+                for q in bucket:
+                    first, *aliases = names[id(q)]
+                    out[first] = q.detach().to("cpu", copy=True).contiguous()
+                    out.update({alias: out[first].clone() for alias in aliases})  # safetensors refuses shared storage
+            yield out
+            bucket, size = [], 0
+        buffers = {n: b.detach().to("cpu", copy=True) for n, b in module.named_buffers() if n in keys}
+        if buffers:
+            yield buffers
+
+    def _full_state_dict(self, policy: str) -> dict[str, torch.Tensor]:
+        state = {}
+        for bucket in self.export_weights(policy=policy, bucket_mb=self.cfg.sync_bucket_mb):
+            if self.rank == 0:
+                state.update(bucket)
+        return state
+
+    def save_weights(self, path: str | os.PathLike, *, policy: str) -> Path:
+        """Write `policy`'s full weights to one safetensors file (rank 0; atomic), e.g. for vLLM reload."""
+        from safetensors.torch import save_file
+
+        path = Path(path)
+        state = self._full_state_dict(policy)
+        if self.rank == 0:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+            save_file(state, str(tmp), metadata={"format": "pt"})
+            os.replace(tmp, path)
+        self._barrier()
+        return path
+
+    def _barrier(self) -> None:
+        import torch.distributed as dist
+
+        dist.barrier()
+
+    # ------------------------------------------------------------- checkpoints
+
+    def save_checkpoint(self, directory: str | os.PathLike) -> Path:
+        """HF model folder per policy (rank 0) + per-rank optimizer state + counters; replaces `directory`.
+
+        Layout: `<dir>/<policy>/` (config, tokenizer, model.safetensors; "policy" in shared mode,
+        else "planner" and "executor"), `<dir>/<policy>/optim_rank<r>.pt`, `<dir>/learner_state.json`.
+        Written into `<dir>.partial` and renamed at the end; `directory` must be on storage all ranks see.
+        """
+        from safetensors.torch import save_file
+
+        final = Path(directory)
+        tmp = final.with_name(final.name + ".partial")
+        if self.rank == 0:
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+        self._barrier()
+        for name, (engine, _) in self._unique_policies().items():
+            sub = tmp / name
+            state = self._full_state_dict("executor" if name == "policy" else name)
+            if self.rank == 0:
+                sub.mkdir(exist_ok=True)
+                save_file(state, str(sub / "model.safetensors"), metadata={"format": "pt"})
+                engine.module.config.save_pretrained(sub)
+                if getattr(engine.module, "generation_config", None) is not None:
+                    engine.module.generation_config.save_pretrained(sub)
+                self.tokenizer.save_pretrained(sub)
+            self._barrier()
+            torch.save({"optimizer": _to_plain(engine.optimizer.state_dict()), "global_steps": engine.global_steps,
+                        "global_samples": engine.global_samples}, sub / f"optim_rank{self.rank}.pt")
+        torch.save({"torch_rng": torch.get_rng_state()}, tmp / f"rng_rank{self.rank}.pt")
+        self._barrier()
+        if self.rank == 0:
+            meta = {"world_size": self.world_size, "zero_stage": self.cfg.zero_stage, "steps": self.steps,
+                    "policies": list(self._unique_policies())}
+            (tmp / _STATE_FILE).write_text(json.dumps(meta, indent=2))
+            shutil.rmtree(final, ignore_errors=True)
+            os.replace(tmp, final)
+        self._barrier()
+        return final
+
+    def load_checkpoint(self, directory: str | os.PathLike) -> None:
+        """Restore a `save_checkpoint` folder written with the same world size, ZeRO stage and policies.
+
+        The optimizer state holds the fp32 master weights, so weights, Adam moments and step
+        counters come back exactly. (To start a new run from a checkpoint with another layout,
+        point `model.path` at `<dir>/<policy>` instead.)
+        """
+        from safetensors.torch import load_file
+
+        directory = Path(directory)
+        meta = json.loads((directory / _STATE_FILE).read_text())
+        want = {"world_size": self.world_size, "zero_stage": self.cfg.zero_stage,
+                "policies": list(self._unique_policies())}
+        got = {k: meta.get(k) for k in want}
+        if got != want:
+            raise ValueError(f"checkpoint {directory} was saved with {got}; this learner has {want}")
+        for name, (engine, _) in self._unique_policies().items():
+            if self.cfg.zero_stage < 3:  # ZeRO-2 restores only the fp32 masters: load the module's copy too
+                engine.module.load_state_dict(load_file(str(directory / name / "model.safetensors")))
+            saved = torch.load(directory / name / f"optim_rank{self.rank}.pt", weights_only=True)
+            state = _from_plain(saved["optimizer"], engine.optimizer.state_dict())
+            sd_list = [None] * self.world_size
+            sd_list[self.rank] = state
+            engine.optimizer.load_state_dict(sd_list, load_optimizer_states=True, load_from_fp32_weights=True)
+            engine.global_steps = saved["global_steps"]
+            engine.global_samples = saved["global_samples"]
+        rng = torch.load(directory / f"rng_rank{self.rank}.pt", weights_only=True)
+        torch.set_rng_state(rng["torch_rng"])
+        self.steps = meta["steps"]
+        self._barrier()
