@@ -30,13 +30,24 @@ class WeightReloadExtension:
         from safetensors import safe_open
 
         count = 0
+        hf_config = self.model_runner.model_config.hf_config
+        tied = getattr(hf_config, "tie_word_embeddings", False) or getattr(
+            getattr(hf_config, "text_config", None), "tie_word_embeddings", False)
 
         def tensors():
+            # HF checkpoints of tied models omit lm_head.weight; vLLM's in-place reload only
+            # refreshes the head when it is given, so feed it the embedding explicitly.
             nonlocal count
             with safe_open(path, framework="pt") as f:
-                for name in f.keys():
+                names = list(f.keys())
+                for name in names:
                     count += 1
-                    yield name, f.get_tensor(name)
+                    tensor = f.get_tensor(name)
+                    yield name, tensor
+                    if tied and name.endswith("embed_tokens.weight"):
+                        head = name.replace("model.embed_tokens", "lm_head").replace("embed_tokens", "lm_head")
+                        if head not in names:
+                            yield head, tensor
 
         self.model_runner.reload_weights(weights_iterator=tensors(), is_checkpoint_format=True)
         return count

@@ -89,3 +89,26 @@ def test_sampling_params_validate():
         SamplingParams(temperature=-1)
     with pytest.raises(ValueError, match="n must be"):
         SamplingParams(n=0)
+
+
+def test_reload_of_tied_checkpoint_without_lm_head_matches_hf(engines):
+    """HF drops lm_head.weight from tied checkpoints; the reload must still refresh the head."""
+    _, vllm, hf = engines
+    original = {k: v.clone() for k, v in hf.model.state_dict().items()}
+    sample = vllm.generate(PROMPTS[:1], SamplingParams(temperature=1.0, max_tokens=12))[0][0]
+    gen = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for p in hf.model.parameters():
+            p.add_(0.02 * torch.randn(p.shape, generator=gen))
+    if hf.model.config.tie_word_embeddings:
+        state = {k: v for k, v in hf.model.state_dict().items() if k != "lm_head.weight"}
+    else:
+        state = dict(hf.model.state_dict())
+    try:
+        vllm.reload_weights(state)
+        got = vllm.score([(sample.prompt_token_ids, sample.token_ids)])[0]
+        want = hf.score(sample.prompt_token_ids, sample.token_ids)
+        assert max(abs(a - b) for a, b in zip(got, want)) < LOGPROB_TOL
+    finally:
+        hf.model.load_state_dict(original)
+        vllm.reload_weights(original)
