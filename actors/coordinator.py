@@ -38,13 +38,14 @@ class Coordinator:
     def setup(self) -> dict:
         cfg = self.cfg
         self.status_["phase"] = "starting samplers"
+        self.planners, self.placement_groups = [], []
+        role = "executor" if self.planner_path else "both"
+        self.executors, pg = create_samplers(self.model_path, role=role, model=cfg.model, sampler=cfg.sampler)
+        self.placement_groups.append(pg)
         if self.planner_path:
-            self.executors, _ = create_samplers(self.model_path, role="executor", model=cfg.model, sampler=cfg.sampler)
-            self.planners, _ = create_samplers(self.planner_path, role="planner", model=cfg.model,
-                                               sampler=cfg.sampler, seed_offset=1000)
-        else:
-            self.executors, _ = create_samplers(self.model_path, role="both", model=cfg.model, sampler=cfg.sampler)
-            self.planners = []
+            self.planners, pg = create_samplers(self.planner_path, role="planner", model=cfg.model,
+                                                sampler=cfg.sampler, seed_offset=1000)
+            self.placement_groups.append(pg)
         self.status_["phase"] = "starting learner"
         model = dataclasses.replace(cfg.model, path=self.model_path, planner_path=self.planner_path)
         self.learner = LearnerGroup(model=model, learner=cfg.learner, algorithm=cfg.algorithm, seed=cfg.run.seed)
@@ -87,6 +88,18 @@ class Coordinator:
             self.trainer.restore()
         self.trainer.status = self.status_
         return self.trainer.run(iterations, on_iteration=self.rows.append)
+
+    def shutdown(self) -> None:
+        """Release every actor and placement group this coordinator started."""
+        if getattr(self, "learner", None) is not None:
+            self.learner.shutdown()
+        for actor in getattr(self, "executors", []) + getattr(self, "planners", []):
+            ray.kill(actor)
+        if getattr(self, "dispatcher", None) is not None:
+            self.dispatcher.shutdown()
+        for pg in getattr(self, "placement_groups", []):
+            ray.util.remove_placement_group(pg)
+        self.placement_groups = []
 
     def status(self) -> dict:
         return {**self.status_, "last": self.rows[-1] if self.rows else None, "done": len(self.rows)}

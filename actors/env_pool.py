@@ -35,6 +35,11 @@ class RolloutDispatcher:
         self.pools = [self._new_pool() for _ in range(num_pools)]
         self.restarts = 0
 
+    def shutdown(self) -> None:
+        for pool in self.pools:
+            ray.kill(pool)
+        self.pools = []
+
     def _new_pool(self):
         return EnvPoolActor.remote(self.env_id, self.env_kwargs)
 

@@ -125,6 +125,10 @@ def train(cfg: TrainConfig, *, resume: bool = False, log=print) -> list[dict]:
         hint = f"latest complete checkpoint: {ckpt}; continue with --resume" if ckpt else "no checkpoint was written"
         raise SystemExit(f"[himac-ray] training failed: {err}\n[himac-ray] {hint}") from None
     finally:
+        try:
+            ray.get(coordinator.shutdown.remote(), timeout=120)
+        except ray.exceptions.RayError:
+            pass  # the coordinator itself is gone; its actors die with it
         ray.kill(coordinator, no_restart=True)
     log(f"[himac-ray] {len(rows)} iteration(s) in {time.time() - start:.0f}s; run dir {run_dir} "
         f"(metrics.jsonl, curve.png, checkpoints/)")

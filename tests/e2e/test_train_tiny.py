@@ -58,6 +58,7 @@ def test_two_iterations_sync_weights_into_the_samplers(local_ray, tmp_path):
     metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [m["iteration"] for m in metrics] == [0, 1]
     assert (run / "curve.png").exists() and (run / "checkpoints" / "iter_00002" / "COMPLETE").exists()
+    ray.get(coord.shutdown.remote())
     ray.kill(coord)
 
 
