@@ -1,27 +1,25 @@
-"""The DeepSpeed learner: one data-parallel rank of the policy update (no Ray).
+"""The DeepSpeed learner: one data-parallel rank of the policy update (no Ray; deepspeed imported lazily).
 
-Owns the ZeRO-2/3 engine(s), the frozen KL reference, the clipped-PG training step, logprob
-checks, weight export for the samplers and checkpoints. `actors/learner.py` runs one `Learner`
-per Ray actor; a single process (world_size 1) works on its own. DeepSpeed is imported lazily.
+Owns the ZeRO-2/3 engine(s), the frozen KL reference, the clipped-PG step, logprob checks,
+weight export for the samplers and checkpoints; `actors/learner.py` runs one `Learner` per rank.
+One shared policy plays both levels (paper default), or with `model.planner_path` two policies
+"planner" / "executor". `trainable="planner"` trains `plan` records, "executor" `act` records.
 
-Policies: one shared policy plays both levels (paper default), or with `model.planner_path`
-two policies keyed "planner" / "executor". `trainable="planner"` trains `plan` records,
-`"executor"` trains `act` records; records of the other level are dropped before sharding.
+Loss scale (DESIGN): with `token-mean` a mini-batch's loss is sum(token losses) / N, N = trained
+tokens of the whole mini-batch on ALL ranks (all-reduced before the first micro-batch;
+`seq-mean-token-mean` counts trained sequences instead). Each micro-batch's `compute_policy_loss`
+(a mean over its own n items) is scaled by n / N * world_size; `* world_size` undoes DeepSpeed's
+gradient averaging over ranks. Loss, gradient and metrics thus do not depend on world size or
+micro-batch split. DeepSpeed runs with `managed_gradient_accumulation: false` (one `backward` per
+micro-batch, one `step` per mini-batch), and every rank runs the same number of micro-batches: a
+rank short of records runs a 2-token dummy with zero mask so ZeRO's collectives still match.
 
-Loss scale (DESIGN): with `token-mean` the mini-batch loss is sum(token losses) / N, N = trained
-tokens of the WHOLE mini-batch on ALL ranks (all-reduced before the first micro-batch;
-`seq-mean-token-mean` does the same with the number of trained sequences). Each micro-batch's
-`compute_policy_loss` (a local mean over n_mb items) is rescaled by n_mb / N * world_size; the
-`* world_size` undoes DeepSpeed's gradient averaging over ranks. So the gradient, the loss and
-the metrics do not depend on world size or micro-batch split. DeepSpeed runs with
-`managed_gradient_accumulation: false`: every micro-batch is one `backward`, every mini-batch
-one `step`, and all ranks run the same number of micro-batches (a rank short of records runs
-a 2-token dummy with zero mask, so ZeRO's collectives still match).
+Logprobs use temperature 1, like vLLM's default `raw_logprobs` sampling logprobs.
 
-Checkpoints never unpickle: weights are safetensors; per-rank optimizer state is saved with
-`torch.save` after replacing non-tensor objects (DeepSpeed's LossScaler, enums, fragment
-addresses) by a marker, loaded with `weights_only=True` and merged back into the live
-optimizer's own state dict, which supplies those objects.
+Checkpoints never unpickle: weights are safetensors; per-rank optimizer state goes through
+`torch.save` after non-tensor objects (DeepSpeed's LossScaler, enums, fragment addresses) are
+replaced by a marker, and comes back with `weights_only=True`, merged into the live optimizer's
+own state dict, which supplies those objects.
 """
 
 from __future__ import annotations
@@ -40,6 +38,7 @@ from typing import Iterator, Sequence
 
 import pyarrow as pa
 import torch
+import torch.distributed as dist
 
 from himac_ray.config import AlgorithmConfig, LearnerConfig, ModelConfig
 from himac_ray.data import LEVELS, Record, pad_batch, table_to_records
@@ -65,14 +64,15 @@ LEVEL_POLICY = {level: policy for policy, level in TRAINABLE_LEVEL.items()}
 _NOT_SAVED = "__himac_ray_not_saved__"
 _STATE_FILE = "learner_state.json"
 
-logger = logging.getLogger(__name__)
 
+def stable_order(records: Sequence[Record]) -> list[int]:
+    """Indices of `records` sorted by (level, group, trajectory, step, subgoal); ties keep input order.
 
-def shard_records(records: Sequence[Record], *, rank: int, world_size: int) -> list[int]:
-    """Indices (into `records`) of this rank's share: sort by a stable key, take every world_size-th."""
-    order = sorted(range(len(records)), key=lambda i: (records[i].level, records[i].group_id, records[i].traj_id,
-                                                       records[i].step, records[i].subgoal_index))
-    return order[rank::world_size]
+    Mini-batches are contiguous runs of this order and rank r trains every world_size-th record
+    of a mini-batch from position r, so every rank derives the same partition from the same list.
+    """
+    return sorted(range(len(records)), key=lambda i: (records[i].level, records[i].group_id, records[i].traj_id,
+                                                      records[i].step, records[i].subgoal_index))
 
 
 def _split(items: list, parts: int) -> list[list]:
@@ -143,8 +143,7 @@ class Learner:
         executor_path = resolve_model(model.path)
         self.tokenizer = AutoTokenizer.from_pretrained(executor_path)
         self.pad_token_id = self.tokenizer.pad_token_id
-        if self.pad_token_id is None:
-            self.pad_token_id = self.tokenizer.eos_token_id
+        self.pad_token_id = self.tokenizer.eos_token_id if self.pad_token_id is None else self.pad_token_id
         executor = self._build_policy(deepspeed, executor_path)
         planner = executor if model.planner_path is None else self._build_policy(
             deepspeed, resolve_model(model.planner_path))
@@ -156,27 +155,21 @@ class Learner:
     # ------------------------------------------------------------------ setup
 
     def _init_distributed(self, deepspeed) -> None:
-        import torch.distributed as dist
-
         if not dist.is_initialized():
-            if self.world_size == 1:
-                os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-                os.environ.setdefault("MASTER_PORT", str(_free_port()))
-            elif not ("MASTER_ADDR" in os.environ and "MASTER_PORT" in os.environ):
+            env = {"RANK": str(self.rank), "WORLD_SIZE": str(self.world_size), "LOCAL_RANK": "0"}
+            if self.world_size == 1:  # a lone process still goes through deepspeed's init, on a local port
+                env.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()))
+            elif not {"MASTER_ADDR", "MASTER_PORT"} <= os.environ.keys():
                 raise RuntimeError("world_size > 1 needs MASTER_ADDR and MASTER_PORT in the environment")
-            os.environ.setdefault("RANK", str(self.rank))
-            os.environ.setdefault("WORLD_SIZE", str(self.world_size))
-            os.environ.setdefault("LOCAL_RANK", "0")
-            if (int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])) != (self.rank, self.world_size):
-                raise RuntimeError(f"env RANK/WORLD_SIZE={os.environ['RANK']}/{os.environ['WORLD_SIZE']} "
-                                   f"disagree with rank={self.rank}, world_size={self.world_size}")
+            for key, value in env.items():
+                os.environ.setdefault(key, value)
             if self.backend == "nccl":
                 torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
             deepspeed.init_distributed(dist_backend=self.backend, auto_mpi_discovery=False, verbose=False,
-                                       timeout=timedelta(minutes=30))
+                                       timeout=timedelta(minutes=30), rank=self.rank, world_size=self.world_size)
         if (dist.get_rank(), dist.get_world_size()) != (self.rank, self.world_size):
-            raise RuntimeError(f"torch.distributed is rank {dist.get_rank()}/{dist.get_world_size()}, "
-                               f"Learner was given {self.rank}/{self.world_size}")
+            raise RuntimeError(f"torch.distributed is rank {dist.get_rank()} of {dist.get_world_size()}, "
+                               f"but this Learner was given rank {self.rank} of {self.world_size}")
 
     def _ds_config(self, *, train: bool) -> dict:
         gpu = self.backend == "nccl"
@@ -254,7 +247,7 @@ class Learner:
         tokens, steps = 0.0, 0
         engine, ref = self.policies[trainable]
         engine.train()
-        ordered = [records[i] for i in shard_records(records, rank=0, world_size=1)]
+        ordered = [records[i] for i in stable_order(records)]
         for chunk in _split(ordered, self.cfg.mini_batches):
             if not chunk:
                 continue
@@ -284,14 +277,11 @@ class Learner:
             batches.append(batch)
         return batches
 
-    def _all_reduce(self, values: list[float]) -> list[float]:
-        import torch.distributed as dist
-
-        t = torch.tensor(values, dtype=torch.float64)
-        if self.backend == "nccl":
-            t = t.cuda()
-        dist.all_reduce(t)
-        return t.cpu().tolist()
+    def _all_reduce(self, t: torch.Tensor) -> torch.Tensor:
+        if self.world_size > 1:
+            t = t.cuda() if self.backend == "nccl" else t
+            dist.all_reduce(t)
+        return t.cpu()
 
     def _train_mini_batch(self, engine, ref, chunk: list[Record], level: str) -> tuple[dict, float]:
         batches = self._micro_batches(chunk, level=level, train_levels=(level,))
@@ -300,8 +290,8 @@ class Learner:
         for b in batches:
             n_tok = b["response_mask"].sum(-1)
             counts.append((float((n_tok > 0).sum()) if seq_agg else float(n_tok.sum()), float(n_tok.sum())))
-        agg_total, tok_total = self._all_reduce([sum(c[0] for c in counts), sum(c[1] for c in counts)])
-        sums = [0.0] * 6  # pg*c, kl*c, ent*n, clipfrac*n, approx_kl*n, forwarded tokens
+        agg_total, tok_total = self._all_reduce(torch.tensor(counts, dtype=torch.float64).sum(0)).tolist()
+        sums = torch.zeros(6, dtype=torch.float64)  # pg*c, kl*c, ent*n, clipfrac*n, approx_kl*n, tokens
         for b, (c_agg, c_tok) in zip(batches, counts):
             device = engine.device
             ref_lp = None
@@ -321,7 +311,7 @@ class Learner:
                 sums[i] += m[key] * c
             sums[5] += b["tokens"]
         engine.step()
-        sums = self._all_reduce(sums)
+        sums = self._all_reduce(sums).tolist()
         grad_norm = engine.get_global_grad_norm()
         grad_norm = float(grad_norm) if grad_norm is not None else float("nan")
         a, t = max(agg_total, 1.0), max(tok_total, 1.0)
@@ -348,38 +338,25 @@ class Learner:
             prompt token before it gets 0.0). Identical on every rank.
         """
         records = self._as_records(records)
-        max_r = max((len(r.response_ids) for r in records), default=0)
-        out = torch.zeros(len(records), max(max_r, 1), dtype=torch.float64)
-        names = [policy or LEVEL_POLICY[r.level] for r in records]
-        groups: dict[int, list[int]] = {}
-        for i, name in enumerate(names):
-            groups.setdefault(id(self.policies[name]), []).append(i)
-        for name in dict.fromkeys(names):  # each engine once, in a rank-independent order
-            idx = groups.pop(id(self.policies[name]), None)
-            if idx is None:
-                continue
-            engine = self.policies[name][0]
+        out = torch.zeros(len(records), max([len(r.response_ids) for r in records] + [1]), dtype=torch.float64)
+        by_engine: dict[int, list[int]] = {}  # insertion order is the same on every rank
+        for i, r in enumerate(records):
+            by_engine.setdefault(id(self.policies[policy or LEVEL_POLICY[r.level]]), []).append(i)
+        for idx in by_engine.values():
+            engine = self.policies[policy or LEVEL_POLICY[records[idx[0]].level]][0]
+            order = [idx[j] for j in stable_order([records[i] for i in idx])]
+            mine, mb = order[self.rank::self.world_size], self.cfg.micro_batch_size
             engine.eval()
-            sub = [records[i] for i in idx]
-            order = [idx[j] for j in shard_records(sub, rank=0, world_size=1)]
-            chunk = [records[i] for i in order]
-            mine = order[self.rank::self.world_size]
-            mb = self.cfg.micro_batch_size
-            for k, b in enumerate(self._micro_batches(chunk, level=chunk[0].level, train_levels=LEVELS)):
+            batches = self._micro_batches([records[i] for i in order], level="act", train_levels=LEVELS)
+            for k, b in enumerate(batches):
                 lp = self._forward_logprobs(engine, b)[0].cpu()
                 for row, i in enumerate(mine[k * mb:(k + 1) * mb]):
                     R = len(records[i].response_ids)
-                    P = int(b["attention_mask"][row].sum()) - R
-                    for j in range(R):
-                        if P + j - 1 >= 0:
-                            out[i, j] = float(lp[row, P + j - 1])
+                    P = int(b["attention_mask"][row].sum()) - R  # kept prompt tokens
+                    for j in range(max(1 - P, 0), R):
+                        out[i, j] = float(lp[row, P + j - 1])
             engine.train()
-        if self.world_size > 1:
-            import torch.distributed as dist
-
-            t = out.cuda() if self.backend == "nccl" else out
-            dist.all_reduce(t)
-            out = t.cpu()
+        out = self._all_reduce(out)  # each record was filled by exactly one rank
         return [out[i, :len(r.response_ids)].tolist() for i, r in enumerate(records)]
 
     # ----------------------------------------------------------------- weights
@@ -440,13 +417,8 @@ class Learner:
             tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
             save_file(state, str(tmp), metadata={"format": "pt"})
             os.replace(tmp, path)
-        self._barrier()
-        return path
-
-    def _barrier(self) -> None:
-        import torch.distributed as dist
-
         dist.barrier()
+        return path
 
     # ------------------------------------------------------------- checkpoints
 
@@ -464,7 +436,7 @@ class Learner:
         if self.rank == 0:
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir(parents=True)
-        self._barrier()
+        dist.barrier()
         for name, (engine, _) in self._unique_policies().items():
             sub = tmp / name
             state = self._full_state_dict("executor" if name == "policy" else name)
@@ -475,18 +447,18 @@ class Learner:
                 if getattr(engine.module, "generation_config", None) is not None:
                     engine.module.generation_config.save_pretrained(sub)
                 self.tokenizer.save_pretrained(sub)
-            self._barrier()
+            dist.barrier()
             torch.save({"optimizer": _to_plain(engine.optimizer.state_dict()), "global_steps": engine.global_steps,
                         "global_samples": engine.global_samples}, sub / f"optim_rank{self.rank}.pt")
         torch.save({"torch_rng": torch.get_rng_state()}, tmp / f"rng_rank{self.rank}.pt")
-        self._barrier()
+        dist.barrier()
         if self.rank == 0:
             meta = {"world_size": self.world_size, "zero_stage": self.cfg.zero_stage, "steps": self.steps,
                     "policies": list(self._unique_policies())}
             (tmp / _STATE_FILE).write_text(json.dumps(meta, indent=2))
             shutil.rmtree(final, ignore_errors=True)
             os.replace(tmp, final)
-        self._barrier()
+        dist.barrier()
         return final
 
     def load_checkpoint(self, directory: str | os.PathLike) -> None:
@@ -518,4 +490,4 @@ class Learner:
         rng = torch.load(directory / f"rng_rank{self.rank}.pt", weights_only=True)
         torch.set_rng_state(rng["torch_rng"])
         self.steps = meta["steps"]
-        self._barrier()
+        dist.barrier()

@@ -1,0 +1,110 @@
+"""ActorGroup: N ranked Ray actors of one class in one placement group, plus call fan-out.
+
+Generic (used by the learner ranks; fits sampler engines too). Knows nothing about DeepSpeed.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Sequence
+
+import ray
+from ray.util.placement_group import placement_group, remove_placement_group
+from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+
+class ActorDiedError(RuntimeError):
+    """An actor of a group died (or became unreachable) while a call was in flight."""
+
+    def __init__(self, message: str, *, rank: int):
+        super().__init__(message)
+        self.rank = rank
+
+
+class ActorGroup:
+    """`num_actors` actors of `actor_cls`, actor i on bundle i of one placement group.
+
+    Contract (from OpenRLHF's `RayActorGroup`): methods named `async_*` return a list of
+    `ObjectRef`s, one per actor in rank order; every other method blocks until all actors
+    answered. `get` raises `ActorDiedError` naming the first rank found dead, without waiting
+    for the others (a rank blocked in a collective with a dead peer would never answer).
+
+    Args:
+        actor_cls: a `@ray.remote` class.
+        num_actors: actors (ranks) to start.
+        cpus_per_actor / gpus_per_actor: Ray resources of each bundle and actor.
+        strategy: placement strategy of the bundles (PACK keeps ranks on as few nodes as possible).
+        kwargs_for_rank: constructor keyword arguments of actor i (default: none).
+        ready_timeout_s: how long to wait for the placement group to be scheduled.
+    """
+
+    def __init__(
+        self,
+        actor_cls,
+        num_actors: int,
+        *,
+        cpus_per_actor: float = 1.0,
+        gpus_per_actor: float = 0.0,
+        strategy: str = "PACK",
+        kwargs_for_rank: Callable[[int], dict] | None = None,
+        ready_timeout_s: float = 600.0,
+    ):
+        bundle = {"CPU": cpus_per_actor, **({"GPU": gpus_per_actor} if gpus_per_actor else {})}
+        self.placement_group = placement_group([dict(bundle) for _ in range(num_actors)], strategy=strategy)
+        ready, _ = ray.wait([self.placement_group.ready()], timeout=ready_timeout_s)
+        if not ready:
+            remove_placement_group(self.placement_group)
+            raise TimeoutError(
+                f"placement group of {num_actors} x {bundle} ({strategy}) not scheduled within "
+                f"{ready_timeout_s:.0f}s; cluster resources: {ray.cluster_resources()}")
+        self.actors = [
+            actor_cls.options(
+                num_cpus=cpus_per_actor,
+                num_gpus=gpus_per_actor,
+                scheduling_strategy=PlacementGroupSchedulingStrategy(
+                    placement_group=self.placement_group,
+                    placement_group_bundle_index=i,
+                    placement_group_capture_child_tasks=True,
+                ),
+            ).remote(**(kwargs_for_rank(i) if kwargs_for_rank else {}))
+            for i in range(num_actors)
+        ]
+
+    def __len__(self) -> int:
+        return len(self.actors)
+
+    def async_run_method(self, method: str, *args, **kwargs) -> list[ray.ObjectRef]:
+        """Call `method(*args, **kwargs)` on every actor; one ObjectRef per rank."""
+        return [getattr(actor, method).remote(*args, **kwargs) for actor in self.actors]
+
+    def run_method(self, method: str, *args, **kwargs) -> list[Any]:
+        """`async_run_method` and wait: the results in rank order."""
+        return self.get(self.async_run_method(method, *args, **kwargs))
+
+    def get(self, refs: Sequence[ray.ObjectRef], *, timeout_s: float | None = None) -> list[Any]:
+        """Results of one ref per rank, in rank order; a dead actor raises ActorDiedError at once."""
+        rank_of = {ref: i for i, ref in enumerate(refs)}
+        results: list[Any] = [None] * len(refs)
+        pending = list(refs)
+        while pending:
+            ready, pending = ray.wait(pending, num_returns=1, timeout=timeout_s)
+            if not ready:
+                raise TimeoutError(f"ranks {sorted(rank_of[r] for r in pending)} did not answer in {timeout_s}s")
+            ref = ready[0]
+            rank = rank_of[ref]
+            try:
+                results[rank] = ray.get(ref)
+            except ray.exceptions.RayActorError as err:
+                raise ActorDiedError(f"rank {rank} of {len(refs)} died: {err}", rank=rank) from err
+        return results
+
+    def shutdown(self) -> None:
+        """Kill every actor and release the placement group (safe to call twice)."""
+        for actor in self.actors:
+            try:
+                ray.kill(actor)
+            except Exception:  # already gone
+                pass
+        self.actors = []
+        if self.placement_group is not None:
+            remove_placement_group(self.placement_group)
+            self.placement_group = None

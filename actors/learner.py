@@ -1,0 +1,126 @@
+"""Ray binding of `himac_ray.learner.Learner`: one `LearnerWorker` actor per DeepSpeed rank.
+
+All logic lives in `himac_ray.learner`; this file only places the ranks, sets the
+torch.distributed rendezvous variables and forwards calls.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+from typing import Sequence
+
+import pyarrow as pa
+import ray
+
+from actors.group import ActorDiedError, ActorGroup
+from himac_ray.config import AlgorithmConfig, LearnerConfig, ModelConfig
+from himac_ray.data import Record, records_to_table
+
+
+class LearnerDiedError(ActorDiedError):
+    """A learner rank died; the group is unusable (the other ranks may hang in a collective)."""
+
+
+@ray.remote
+class LearnerWorker:
+    """One rank. Built empty, then `setup` (called on all ranks at once) creates the `Learner`."""
+
+    def __init__(self, *, rank: int, world_size: int):
+        self.rank, self.world_size = rank, world_size
+        self.learner = None
+
+    def address_and_free_port(self) -> tuple[str, int]:
+        """This node's IP and a free TCP port on it (for the rendezvous on rank 0)."""
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.bind(("", 0))
+            return ray.util.get_node_ip_address(), s.getsockname()[1]
+
+    def setup(self, *, model: ModelConfig, learner: LearnerConfig, algorithm: AlgorithmConfig, seed: int,
+              master_addr: str, master_port: int) -> None:
+        # Ray limits each actor to its own GPU(s) (CUDA_VISIBLE_DEVICES), so the local rank is 0
+        os.environ.update(MASTER_ADDR=master_addr, MASTER_PORT=str(master_port), RANK=str(self.rank),
+                          WORLD_SIZE=str(self.world_size), LOCAL_RANK="0")
+        from himac_ray.learner import Learner
+
+        self.learner = Learner(model=model, learner=learner, algorithm=algorithm, rank=self.rank,
+                               world_size=self.world_size, seed=seed)
+
+    def train_step(self, records: pa.Table, *, trainable: str) -> dict[str, float]:
+        return self.learner.train_step(records, trainable=trainable)
+
+    def compute_logprobs(self, records: pa.Table, *, policy: str | None = None) -> list[list[float]]:
+        return self.learner.compute_logprobs(records, policy=policy)
+
+    def save_weights(self, path: str, *, policy: str) -> str:
+        return str(self.learner.save_weights(path, policy=policy))
+
+    def save_checkpoint(self, directory: str) -> str:
+        return str(self.learner.save_checkpoint(directory))
+
+    def load_checkpoint(self, directory: str) -> None:
+        self.learner.load_checkpoint(directory)
+
+
+class LearnerGroup:
+    """`learner.num_ranks` LearnerWorkers in a PACK placement group (see `ActorGroup`).
+
+    Methods named `async_*` return one ObjectRef per rank; the others block and return rank 0's
+    answer (the learner makes every rank's answer identical). A dead rank raises
+    `LearnerDiedError` naming it; call `shutdown()` afterwards.
+    """
+
+    def __init__(self, *, model: ModelConfig, learner: LearnerConfig, algorithm: AlgorithmConfig, seed: int = 0):
+        n = learner.num_ranks
+        self.group = ActorGroup(LearnerWorker, n, cpus_per_actor=learner.cpus_per_rank,
+                                gpus_per_actor=learner.gpus_per_rank,
+                                kwargs_for_rank=lambda rank: {"rank": rank, "world_size": n})
+        try:
+            addr, port = self._get([self.group.actors[0].address_and_free_port.remote()])[0]
+            self._get(self.group.async_run_method("setup", model=model, learner=learner, algorithm=algorithm,
+                                                  seed=seed, master_addr=addr, master_port=port))
+        except BaseException:
+            self.shutdown()
+            raise
+
+    def _get(self, refs: list[ray.ObjectRef]) -> list:
+        try:
+            return self.group.get(refs)
+        except ActorDiedError as err:
+            raise LearnerDiedError(f"learner {err}", rank=err.rank) from err
+
+    @staticmethod
+    def _put(records: pa.Table | Sequence[Record]) -> ray.ObjectRef:
+        table = records if isinstance(records, pa.Table) else records_to_table(records)
+        return ray.put(table)  # once in the object store, read by every rank
+
+    def async_train_step(self, records: pa.Table | Sequence[Record], *, trainable: str) -> list[ray.ObjectRef]:
+        return self.group.async_run_method("train_step", self._put(records), trainable=trainable)
+
+    def train_step(self, records: pa.Table | Sequence[Record], *, trainable: str) -> dict[str, float]:
+        """One update on every rank (same records everywhere); rank 0's metrics."""
+        return self._get(self.async_train_step(records, trainable=trainable))[0]
+
+    def async_compute_logprobs(self, records, *, policy: str | None = None) -> list[ray.ObjectRef]:
+        return self.group.async_run_method("compute_logprobs", self._put(records), policy=policy)
+
+    def compute_logprobs(self, records, *, policy: str | None = None) -> list[list[float]]:
+        return self._get(self.async_compute_logprobs(records, policy=policy))[0]
+
+    def async_save_weights(self, path: str | os.PathLike, *, policy: str) -> list[ray.ObjectRef]:
+        return self.group.async_run_method("save_weights", str(path), policy=policy)
+
+    def save_weights(self, path: str | os.PathLike, *, policy: str) -> Path:
+        """One safetensors file of `policy`'s HF-named weights, written by rank 0 (on rank 0's node)."""
+        return Path(self._get(self.async_save_weights(path, policy=policy))[0])
+
+    def save_checkpoint(self, directory: str | os.PathLike) -> Path:
+        """`Learner.save_checkpoint` on all ranks; `directory` must be storage every rank sees."""
+        return Path(self._get(self.group.async_run_method("save_checkpoint", str(directory)))[0])
+
+    def load_checkpoint(self, directory: str | os.PathLike) -> None:
+        self._get(self.group.async_run_method("load_checkpoint", str(directory)))
+
+    def shutdown(self) -> None:
+        self.group.shutdown()
