@@ -77,14 +77,15 @@ class LearnerGroup:
                                 gpus_per_actor=learner.gpus_per_rank,
                                 kwargs_for_rank=lambda rank: {"rank": rank, "world_size": n})
         try:
-            addr, port = self._get([self.group.actors[0].address_and_free_port.remote()])[0]
-            self._get(self.group.async_run_method("setup", model=model, learner=learner, algorithm=algorithm,
+            addr, port = self.get([self.group.actors[0].address_and_free_port.remote()])[0]
+            self.get(self.group.async_run_method("setup", model=model, learner=learner, algorithm=algorithm,
                                                   seed=seed, master_addr=addr, master_port=port))
         except BaseException:
             self.shutdown()
             raise
 
-    def _get(self, refs: list[ray.ObjectRef]) -> list:
+    def get(self, refs: list[ray.ObjectRef]) -> list:
+        """Per-rank results of `async_*` refs (blocks); a dead rank raises LearnerDiedError naming it."""
         try:
             return self.group.get(refs)
         except ActorDiedError as err:
@@ -100,27 +101,27 @@ class LearnerGroup:
 
     def train_step(self, records: pa.Table | Sequence[Record], *, trainable: str) -> dict[str, float]:
         """One update on every rank (same records everywhere); rank 0's metrics."""
-        return self._get(self.async_train_step(records, trainable=trainable))[0]
+        return self.get(self.async_train_step(records, trainable=trainable))[0]
 
     def async_compute_logprobs(self, records, *, policy: str | None = None) -> list[ray.ObjectRef]:
         return self.group.async_run_method("compute_logprobs", self._put(records), policy=policy)
 
     def compute_logprobs(self, records, *, policy: str | None = None) -> list[list[float]]:
-        return self._get(self.async_compute_logprobs(records, policy=policy))[0]
+        return self.get(self.async_compute_logprobs(records, policy=policy))[0]
 
     def async_save_weights(self, path: str | os.PathLike, *, policy: str) -> list[ray.ObjectRef]:
         return self.group.async_run_method("save_weights", str(path), policy=policy)
 
     def save_weights(self, path: str | os.PathLike, *, policy: str) -> Path:
         """One safetensors file of `policy`'s HF-named weights, written by rank 0 (on rank 0's node)."""
-        return Path(self._get(self.async_save_weights(path, policy=policy))[0])
+        return Path(self.get(self.async_save_weights(path, policy=policy))[0])
 
     def save_checkpoint(self, directory: str | os.PathLike) -> Path:
         """`Learner.save_checkpoint` on all ranks; `directory` must be storage every rank sees."""
-        return Path(self._get(self.group.async_run_method("save_checkpoint", str(directory)))[0])
+        return Path(self.get(self.group.async_run_method("save_checkpoint", str(directory)))[0])
 
     def load_checkpoint(self, directory: str | os.PathLike) -> None:
-        self._get(self.group.async_run_method("load_checkpoint", str(directory)))
+        self.get(self.group.async_run_method("load_checkpoint", str(directory)))
 
     def shutdown(self) -> None:
         self.group.shutdown()
