@@ -18,6 +18,7 @@ import ray
 
 from actors.env_pool import RolloutDispatcher
 from actors.learner import LearnerGroup
+from actors.metrics import RunMetrics
 from actors.sampler import SamplerPool, create_samplers
 from himac_ray.config import config_from_dict
 from himac_ray.trainer import Trainer
@@ -59,6 +60,7 @@ class Coordinator:
             history_length=r.history_length, invalid_penalty=cfg.algorithm.invalid_penalty,
         )
         self.dispatcher = dispatcher
+        self.metrics = RunMetrics(self.run_id)
         self.trainer = Trainer(cfg, rollout=lambda **kw: dispatcher(**fixed, **kw), learner=self.learner,
                                sync=self.sync, log=print)
         return {"samplers": len(self.executors) + len(self.planners), "learner_ranks": cfg.learner.num_ranks}
@@ -87,7 +89,14 @@ class Coordinator:
         if resume:
             self.trainer.restore()
         self.trainer.status = self.status_
-        return self.trainer.run(iterations, on_iteration=self.rows.append)
+        return self.trainer.run(iterations, on_iteration=self._on_iteration)
+
+    def _on_iteration(self, row: dict) -> None:
+        self.rows.append(row)
+        try:  # Prometheus gauges (ray_himac_*); never stop training for them
+            self.metrics.record_iteration(row, self.sampler_stats())
+        except Exception as err:
+            print(f"metrics: could not record iteration {row.get('iteration')}: {err}", flush=True)
 
     def shutdown(self) -> None:
         """Release every actor and placement group this coordinator started."""
