@@ -25,6 +25,7 @@ own state dict, which supplies those objects.
 from __future__ import annotations
 
 import enum
+import inspect
 import json
 import logging
 import math
@@ -148,6 +149,8 @@ class Learner:
         planner = executor if model.planner_path is None else self._build_policy(
             deepspeed, resolve_model(model.planner_path))
         self.policies = {"planner": planner, "executor": executor}
+        self._keeps_logits = all("logits_to_keep" in inspect.signature(e.module.forward).parameters
+                                 for e, _ in self.policies.values())
         """policy name -> (engine, frozen reference or None); shared mode maps both to one pair"""
         self.steps = 0
         """train_step calls that ran at least one optimizer step"""
@@ -210,17 +213,22 @@ class Learner:
     # --------------------------------------------------------------- training
 
     def _forward_logprobs(self, model, batch: dict, *, entropy: str = "none"):
-        """(B, T) logprobs and entropy ("none" -> None, "metric" -> detached, "loss" -> with grad)."""
+        """(B, W) logprobs over the batch's column window and entropy ("none" -> None, "metric" ->
+        detached, "loss" -> with grad), at trained positions only: a (B, T, V) softmax is the
+        costliest op here."""
         ids = batch["input_ids"].to(model.device)
-        mask = batch["attention_mask"].to(model.device)
-        logits = model(input_ids=ids, attention_mask=mask, use_cache=False).logits
+        window = batch["window"]
+        kwargs = {"logits_to_keep": window} if self._keeps_logits else {}
+        logits = model(input_ids=ids, attention_mask=batch["attention_mask"].to(model.device), use_cache=False,
+                       **kwargs).logits
+        logits = logits if self._keeps_logits else logits[:, window]
         ent = None
-        if entropy != "none":  # only at trained positions: a (B, T, V) softmax is the costliest op here
+        if entropy != "none":
             trained = batch["response_mask"].to(model.device) > 0
             with torch.set_grad_enabled(entropy == "loss" and torch.is_grad_enabled()):
                 picked = token_entropy(logits[trained].unsqueeze(0))[0]
                 ent = picked.new_zeros(trained.shape).masked_scatter(trained, picked)
-        return token_logprobs(logits, ids), ent
+        return token_logprobs(logits, ids[:, window]), ent
 
     def train_step(self, records_or_table: pa.Table | Sequence[Record], *, trainable: str) -> dict[str, float]:
         """One update of the `trainable` policy on its level's records (collective).
@@ -274,6 +282,14 @@ class Learner:
             batch = pad_batch(part or [_dummy(level, self.pad_token_id)], pad_token_id=self.pad_token_id,
                               levels=train_levels if real else (), max_len=self.cfg.max_len)
             batch["tokens"] = float(batch["attention_mask"].sum()) if real else 0.0
+            # columns [start, stop) hold every response token's predictor (plus one): only their
+            # logits are computed (HF `logits_to_keep`), which skips the prompt's (T, V) logits
+            R = torch.tensor([len(r.response_ids) for r in part] or [1])
+            P = batch["attention_mask"].sum(-1) - R
+            window = slice(int((P - 1).clamp(min=0).min()), int((P + R).max()))
+            batch["window"] = window
+            batch["response_mask"] = batch["response_mask"][:, window]
+            batch["old_logprobs"] = batch["old_logprobs"][:, window]
             batches.append(batch)
         return batches
 
@@ -354,7 +370,7 @@ class Learner:
                     R = len(records[i].response_ids)
                     P = int(b["attention_mask"][row].sum()) - R  # kept prompt tokens
                     for j in range(max(1 - P, 0), R):
-                        out[i, j] = float(lp[row, P + j - 1])
+                        out[i, j] = float(lp[row, P + j - 1 - b["window"].start])
             engine.train()
         out = self._all_reduce(out)  # each record was filled by exactly one rank
         return [out[i, :len(r.response_ids)].tolist() for i, r in enumerate(records)]
