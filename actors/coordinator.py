@@ -24,6 +24,12 @@ from himac_ray.config import config_from_dict
 from himac_ray.trainer import Trainer
 
 
+def format_placement(rows: list[dict]) -> str:
+    lines = [f"{'actor':<14}{'node':<18}{'ip':<16}resources"]
+    lines += [f"{r['actor']:<14}{r['node'][:16]:<18}{r['ip']:<16}{r['resources']}" for r in rows]
+    return "\n".join(lines)
+
+
 @ray.remote(num_cpus=0, max_concurrency=4)
 class Coordinator:
     """Methods block; `status()` answers while `run()` is busy (threaded actor)."""
@@ -52,7 +58,8 @@ class Coordinator:
         self.learner = LearnerGroup(model=model, learner=cfg.learner, algorithm=cfg.algorithm, seed=cfg.run.seed)
         self.status_["phase"] = "starting env pools"
         r = cfg.rollout
-        dispatcher = RolloutDispatcher(cfg.env.id, cfg.env.kwargs, num_pools=r.num_env_pools)
+        dispatcher = RolloutDispatcher(cfg.env.id, cfg.env.kwargs, num_pools=r.num_env_pools,
+                                       resources=r.env_pool_resources)
         fixed = dict(
             generator=SamplerPool(self.executors),
             planner_generator=SamplerPool(self.planners) if self.planners else None,
@@ -63,25 +70,63 @@ class Coordinator:
         self.metrics = RunMetrics(self.run_id)
         self.trainer = Trainer(cfg, rollout=lambda **kw: dispatcher(**fixed, **kw), learner=self.learner,
                                sync=self.sync, log=print)
-        return {"samplers": len(self.executors) + len(self.planners), "learner_ranks": cfg.learner.num_ranks}
+        self.placement = self._placement()
+        print(format_placement(self.placement), flush=True)
+        return {"samplers": len(self.executors) + len(self.planners), "learner_ranks": cfg.learner.num_ranks,
+                "placement": self.placement}
+
+    def _placement(self) -> list[dict]:
+        """actor -> node -> resources, for the start-up table and the sync-path choice."""
+        cfg = self.cfg
+        nodes = {n["NodeID"]: n.get("NodeManagerAddress", "?") for n in ray.nodes()}
+        rows = []
+        for kind, actors, res in (("sampler", self.executors + self.planners,
+                                   {"CPU": cfg.sampler.cpus_per_engine, "GPU": cfg.sampler.gpus_per_engine,
+                                    **cfg.sampler.resources}),):
+            for i, node in enumerate(ray.get([a.node_id.remote() for a in actors])):
+                rows.append({"actor": f"{kind}[{i}]", "node": node, "ip": nodes.get(node, "?"), "resources": res})
+        for i, node in enumerate(self.learner.node_ids()):
+            rows.append({"actor": f"learner[{i}]", "node": node, "ip": nodes.get(node, "?"),
+                         "resources": {"CPU": cfg.learner.cpus_per_rank, "GPU": cfg.learner.gpus_per_rank,
+                                       **cfg.learner.resources}})
+        for i, node in enumerate(ray.get([p.node_id.remote() for p in self.dispatcher.pools])):
+            rows.append({"actor": f"env_pool[{i}]", "node": node, "ip": nodes.get(node, "?"),
+                         "resources": {"CPU": 0, **cfg.rollout.env_pool_resources}})
+        return rows
 
     def sync(self, *, trainable: str | None, version: int) -> dict:
-        """Push the trained policy (both when `trainable` is None) to its samplers; returns timing."""
+        """Push the trained policy (both when `trainable` is None) to its samplers; returns timing.
+
+        Path: samplers on learner rank 0's node reload a shared-memory safetensors file; samplers
+        on other nodes get the weights as buckets through Ray's object store.
+        """
         start = time.perf_counter()
         if not self.planners:
             jobs = [("executor", self.executors)]
         else:
             jobs = [(p, s) for p, s in (("planner", self.planners), ("executor", self.executors))
                     if trainable in (None, p)]
-        shm = "/dev/shm" if os.path.isdir("/dev/shm") else "/tmp"
-        paths = []
+        learner_node = self.learner.node_ids()[0]
+        methods = set()
         for policy, samplers in jobs:
-            path = Path(shm) / f"himac-{self.run_id}-{policy}-v{version}.safetensors"
-            self.learner.save_weights(str(path), policy=policy)
-            ray.get([s.reload_weights.remote(str(path), version) for s in samplers])
-            path.unlink(missing_ok=True)
-            paths.append(str(path))
-        return {"seconds": time.perf_counter() - start, "path": ",".join(paths), "method": "shm"}
+            nodes = ray.get([s.node_id.remote() for s in samplers])
+            local = [s for s, n in zip(samplers, nodes) if n == learner_node]
+            remote = [s for s, n in zip(samplers, nodes) if n != learner_node]
+            if local:
+                shm = "/dev/shm" if os.path.isdir("/dev/shm") else "/tmp"
+                path = Path(shm) / f"himac-{self.run_id}-{policy}-v{version}.safetensors"
+                self.learner.save_weights(str(path), policy=policy)
+                ray.get([s.reload_weights.remote(str(path), version) for s in local])
+                path.unlink(missing_ok=True)
+                methods.add("shm")
+            if remote:
+                refs = self.learner.export_to_object_store(policy=policy)
+                ray.get([s.reload_weights_from_refs.remote(refs, version) for s in remote])
+                methods.add("object_store")
+        seconds = time.perf_counter() - start
+        method = "+".join(sorted(methods))
+        print(f"weight sync v{version} ({method}): {seconds:.2f}s", flush=True)
+        return {"seconds": seconds, "method": method}
 
     def run(self, resume: bool = False, iterations: int | None = None) -> list[dict]:
         if self.trainer is None:

@@ -21,15 +21,17 @@ class EnvPoolActor:
     def rollout(self, **kwargs):
         return run_rollout(env_id=self.env_id, env_kwargs=self.env_kwargs, **kwargs)
 
-    def ping(self) -> bool:
-        return True
+    def node_id(self) -> str:
+        return ray.get_runtime_context().get_node_id()
 
 
 class RolloutDispatcher:
     """Callable `rollout(*, seeds, **kwargs)` over `num_pools` env-pool actors, restarting dead ones."""
 
-    def __init__(self, env_id: str, env_kwargs: dict, *, num_pools: int, max_restarts: int = 3, log=print):
+    def __init__(self, env_id: str, env_kwargs: dict, *, num_pools: int, max_restarts: int = 3, log=print,
+                 resources: dict | None = None):
         self.env_id, self.env_kwargs = env_id, dict(env_kwargs)
+        self.resources = dict(resources or {})
         self.max_restarts = max_restarts
         self.log = log
         self.pools = [self._new_pool() for _ in range(num_pools)]
@@ -41,7 +43,7 @@ class RolloutDispatcher:
         self.pools = []
 
     def _new_pool(self):
-        return EnvPoolActor.remote(self.env_id, self.env_kwargs)
+        return EnvPoolActor.options(resources=self.resources).remote(self.env_id, self.env_kwargs)
 
     def __call__(self, *, seeds, **kwargs):
         seeds = list(seeds)
@@ -54,7 +56,7 @@ class RolloutDispatcher:
             j = pending.pop(done[0])
             try:
                 results[j] = ray.get(done[0])
-            except ray.exceptions.RayActorError as err:
+            except (ray.exceptions.RayActorError, ray.exceptions.ObjectLostError) as err:
                 self.restarts += 1
                 if self.restarts > self.max_restarts * len(self.pools):
                     raise RuntimeError(f"env pool {j} keeps dying ({self.restarts} restarts): {err}") from err

@@ -33,6 +33,7 @@ class ActorGroup:
         num_actors: actors (ranks) to start.
         cpus_per_actor / gpus_per_actor: Ray resources of each bundle and actor.
         strategy: placement strategy of the bundles (PACK keeps ranks on as few nodes as possible).
+        resources: extra (custom) resources of each bundle, e.g. {"learner_node": 1}.
         kwargs_for_rank: constructor keyword arguments of actor i (default: none).
         ready_timeout_s: how long to wait for the placement group to be scheduled.
     """
@@ -45,10 +46,11 @@ class ActorGroup:
         cpus_per_actor: float = 1.0,
         gpus_per_actor: float = 0.0,
         strategy: str = "PACK",
+        resources: dict | None = None,
         kwargs_for_rank: Callable[[int], dict] | None = None,
         ready_timeout_s: float = 600.0,
     ):
-        bundle = {"CPU": cpus_per_actor, **({"GPU": gpus_per_actor} if gpus_per_actor else {})}
+        bundle = {"CPU": cpus_per_actor, **({"GPU": gpus_per_actor} if gpus_per_actor else {}), **(resources or {})}
         self.placement_group = placement_group([dict(bundle) for _ in range(num_actors)], strategy=strategy)
         ready, _ = ray.wait([self.placement_group.ready()], timeout=ready_timeout_s)
         if not ready:

@@ -56,6 +56,17 @@ class LearnerWorker:
     def save_weights(self, path: str, *, policy: str) -> str:
         return str(self.learner.save_weights(path, policy=policy))
 
+    def export_to_object_store(self, *, policy: str, bucket_mb: int) -> list:
+        """Cross-node sync: rank 0 puts the weight buckets into Ray's object store and returns their refs."""
+        refs = []
+        for bucket in self.learner.export_weights(policy=policy, bucket_mb=bucket_mb):
+            if self.rank == 0:
+                refs.append(ray.put(bucket))
+        return refs
+
+    def node_id(self) -> str:
+        return ray.get_runtime_context().get_node_id()
+
     def save_checkpoint(self, directory: str) -> str:
         return str(self.learner.save_checkpoint(directory))
 
@@ -73,8 +84,10 @@ class LearnerGroup:
 
     def __init__(self, *, model: ModelConfig, learner: LearnerConfig, algorithm: AlgorithmConfig, seed: int = 0):
         n = learner.num_ranks
+        self.learner_cfg = learner
         self.group = ActorGroup(LearnerWorker, n, cpus_per_actor=learner.cpus_per_rank,
-                                gpus_per_actor=learner.gpus_per_rank,
+                                gpus_per_actor=learner.gpus_per_rank, strategy=learner.placement_strategy,
+                                resources=learner.resources,
                                 kwargs_for_rank=lambda rank: {"rank": rank, "world_size": n})
         try:
             addr, port = self.get([self.group.actors[0].address_and_free_port.remote()])[0]
@@ -115,6 +128,15 @@ class LearnerGroup:
     def save_weights(self, path: str | os.PathLike, *, policy: str) -> Path:
         """One safetensors file of `policy`'s HF-named weights, written by rank 0 (on rank 0's node)."""
         return Path(self.get(self.async_save_weights(path, policy=policy))[0])
+
+    def export_to_object_store(self, *, policy: str) -> list[ray.ObjectRef]:
+        """`policy`'s weights as object-store buckets (refs owned by rank 0) for samplers on other nodes."""
+        bucket_mb = self.learner_cfg.sync_bucket_mb
+        return self.get(self.group.async_run_method("export_to_object_store", policy=policy, bucket_mb=bucket_mb))[0]
+
+    def node_ids(self) -> list[str]:
+        """Node of each rank, in rank order."""
+        return self.get(self.group.async_run_method("node_id"))
 
     def save_checkpoint(self, directory: str | os.PathLike) -> Path:
         """`Learner.save_checkpoint` on all ranks; `directory` must be storage every rank sees."""

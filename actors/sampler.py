@@ -42,6 +42,18 @@ class SamplerActor:
     def reload_weights(self, path: str, version: int) -> float:
         return self.gen.reload_weights(path, version=version)
 
+    def reload_weights_from_refs(self, bucket_refs: list, version: int) -> float:
+        """Cross-node sync: fetch the weight buckets from Ray's object store, then reload in place."""
+        start = time.perf_counter()
+        state = {}
+        for bucket in ray.get(list(bucket_refs)):
+            state.update(bucket)
+        self.gen.reload_weights(state, version=version)
+        return time.perf_counter() - start
+
+    def node_id(self) -> str:
+        return ray.get_runtime_context().get_node_id()
+
     def weights_version(self) -> int:
         return self.gen.weights_version
 
@@ -76,17 +88,17 @@ class SamplerPool:
 
 def create_samplers(model_path: str, *, role: str, model: ModelConfig, sampler: SamplerConfig,
                     seed_offset: int = 0, pg_timeout_s: float = 120.0) -> tuple[list, object]:
-    """Start `sampler.num_engines` actors for `role` in a SPREAD placement group.
+    """Start `sampler.num_engines` actors for `role` in a placement group (`sampler.placement_strategy`).
 
     Returns (actors, placement_group). Fails with a clear message when the cluster cannot
     host them (instead of waiting forever for resources).
     """
     if role not in ROLES:
         raise ValueError(f"role must be one of {ROLES}, got {role!r}")
-    bundle = {"CPU": sampler.cpus_per_engine}
+    bundle = {"CPU": sampler.cpus_per_engine, **sampler.resources}
     if sampler.gpus_per_engine:
         bundle["GPU"] = sampler.gpus_per_engine
-    pg = placement_group([dict(bundle) for _ in range(sampler.num_engines)], strategy="SPREAD")
+    pg = placement_group([dict(bundle) for _ in range(sampler.num_engines)], strategy=sampler.placement_strategy)
     ready, _ = ray.wait([pg.ready()], timeout=pg_timeout_s)
     if not ready:
         ray.util.remove_placement_group(pg)

@@ -109,6 +109,8 @@ class RolloutConfig:
     """token budget of one executor response"""
     num_env_pools: int = 1
     """env-pool actors; the iteration's groups are split over them (a dead pool's share is redone)"""
+    env_pool_resources: dict = field(default_factory=dict)
+    """extra Ray resources each env-pool actor requires, e.g. {env_node: 0.01}"""
 
 
 @dataclass(frozen=True)
@@ -127,6 +129,10 @@ class SamplerConfig:
     """fraction of GPU memory vLLM may take"""
     seed: int = 0
     """engine seed (engine i uses seed + i)"""
+    placement_strategy: str = "SPREAD"
+    """Ray placement strategy of the engines' bundles: SPREAD | PACK | STRICT_SPREAD | STRICT_PACK"""
+    resources: dict = field(default_factory=dict)
+    """extra Ray resources per engine bundle, e.g. {sampler_node: 1} to pin engines to labelled nodes"""
 
 
 @dataclass(frozen=True)
@@ -155,6 +161,10 @@ class LearnerConfig:
     """longest prompt + response trained on; longer prompts are cut from the left"""
     sync_bucket_mb: int = 256
     """weight-sync bucket size: tensors are exported in buckets of about this many MB"""
+    placement_strategy: str = "PACK"
+    """Ray placement strategy of the ranks' bundles: PACK | SPREAD | STRICT_PACK | STRICT_SPREAD"""
+    resources: dict = field(default_factory=dict)
+    """extra Ray resources per rank bundle, e.g. {learner_node: 1}"""
 
 
 @dataclass(frozen=True)
@@ -232,6 +242,8 @@ CHOICES = {
     "algorithm.episode_score": ("return", "won"),
     "learner.zero_stage": (2, 3),
     "learner.backend": ("auto", "gloo", "nccl"),
+    "sampler.placement_strategy": ("SPREAD", "PACK", "STRICT_SPREAD", "STRICT_PACK"),
+    "learner.placement_strategy": ("SPREAD", "PACK", "STRICT_SPREAD", "STRICT_PACK"),
     "coevolution.start_with": ("planner", "executor"),
 }
 POSITIVE = (

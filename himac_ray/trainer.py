@@ -250,6 +250,7 @@ class Trainer:
             M.ROLLOUT_TOKENS_PER_S: m.get("gen_tokens", 0) / rollout_s,
             M.ENV_STEPS_PER_S: m.get("env_steps", 0) / rollout_s,
             M.SYNC_SECONDS: sync.get("seconds", 0.0),
+            "sync_method": sync.get("method", ""),
             "plan_fallback_rate": m.get("plan_fallback_rate", 0.0),
             "records": len(result.records),
             "weights_version": self.state.weights_version,
