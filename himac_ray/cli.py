@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 from himac_ray.config import ConfigError, TrainConfig, config_to_dict, load_config
 from himac_ray.models import ModelUnavailableError
@@ -37,12 +38,20 @@ def cmd_model(args) -> int:
     return 0
 
 
-def cmd_demo(args) -> int:
-    from himac_ray.generation_demo import run_generation_demo
-    from himac_ray.models import resolve_model
+DEMO_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "sokoban_embedded_cpu.yaml"
 
-    cfg = _load(args)
-    run_generation_demo(resolve_model(cfg.model.path))
+
+def cmd_demo(args) -> int:
+    if args.generation:
+        from himac_ray.generation_demo import run_generation_demo
+        from himac_ray.models import resolve_model
+
+        run_generation_demo(resolve_model(_load(args).model.path))
+        return 0
+    from himac_ray.train import train
+
+    cfg = load_config(args.config or DEMO_CONFIG, args.overrides)
+    train(cfg, resume=args.resume)
     return 0
 
 
@@ -119,7 +128,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="rebuild even if already prepared")
     p.set_defaults(func=cmd_model)
 
-    p = sub.add_parser("demo", parents=[common], help="the demo job on the embedded model")
+    p = sub.add_parser("demo", parents=[common],
+                       help="HiMAC on Sokoban with the embedded model: SFT warm start, then RL (both phases)")
+    p.add_argument("--generation", action="store_true",
+                   help="instead: the same agent prompts through vLLM and HF side by side, with tokens/s")
+    p.add_argument("--resume", action="store_true", help="continue the demo run from its latest checkpoint")
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("train", parents=[common], help="train with HiMAC (or a flat baseline) on Ray")
