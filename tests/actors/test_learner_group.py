@@ -23,7 +23,8 @@ LOSS_KEYS = (PG_LOSS_KEY, KL_KEY, CLIPFRAC_KEY, APPROX_KL_KEY, ENTROPY_KEY, GRAD
 
 @pytest.fixture(scope="module")
 def ray_session():
-    ray.init(num_cpus=4, include_dashboard=False)
+    # address="local": always a fresh instance, even if a `ray start` cluster runs on this machine
+    ray.init(address="local", num_cpus=4, include_dashboard=False)
     yield
     ray.shutdown()
 
