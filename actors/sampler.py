@@ -29,7 +29,7 @@ class SamplerActor:
         self.gen = VLLMGenerator(
             model_path, seed=seed, max_model_len=model.max_model_len, kv_cache_gb=sampler.kv_cache_gb,
             dtype=model.dtype, gpu_memory_utilization=sampler.gpu_memory_utilization,
-            tensor_parallel_size=sampler.tensor_parallel_size,
+            tensor_parallel_size=sampler.tensor_parallel_size, in_process=sampler.tensor_parallel_size == 1,
         )
         self.started = time.time()
 

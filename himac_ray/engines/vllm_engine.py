@@ -74,6 +74,7 @@ class VLLMGenerator:
         kv_cache_gb: CPU KV-cache size (`VLLM_CPU_KVCACHE_SPACE`); ignored on GPU.
         gpu_memory_utilization: fraction of GPU memory for vLLM (GPU only).
         tensor_parallel_size: GPUs per engine (GPU only).
+        in_process: run vLLM's engine core in this process (no child processes), as Ray actors do.
     """
 
     def __init__(
@@ -87,9 +88,13 @@ class VLLMGenerator:
         gpu_memory_utilization: float = 0.6,
         tensor_parallel_size: int = 1,
         enforce_eager: bool = True,
+        in_process: bool = False,
     ):
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(max(1, int(round(kv_cache_gb)))))
         os.environ.setdefault("VLLM_CONFIGURE_LOGGING", "0")
+        if in_process:
+            # engine and worker in this process: nothing outlives it when a Ray actor is killed
+            os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
         from vllm import LLM
 
         self.model_path = str(model_path)
@@ -102,6 +107,7 @@ class VLLMGenerator:
             gpu_memory_utilization=gpu_memory_utilization,
             tensor_parallel_size=tensor_parallel_size,
             worker_extension_cls=WORKER_EXTENSION,
+            distributed_executor_backend="uni" if tensor_parallel_size == 1 else None,
         )
         self.tokenizer = self.llm.get_tokenizer()
         self.max_model_len = max_model_len
