@@ -87,7 +87,7 @@ def evaluate_checkpoint(checkpoint: str | Path, *, episodes: int, cfg: TrainConf
         if not (saved and saved.exists()):
             raise FileNotFoundError(f"no config.json next to {checkpoint}; pass --config")
         cfg = config_from_dict(json.loads(saved.read_text()))
-    gen = VLLMGenerator(policy, seed=cfg.run.seed, max_model_len=cfg.model.max_model_len,
+    gen = VLLMGenerator(policy, seed=cfg.run.seed, max_model_len=cfg.model.max_model_len, in_process=True,
                         kv_cache_gb=cfg.sampler.kv_cache_gb, dtype=cfg.model.dtype)
     r = cfg.rollout
 

@@ -45,7 +45,7 @@ def run_generation_demo(model_path, *, max_tokens: int = 96, print_fn=print) -> 
     prompts = sample_agent_prompts()
     params = SamplingParams(temperature=0.0, max_tokens=max_tokens)
     print_fn(f"loading vLLM engine for {model_path} ...")
-    vllm_out, vllm_tps = _timed(VLLMGenerator(model_path), prompts, params)
+    vllm_out, vllm_tps = _timed(VLLMGenerator(model_path, in_process=True), prompts, params)
     print_fn("loading Hugging Face model ...")
     hf_out, hf_tps = _timed(HFGenerator(model_path), prompts, params)
     for env_id, v, h in zip(DEMO_ENVS, vllm_out, hf_out):
