@@ -108,10 +108,14 @@ def train(cfg: TrainConfig, *, resume: bool = False, log=print) -> list[dict]:
     from actors.coordinator import Coordinator
 
     run_dir = Path(cfg.run.dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
     if resume and latest_checkpoint(run_dir) is None:
         log(f"[himac-ray] --resume: no complete checkpoint in {run_dir}; starting from scratch")
         resume = False
+    if not resume and run_dir.exists() and any(run_dir.iterdir()):
+        aside = run_dir.with_name(f"{run_dir.name}.old-{time.strftime('%Y%m%d-%H%M%S')}")
+        run_dir.rename(aside)
+        log(f"[himac-ray] {run_dir} held an earlier run: moved it to {aside} (use --resume to continue a run)")
+    run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.json").write_text(json.dumps(config_to_dict(cfg), indent=2))
     init_ray(cfg, log=log)
     model_path, planner_path = _resolve_models(cfg, run_dir, resume, log)
