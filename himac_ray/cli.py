@@ -155,6 +155,12 @@ def build_parser() -> argparse.ArgumentParser:
     sizing.add_arguments(p, config_args=False)
     p.set_defaults(func=sizing.run)
 
+    from himac_ray import sweep
+
+    p = sub.add_parser("sweep", parents=[common], help="Ray Tune grid over config overrides, one training run per point")
+    sweep.add_arguments(p, config_args=False)
+    p.set_defaults(func=sweep.run)
+
     p = sub.add_parser("config", parents=[common], help="print the validated config as JSON")
     p.set_defaults(func=cmd_config)
 

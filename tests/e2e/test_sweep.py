@@ -43,7 +43,7 @@ def table_rows(out: str) -> list[list[str]]:
     start = max(i for i, line in enumerate(lines) if line.startswith("trial "))
     rows = []
     for line in lines[start + 2:]:
-        if not line.strip() or line.startswith("["):
+        if not line.strip() or line.startswith(("[", "error in ")):
             break
         rows.append(line.split())
     return rows
