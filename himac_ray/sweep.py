@@ -192,11 +192,13 @@ def run_trial(params: dict, spec: dict) -> None:
 
     ctx = tune.get_context()
     run_dir = Path(spec["exp_dir"]) / ctx.get_trial_name() / "run"
-    run_dir.mkdir(parents=True, exist_ok=True)
     cfg_dict = trial_config_dict(spec["base"], params, run_dir)
     cfg = config_from_dict(cfg_dict)
-    (run_dir / "config.json").write_text(json.dumps(cfg_dict, indent=2))
     resume = latest_checkpoint(run_dir) is not None
+    if not resume and (run_dir / "metrics.jsonl").exists():  # an attempt that failed before its first checkpoint
+        run_dir.rename(run_dir.with_name(f"run.failed-{time.strftime('%Y%m%d-%H%M%S')}"))
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.json").write_text(json.dumps(cfg_dict, indent=2))
     print(f"[himac-ray sweep] trial {ctx.get_trial_name()}: {short_params(params) or 'base config'}; run dir {run_dir}"
           + ("; resuming from its latest checkpoint" if resume else ""), flush=True)
     model_path, planner_path = _resolve_models(cfg, run_dir, resume, print)
