@@ -24,7 +24,7 @@ CONFIG = str(ROOT / "configs" / "sweep_tiny_cpu.yaml")
 ENV = {**os.environ, "RAY_ADDRESS": "", "TOKENIZERS_PARALLELISM": "false"}
 
 
-def sweep(*argv, timeout=1500) -> subprocess.CompletedProcess:
+def sweep(*argv, timeout=1100) -> subprocess.CompletedProcess:
     proc = subprocess.Popen(
         [sys.executable, "-m", "himac_ray.cli", "sweep", *argv], cwd=ROOT, env=ENV, text=True,
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,  # its local Ray too
