@@ -1,0 +1,80 @@
+"""Weight sync: seconds per learner -> sampler sync and its share of the iteration (embedded model).
+
+Runs real training iterations of `configs/sokoban_embedded_cpu.yaml` (SmolLM2-135M, Sokoban
+6x6 / 1 box, 4 groups x G=4; no SFT warm start: it does not change the cost) on the driver-side
+`benchmarks.harness.Stack`, the coordinator's exact wiring. A sync is the coordinator's: the
+DeepSpeed learner writes the HF-named weights to one safetensors file in /dev/shm, every vLLM
+sampler streams it into its running model in place, the file is deleted.
+
+Quick mode: planner-phase iterations only (the cheapest HiMAC iteration, so the largest sync
+share): one warm-up iteration, then `iterations` measured. Full mode alternates planner and
+executor phases as training does and reports each. Goal: sync <= 5% of the iteration.
+
+Usage: `himac-ray bench sync [--full] [--json]`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+
+from benchmarks.common import machine, opt
+
+GOAL = 0.05
+
+
+def run(args=None, quick: bool = True) -> dict:
+    """`himac-ray bench sync`: options `size` (smoke | quick | full), `iterations` (measured, after one warm-up)."""
+    from benchmarks.profile_bench import collect
+
+    size = opt(args, "size", "quick" if quick else "full")
+    measured = int(opt(args, "iterations", {"smoke": 1, "quick": 2, "full": 4}[size]))
+    overrides = ["coevolution.planner_iters=1000"] if size != "full" else []
+    if size == "smoke":
+        overrides += ["algorithm.num_groups=1", "algorithm.group_size=2", "env.kwargs.max_steps=3"]
+    out = {"bench": "sync", "size": size, "machine": machine(), **collect(overrides, measured)}
+    return summarize(out)
+
+
+def summarize(out: dict) -> dict:
+    """Sync figures from `profile_bench.collect` output (also used on a full profile run)."""
+    its = out["iterations"]
+    for s in its:
+        s["sync_share"] = s["sync_seconds"] / s["wall"]
+    out["sync_seconds"] = statistics.mean(s["sync_seconds"] for s in its)
+    out["save_seconds"] = statistics.mean(s["save_seconds"] for s in its)
+    out["reload_seconds"] = statistics.mean(s["reload_seconds"] for s in its)
+    out["iteration_seconds"] = statistics.mean(s["wall"] for s in its)
+    out["sync_share"] = sum(s["sync_seconds"] for s in its) / sum(s["wall"] for s in its)
+    out["sync_share_max"] = max(s["sync_share"] for s in its)
+    out["weights_mb"] = its[-1]["weights_mb"]
+    out["goal_met"] = out["sync_share_max"] <= GOAL
+    print(format_table(out), flush=True)
+    return out
+
+
+def format_table(out: dict) -> str:
+    lines = [f"sync bench ({out['config']} {' '.join(out['overrides'])}): {out['weights_mb']:.0f} MB of weights per sync",
+             f"  {'iter':>4} {'trainable':>9} {'iteration s':>11} {'sync s':>7} {'save s':>7} {'reload s':>8} {'share':>6}"]
+    for s in out["iterations"]:
+        lines.append(f"  {s['iteration']:>4} {s['trainable']:>9} {s['wall']:>11.1f} {s['sync_seconds']:>7.2f} "
+                     f"{s['save_seconds']:>7.2f} {s['reload_seconds']:>8.2f} {100 * s['sync_share']:>5.1f}%")
+    lines.append(f"  mean sync {out['sync_seconds']:.2f}s = {100 * out['sync_share']:.1f}% of the iteration "
+                 f"(worst {100 * out['sync_share_max']:.1f}%; goal <= {100 * GOAL:.0f}%: "
+                 f"{'met' if out['goal_met'] else 'NOT met'})")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--size", choices=["smoke", "quick", "full"])
+    parser.add_argument("--full", action="store_true")
+    parser.add_argument("--iterations", type=int)
+    parser.add_argument("--out")
+    ns = parser.parse_args()
+    res = run(ns, quick=not ns.full)
+    if ns.out:
+        with open(ns.out, "w") as f:
+            json.dump(res, f, indent=2)
+    print(json.dumps(res))

@@ -1,0 +1,93 @@
+"""Benchmarks: the registry, the pure helpers, the RLlib env view; one slow smoke run of the rollout bench."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from benchmarks import BENCHES, QUICK_SET, run_bench
+from himac_ray.data import Record
+from himac_ray.envs.rllib_sokoban import SokobanGridEnv, SokobanHierarchy
+from himac_ray.envs.sokoban import ACTIONS
+
+
+def test_registry_lists_every_benchmark():
+    assert set(BENCHES) == {"env", "rollout", "sync", "learner", "learning", "rllib", "profile", "quick"}
+    assert set(QUICK_SET) <= set(BENCHES)
+    with pytest.raises(KeyError, match="unknown benchmark"):
+        run_bench("nope")
+
+
+def test_env_bench_through_the_registry_returns_json_figures(capsys):
+    out = run_bench("env", {"seconds": 0.05})
+    assert out["bench"] == "env" and out["steps_per_s"]["himac/Sokoban-v0"] > 0
+    json.dumps(out)
+    assert "himac/Sokoban-v0" in capsys.readouterr().out
+
+
+def _rec(level, step, traj):
+    return Record(group_id="g", traj_id=traj, level=level, env_id="e", seed=0, step=step, subgoal_index=0,
+                  prompt_ids=[1, 2], response_ids=[3], logprobs=[0.0])
+
+
+def test_replay_rounds_follow_the_rollout_generate_calls():
+    from benchmarks.rollout_bench import replay_rounds
+
+    recs = [_rec("plan", -1, "a"), _rec("plan", -1, "b"), _rec("act", 0, "a"), _rec("act", 1, "a"), _rec("act", 0, "b")]
+    rounds = replay_rounds(recs)
+    assert [[(r.level, r.step, r.traj_id) for r in rnd] for rnd in rounds] == [
+        [("plan", -1, "a"), ("plan", -1, "b")], [("act", 0, "a"), ("act", 0, "b")], [("act", 1, "a")]]
+
+
+def test_learning_curve_helpers():
+    from benchmarks.learning_bench import aggregate, steps_to_reach, success_at
+
+    a = {"curve": [{"env_steps": 0, "success": 0.1}, {"env_steps": 50, "success": 0.5}, {"env_steps": 100, "success": 0.4}]}
+    b = {"curve": [{"env_steps": 0, "success": 0.3}, {"env_steps": 100, "success": 0.7}]}
+    assert success_at(a["curve"], 49) == 0.1 and success_at(a["curve"], 50) == 0.5
+    agg = aggregate([a, b], budget=100, points=3)
+    assert [p["env_steps"] for p in agg] == [0, 50, 100]
+    assert agg[1]["mean"] == pytest.approx(0.4) and agg[2]["min"] == 0.4 and agg[2]["max"] == 0.7
+    assert steps_to_reach(agg, 0.4) == 50 and steps_to_reach(agg, 0.9) is None
+
+
+def test_grid_env_is_the_text_env_with_planes():
+    env = SokobanGridEnv({"seeds": [3, 4]})
+    obs, info = env.reset()
+    assert obs.shape == (6, 6, 4) and obs.dtype == np.float32 and info["seed"] == 3
+    assert obs[..., 3].sum() == 1 and obs[..., 2].sum() == 1 and obs[..., 1].sum() == 1
+    assert env.observation_space.contains(obs)
+    ret, done = 0.0, False
+    for a in env.inner.expert_actions():
+        obs, r, terminated, truncated, info = env.step(ACTIONS.index(a))
+        ret += r
+        done = terminated
+    assert done and info["won"] and ret > 9
+    assert env.reset()[1]["seed"] == 4 and env.reset()[1]["seed"] == 3  # cycles through fixed seeds
+    train = SokobanGridEnv({"seed_offset": 1})
+    seeds = {train.reset()[1]["seed"] for _ in range(5)}
+    assert min(seeds) >= 1000 and len(seeds) > 1
+
+
+def test_hierarchy_turns_alternate_between_planner_and_executor():
+    h = SokobanHierarchy({"seeds": [0], "subgoal_steps": 2})
+    obs, _ = h.reset()
+    assert list(obs) == ["planner"]
+    obs, rew, term, trunc, _ = h.step({"planner": 0})  # a wall cell: never reached
+    assert list(obs) == ["executor"] and obs["executor"].shape == (6, 6, 5) and rew == {"planner": 0.0}
+    obs, rew, *_ = h.step({"executor": 0})
+    assert list(obs) == ["executor"]
+    obs, rew, term, trunc, _ = h.step({"executor": 0})  # budget of 2 steps spent: back to the planner
+    assert list(obs) == ["planner"] and rew["planner"] == pytest.approx(-0.2) and not term["__all__"]
+
+
+@pytest.mark.slow
+def test_rollout_bench_smoke_returns_the_ratio_keys():
+    out = run_bench("rollout", {"model": "tiny", "size": "smoke"})
+    for key in ("ratio_vs_naive_hf", "ratio_vs_raw_vllm", "tokens_per_s", "env_steps_per_s"):
+        assert key in out
+    assert out["models"]["tiny"]["a_himac_ray"]["gen_tokens"] > 0
+    assert out["models"]["tiny"]["c_raw_vllm"]["gen_tokens"] == out["models"]["tiny"]["a_himac_ray"]["gen_tokens"]
+    json.dumps(out)
