@@ -32,7 +32,7 @@ test-fast: install
 	$(PY) -m pytest -q -m "not slow and not gpu"
 
 bench: install
-	$(HIMAC) bench env
+	$(HIMAC) bench quick
 
 lint: install
 	$(VENV)/bin/ruff check himac_ray actors benchmarks tests

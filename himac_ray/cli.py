@@ -100,17 +100,15 @@ def cmd_play(args) -> int:
     return 0
 
 
-BENCHES = ("env",)
+BENCH_NAMES = ("env", "rollout", "sync", "learner", "learning", "rllib", "profile", "quick")
 
 
 def cmd_bench(args) -> int:
-    if args.name == "env":
-        from benchmarks.env_bench import format_table, run_env_bench
+    from benchmarks import run_bench
 
-        results = run_env_bench(seconds=args.seconds)
-        print(format_table(results))
+    figures = run_bench(args.name, args, quick=args.size != "full")
     if args.json:
-        print(json.dumps(results))
+        print(json.dumps(figures, default=str))
     return 0
 
 
@@ -170,9 +168,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_play)
 
     p = sub.add_parser("bench", parents=[common], help="run a benchmark and print its figures")
-    p.add_argument("name", choices=BENCHES)
+    p.add_argument("name", choices=BENCH_NAMES, help="quick = env, rollout, sync and learner (make bench)")
     p.add_argument("--json", action="store_true", help="print one JSON object of the figures last")
-    p.add_argument("--seconds", type=float, default=2.0, help="time per measurement (env bench)")
+    p.add_argument("--size", choices=["smoke", "quick", "full"], default="quick",
+                   help="smoke: seconds (tests); quick: minutes (make bench); full: the RESULTS.md runs")
+    p.add_argument("--model", choices=["tiny", "embedded"], help="model for rollout/sync/learner benches")
+    p.add_argument("--seconds", type=float, help="time per measurement (env bench)")
     p.set_defaults(func=cmd_bench)
     return parser
 
