@@ -26,7 +26,7 @@ demo: install
 	$(HIMAC) demo
 
 test: install
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=25
 
 test-fast: install
 	$(PY) -m pytest -q -m "not slow and not gpu"
