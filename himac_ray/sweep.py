@@ -5,10 +5,11 @@
     himac-ray sweep --resume --name NAME            # continue an interrupted sweep
 
 Each grid point (times `--samples` seeds: run.seed, run.seed+1, ...) is one Tune trial. The trial
-(a function trainable needing no CPU itself) builds the config with its overrides and its own
+(a class trainable needing no CPU itself) builds the config with its overrides and its own
 `run.dir` (`<experiment dir>/<trial>/run`), starts a `Coordinator` actor, which starts the
 samplers, env pools and learner as in `himac-ray train`, and reports every iteration to Tune
-(`success_rate`, `mean_return`, `env_steps`, ...). A trial that fails is retried once and
+(`success_rate`, `mean_return`, `env_steps`, ...) as one Tune step; its `cleanup` releases the
+run's actors and placement groups, also when Tune (ASHA) stops it early. A trial that fails is retried once and
 continues from its latest checkpoint; a trial that fails twice is marked ERROR and the sweep goes
 on. `--resume` restores the experiment (`Tuner.restore(..., resume_errored=True)`): finished
 trials are kept, unfinished and errored ones continue from their run's latest checkpoint.
@@ -181,58 +182,128 @@ def _read_rows(run_dir: Path) -> list[dict]:
         return []
 
 
-def run_trial(params: dict, spec: dict) -> None:
-    """The Tune function trainable: one training run driven through a `Coordinator` actor."""
-    import ray
-    from ray import tune
+class TrialRun:
+    """One trial's training run, driven through a `Coordinator` actor, one iteration per `next()`.
 
-    from actors.coordinator import Coordinator
-    from himac_ray.run_state import latest_checkpoint
-    from himac_ray.train import _resolve_models
+    The run's placement groups belong to the sweep's driver job, not to the trial: `close()` must
+    release them (the trainable's `cleanup` calls it, also when Tune stops a trial early), or the
+    next trial cannot place its samplers.
+    """
 
-    ctx = tune.get_context()
-    run_dir = Path(spec["exp_dir"]) / ctx.get_trial_name() / "run"
-    cfg_dict = trial_config_dict(spec["base"], params, run_dir)
-    cfg = config_from_dict(cfg_dict)
-    resume = latest_checkpoint(run_dir) is not None
-    if not resume and (run_dir / "metrics.jsonl").exists():  # an attempt that failed before its first checkpoint
-        run_dir.rename(run_dir.with_name(f"run.failed-{time.strftime('%Y%m%d-%H%M%S')}"))
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.json").write_text(json.dumps(cfg_dict, indent=2))
-    print(f"[himac-ray sweep] trial {ctx.get_trial_name()}: {short_params(params) or 'base config'}; run dir {run_dir}"
-          + ("; resuming from its latest checkpoint" if resume else ""), flush=True)
-    model_path, planner_path = _resolve_models(cfg, run_dir, resume, print)
-    coordinator = Coordinator.remote(cfg_dict, model_path=model_path, planner_path=planner_path)
-    reported = -1  # last himac-ray iteration reported to Tune
+    def __init__(self, params: dict, spec: dict, trial_name: str, *, log=print):
+        import ray
 
-    def report(rows: list[dict]) -> None:
-        nonlocal reported
+        from actors.coordinator import Coordinator
+        from himac_ray.run_state import latest_checkpoint
+        from himac_ray.train import _resolve_models
+
+        self.run_dir = Path(spec["exp_dir"]) / trial_name / "run"
+        cfg_dict = trial_config_dict(spec["base"], params, self.run_dir)
+        self.cfg = config_from_dict(cfg_dict)
+        resume = latest_checkpoint(self.run_dir) is not None
+        if not resume and (self.run_dir / "metrics.jsonl").exists():  # an attempt that failed before its first checkpoint
+            self.run_dir.rename(self.run_dir.with_name(f"run.failed-{time.strftime('%Y%m%d-%H%M%S')}"))
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        (self.run_dir / "config.json").write_text(json.dumps(cfg_dict, indent=2))
+        log(f"[himac-ray sweep] trial {trial_name}: {short_params(params) or 'base config'}; run dir {self.run_dir}"
+            + ("; resuming from its latest checkpoint" if resume else ""))
+        self.pending: list[dict] = []
+        self.reported = -1  # last himac-ray iteration handed to Tune
+        self.seen = 0  # rows the coordinator's status has shown
+        self.finished = False
+        self.coordinator = None
+        model_path, planner_path = _resolve_models(self.cfg, self.run_dir, resume, log)
+        self.coordinator = Coordinator.remote(cfg_dict, model_path=model_path, planner_path=planner_path)
+        try:
+            ray.get(self.coordinator.setup.remote())
+            self.ref = self.coordinator.run.remote(resume=resume)
+        except BaseException:
+            self.close()  # setup may have placed samplers before failing
+            raise
+
+    def _add(self, rows: list[dict]) -> None:
+        known = {r[M.ITERATION] for r in self.pending}
         for row in sorted(rows, key=lambda r: r[M.ITERATION]):
-            if row[M.ITERATION] > reported:
-                tune.report(report_of(row))
-                reported = row[M.ITERATION]
+            if row[M.ITERATION] > self.reported and row[M.ITERATION] not in known:
+                self.pending.append(row)
+                known.add(row[M.ITERATION])
+        self.pending.sort(key=lambda r: r[M.ITERATION])
 
-    try:
-        ray.get(coordinator.setup.remote())
-        ref = coordinator.run.remote(resume=resume)
-        done = 0
-        while True:
-            ready, _ = ray.wait([ref], timeout=1.0)
-            if ready:
-                report(ray.get(ref))  # raises the run's error, if any
-                break
-            status = ray.get(coordinator.status.remote())
-            if status.get("done", 0) > done and status.get("last"):
-                if status["done"] - done > 1:  # missed rows between two polls: the run's log has them
-                    report([r for r in _read_rows(run_dir) if r[M.ITERATION] < status["last"][M.ITERATION]])
-                report([status["last"]])
-                done = status["done"]
-    finally:
+    def _poll(self, timeout: float = 1.0) -> None:
+        import ray
+
+        ready, _ = ray.wait([self.ref], timeout=timeout)
+        if ready:
+            self._add(ray.get(self.ref))  # raises the run's error, if any
+            self.finished = True
+            return
+        status = ray.get(self.coordinator.status.remote())
+        last = status.get("last")
+        if status.get("done", 0) > self.seen and last:
+            if status["done"] - self.seen > 1:  # rows between two polls: the run's log has them
+                self._add([r for r in _read_rows(self.run_dir) if r[M.ITERATION] < last[M.ITERATION]])
+            self._add([last])
+            self.seen = status["done"]
+
+    def next(self) -> dict:
+        """The next iteration's report (blocks until it exists); `done` on the run's last one."""
+        final = self.cfg.run.iterations - 1
+        while not self.finished and not (self.pending and self.pending[0][M.ITERATION] < final):
+            self._poll()  # the final row is handed over once the run has checkpointed and returned
+        if not self.pending:  # nothing left to run (e.g. a restored trial that had finished)
+            rows = _read_rows(self.run_dir)
+            return {**(report_of(rows[-1]) if rows else {TIME_ATTR: 0}), "done": True}
+        row = self.pending.pop(0)
+        self.reported = row[M.ITERATION]
+        return {**report_of(row), "done": self.finished and not self.pending}
+
+    def close(self) -> None:
+        """Release the run's samplers, learner, env pools and placement groups (idempotent)."""
+        import ray
+
+        coordinator, self.coordinator = self.coordinator, None
+        if coordinator is None:
+            return
         try:
             ray.get(coordinator.shutdown.remote(), timeout=120)
         except ray.exceptions.RayError:
             pass
         ray.kill(coordinator, no_restart=True)
+
+
+_TRAINABLE = None
+
+
+def trial_trainable():
+    """The Tune trainable class (built on first use: Ray is imported lazily)."""
+    global _TRAINABLE
+    if _TRAINABLE is None:
+        from ray import tune
+
+        class HimacTrial(tune.Trainable):
+            """setup: start the run (resuming from its run dir); step: one iteration; cleanup: release it."""
+
+            def setup(self, config, spec=None):
+                self.run = None
+                self.run = TrialRun(dict(config), spec, self.trial_name)
+
+            def step(self):
+                return self.run.next()
+
+            def cleanup(self):
+                if self.run is not None:
+                    self.run.close()
+
+            def save_checkpoint(self, checkpoint_dir):
+                # the run dir's own checkpoints are what a restarted trial resumes from
+                reported = self.run.reported if self.run is not None else -1
+                Path(checkpoint_dir, "trial.json").write_text(json.dumps({"reported_iteration": reported}))
+
+            def load_checkpoint(self, checkpoint):
+                pass
+
+        _TRAINABLE = HimacTrial
+    return _TRAINABLE
 
 
 # ------------------------------------------------------------------ results
@@ -272,6 +343,23 @@ def _rows_from_tune(result) -> list[dict]:
     return rows
 
 
+def _trial_params(result, run_dir: Path, keys: list[str]) -> dict:
+    """The trial's grid values: from Tune, or (a trial that never reported) from its run's config.json."""
+    if result.config:
+        return {k: result.config.get(k) for k in keys}
+    try:
+        cfg = json.loads((run_dir / "config.json").read_text())
+    except (OSError, ValueError):
+        return {k: None for k in keys}
+    out = {}
+    for k in keys:
+        node = cfg
+        for part in k.split("."):
+            node = node.get(part) if isinstance(node, dict) else None
+        out[k] = node
+    return out
+
+
 def collect(result_grid, exp_dir: Path, keys: list[str], points: list[dict]) -> list[dict]:
     """One entry per trial, in grid order: name, params, status, error, summary and metrics rows."""
     trials = []
@@ -283,7 +371,7 @@ def collect(result_grid, exp_dir: Path, keys: list[str], points: list[dict]) -> 
         last_line = str(error).strip().splitlines()[-1] if error and str(error).strip() else ""
         trials.append({
             "trial": name,
-            "params": {k: result.config.get(k) for k in keys},
+            "params": _trial_params(result, exp_dir / name / "run", keys),
             "status": "ERROR" if error else "OK",
             "error": f"{type(error).__name__}: {last_line}" if error else None,
             "run_dir": str(exp_dir / name / "run"),
@@ -477,15 +565,21 @@ def _run_tune(spec: dict, args, exp_dir: Path) -> int:
 
     keys = list(spec["grid"])
     base_cfg = config_from_dict(spec["base"])
-    init_ray(base_cfg)
-    trainable = tune.with_resources(tune.with_parameters(run_trial, spec=spec), TRIAL_HEAD)
+    needs = [trial_resources(config_from_dict(trial_config_dict(spec["base"], p, "/tmp/check")))
+             for p in spec["points"]]
+    if not (base_cfg.run.ray_address or os.environ.get("RAY_ADDRESS")):
+        # a new local head even when another `ray start` instance runs on this machine
+        # (ray.init without an address would try to join it)
+        ray.init(address="local", num_cpus=max(os.cpu_count() or 1, math.ceil(max(n["CPU"] for n in needs))),
+                 include_dashboard=True, dashboard_host=base_cfg.run.dashboard_host,
+                 runtime_env={"env_vars": {"TOKENIZERS_PARALLELISM": "false", "VLLM_CONFIGURE_LOGGING": "0"}})
+    init_ray(base_cfg)  # connects to run.ray_address / $RAY_ADDRESS (no-op when started above)
+    trainable = tune.with_resources(tune.with_parameters(trial_trainable(), spec=spec), TRIAL_HEAD)
     start = time.time()
     if args.resume:
         print(f"[himac-ray sweep] resuming {exp_dir}", flush=True)
         tuner = tune.Tuner.restore(str(exp_dir), trainable=trainable, resume_errored=True)
     else:
-        needs = [trial_resources(config_from_dict(trial_config_dict(spec["base"], p, "/tmp/check")))
-                 for p in spec["points"]]
         concurrent = args.max_concurrent or max_concurrent(needs, ray.cluster_resources())
         exp_dir.mkdir(parents=True, exist_ok=True)
         (exp_dir / SPEC_FILE).write_text(json.dumps({k: v for k, v in spec.items() if k != "exp_dir"}, indent=2))

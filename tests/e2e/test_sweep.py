@@ -1,7 +1,7 @@
 """`himac-ray sweep` end to end on the tiny model: real Ray Tune trials, each a real training run.
 
-1. A 2-trial group-size sweep (1 iteration each) runs to completion: table, PNG, summary, one
-   run dir per trial.
+1. A 2-trial group-size sweep (1 iteration each, ASHA scheduler) runs to completion: table, PNG,
+   summary, one run dir per trial.
 2. A failing trial does not abort the sweep, and `--resume` reruns it: the second grid point's
    model folder does not exist yet (the trial fails twice, i.e. after its one retry, and the sweep
    exits 1 with the other trial done); once the folder exists, `--resume` runs only that trial.
@@ -40,7 +40,9 @@ def sweep(*argv, timeout=1100) -> subprocess.CompletedProcess:
 
 def table_rows(out: str) -> list[list[str]]:
     lines = out.splitlines()
-    start = max(i for i, line in enumerate(lines) if line.startswith("trial "))
+    heads = [i for i, line in enumerate(lines) if line.startswith("trial ")]
+    assert heads, f"the sweep printed no result table:\n{out[-4000:]}"
+    start = heads[-1]
     rows = []
     for line in lines[start + 2:]:
         if not line.strip() or line.startswith(("[", "error in ")):
@@ -51,7 +53,7 @@ def table_rows(out: str) -> list[list[str]]:
 
 def test_group_size_sweep_runs_to_completion(tmp_path):
     res = sweep("--config", CONFIG, "--grid", "algorithm.group_size=2,4", "--set", "run.iterations=1",
-                "--storage", str(tmp_path), "--name", "gs")
+                "--storage", str(tmp_path), "--name", "gs", "--scheduler", "asha")
     assert res.returncode == 0, res.stdout[-4000:]
     exp = tmp_path / "gs"
     rows = table_rows(res.stdout)

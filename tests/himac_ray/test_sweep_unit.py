@@ -117,3 +117,37 @@ def test_cli_has_sweep_and_stays_ray_free():
 def test_resume_without_a_sweep_fails_clearly(tmp_path, capsys):
     assert sweep.run(args("--resume", "--storage", str(tmp_path))) == 2
     assert "no sweep to resume" in capsys.readouterr().err
+
+
+class FakeRun(sweep.TrialRun):
+    """TrialRun's hand-over logic with a scripted coordinator: each poll reveals the next event."""
+
+    def __init__(self, iterations, events, run_dir):
+        from himac_ray.config import load_config
+
+        self.cfg = load_config(CONFIG, [f"run.iterations={iterations}"])
+        self.run_dir, self.pending, self.reported, self.seen, self.finished = run_dir, [], -1, 0, False
+        self.events, self.polls, self.coordinator = list(events), 0, None
+
+    def _poll(self, timeout=1.0):
+        self.polls += 1
+        kind, rows = self.events.pop(0)
+        self._add(rows)
+        self.finished = kind == "returned"
+
+
+def test_trial_run_hands_over_one_iteration_per_step_and_the_last_after_the_run_returned(tmp_path):
+    r = rows([0.0, 0.5, 0.25])
+    run = FakeRun(3, [("status", r[:1]), ("status", r[:3]), ("returned", r)], tmp_path)
+    first = run.next()
+    assert (first["iteration"], first["done"], first["iterations_done"]) == (0, False, 1)
+    second = run.next()  # iteration 1 arrived together with 2 (a missed poll)
+    assert (second["iteration"], second["done"]) == (1, False) and run.polls == 2
+    last = run.next()  # the final iteration waits for the run to return (final checkpoint)
+    assert (last["iteration"], last["done"], last["success_rate"]) == (2, True, 0.25) and run.polls == 3
+
+
+def test_trial_run_with_nothing_left_reports_done(tmp_path):
+    run = FakeRun(2, [("returned", [])], tmp_path)
+    assert run.next() == {"iterations_done": 0, "done": True}
+    run.close()  # no coordinator: nothing to release
