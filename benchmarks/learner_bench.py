@@ -4,14 +4,15 @@ Every system trains the SAME records (real Sokoban executor prompts rendered wit
 template, short `<action>` responses, seeded random advantages) with the same math: policy
 forward, frozen-reference forward for the KL term, `compute_policy_loss`, backward, grad-norm
 clip, AdamW step, micro-batches of `micro_batch_size` records from `stable_order`. Timed are
-`steps` optimizer steps after one untimed warm-up step; tokens = real (prompt + response)
+`steps` optimizer steps after one untimed warm-up step (on 2 records); tokens = real (prompt + response)
 tokens forwarded, as the learner's `perf/learner_tokens`.
 
 Systems:
 - `deepspeed_zero2`: `himac_ray.learner.Learner`, ZeRO-2, world size 1, in this process.
 - `plain_torch`: the same update written as a plain PyTorch loop (no DeepSpeed), in this process.
-- `plain_torch_response_logits`: the plain loop computing the LM head only where a response token
-  is predicted (the learner computes full-vocabulary logits at every prompt position too).
+- `plain_torch_full_logits`: the plain loop computing the LM head at every position (as the
+  learner did before commit 3b193fd); full mode also runs the learner at that commit
+  (`deepspeed_zero2_before_fix`) for a before / after figure.
 - full mode adds Ray `LearnerGroup`s: ZeRO-2 with 1 rank (2 CPUs) and ZeRO-3 with 2 ranks (1 CPU
   each), same records.
 
@@ -26,12 +27,15 @@ import gc
 import json
 import math
 import time
+from pathlib import Path
 
-from benchmarks.common import cpu_delta, cpu_snapshot, local_ray, log, machine, opt, ratio
+from benchmarks.common import ROOT, cpu_delta, cpu_snapshot, local_ray, log, machine, opt, ratio
 
 ENV_ID = "himac/Sokoban-v0"
-SIZES = {"smoke": (4, 1), "quick": (16, 2), "full": (64, 3)}  # records, timed steps
+SIZES = {"smoke": (4, 1), "quick": (8, 1), "full": (16, 1)}  # records, timed steps
 MICRO = 4
+BEFORE_FIX = "c5c6d7b"
+"""the learner before 3b193fd (logits over the response window only)"""
 LR = 1e-6
 KL = 0.01
 
@@ -77,22 +81,36 @@ def make_records(model_path: str, n: int, seed: int = 0):
 
 
 def _batches(records, pad_token_id: int, max_len: int):
+    import torch
+
     from himac_ray.data import pad_batch
     from himac_ray.learner import stable_order
 
     ordered = [records[i] for i in stable_order(records)]
-    return [pad_batch(ordered[i:i + MICRO], pad_token_id=pad_token_id, levels=("act",), max_len=max_len)
-            for i in range(0, len(ordered), MICRO)]
+    batches = []
+    for i in range(0, len(ordered), MICRO):
+        part = ordered[i:i + MICRO]
+        b = pad_batch(part, pad_token_id=pad_token_id, levels=("act",), max_len=max_len)
+        # the learner's column window: every response token's predictor (Learner._micro_batches)
+        R = torch.tensor([len(r.response_ids) for r in part])
+        P = b["attention_mask"].sum(-1) - R
+        window = slice(int((P - 1).clamp(min=0).min()), int((P + R).max()))
+        b["window"] = window
+        b["response_mask"] = b["response_mask"][:, window]
+        b["old_logprobs"] = b["old_logprobs"][:, window]
+        batches.append(b)
+    return batches
 
 
-def _timed(step, steps: int) -> tuple[float, float, float]:
-    """(tokens, seconds, cpu seconds) of `steps` calls to `step()` -> tokens, after one warm-up call."""
-    step()
+def _timed(step, records, steps: int) -> tuple[float, float, float]:
+    """(tokens, seconds, cpu seconds) of `steps` calls `step(records) -> tokens`, after one untimed
+    warm-up step on the first 2 records (optimizer state allocation, first-call costs)."""
+    step(records[:2])
     tokens, seconds, cpu = 0.0, 0.0, 0.0
     for _ in range(steps):
         c0 = cpu_snapshot()
         t0 = time.perf_counter()
-        tokens += step()
+        tokens += step(records)
         seconds += time.perf_counter() - t0
         cpu += cpu_delta(c0)
     return tokens, seconds, cpu
@@ -103,21 +121,44 @@ def _figures(tokens, seconds, cpu, **extra) -> dict:
             "tokens_per_cpu_s": tokens / cpu if cpu else 0.0, **extra}
 
 
-def bench_deepspeed(model: str, records, steps: int) -> dict:
+def _learner_at(commit: str):
+    """`Learner` class of himac_ray/learner.py at git `commit` (for before / after comparisons)."""
+    import importlib.util
+    import subprocess
+    import tempfile
+
+    src = subprocess.run(["git", "show", f"{commit}:himac_ray/learner.py"], cwd=ROOT, check=True, capture_output=True,
+                         text=True).stdout
+    path = Path(tempfile.mkdtemp(prefix="himac-learner-")) / f"learner_{commit}.py"
+    path.write_text(src)
+    spec = importlib.util.spec_from_file_location(f"learner_{commit}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.Learner
+
+
+def bench_deepspeed(model: str, records, steps: int, commit: str | None = None) -> dict:
     import torch
 
     from himac_ray.config import AlgorithmConfig, LearnerConfig, ModelConfig
     from himac_ray.learner import TOKENS_KEY, Learner
 
+    if commit:
+        Learner = _learner_at(commit)  # noqa: N806
     learner = Learner(model=ModelConfig(path=model), learner=LearnerConfig(zero_stage=2, lr=LR, micro_batch_size=MICRO,
                                                                            max_len=2048),
                       algorithm=AlgorithmConfig(kl_coef=KL), seed=0)
-    out = _timed(lambda: learner.train_step(records, trainable="executor")[TOKENS_KEY], steps)
-    return _figures(*out, torch_threads=torch.get_num_threads())
+    out = _timed(lambda recs: learner.train_step(recs, trainable="executor")[TOKENS_KEY], records, steps)
+    return _figures(*out, torch_threads=torch.get_num_threads(), commit=commit or "HEAD")
 
 
-def bench_plain(model_path: str, records, steps: int, *, response_logits: bool = False) -> dict:
-    """The learner's update as a plain PyTorch loop (same micro-batches, loss and clipping)."""
+def bench_plain(model_path: str, records, steps: int, *, logits: str = "window") -> dict:
+    """The learner's update as a plain PyTorch loop (same micro-batches, loss and clipping).
+
+    `logits="window"` computes the LM head only over the columns spanning the micro-batch's
+    responses, as `Learner` does since 3b193fd (HF `logits_to_keep`); "full" at every position,
+    as it did before.
+    """
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -129,39 +170,23 @@ def bench_plain(model_path: str, records, steps: int, *, response_logits: bool =
     model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
     ref = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32).eval().requires_grad_(False)
     opt_ = torch.optim.AdamW(model.parameters(), lr=LR, weight_decay=0.0)
-    batches = _batches(records, pad, 2048)
-
-    def logits_of(m, b):
-        ids, mask = b["input_ids"], b["attention_mask"]
-        if not response_logits:
-            return m(input_ids=ids, attention_mask=mask, use_cache=False).logits, None
-        hidden = m.model(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
-        trained = b["response_mask"] > 0
-        return m.lm_head(hidden[trained]), trained
 
     def lp_ent(m, b, with_entropy):
-        logits, trained = logits_of(m, b)
-        ids = b["input_ids"]
-        if trained is None:
-            lp = token_logprobs(logits, ids)
-            ent = None
-            if with_entropy:
-                with torch.no_grad():
-                    picked = token_entropy(logits[b["response_mask"] > 0].unsqueeze(0))[0]
-                    ent = picked.new_zeros(ids.shape).masked_scatter(b["response_mask"] > 0, picked)
-            return lp, ent
-        # logits only at trained positions t (they predict ids[:, t + 1])
-        targets = ids[:, 1:][trained[:, :-1]]
-        picked = logits.gather(-1, targets[:, None])[:, 0] - torch.logsumexp(logits, -1)
-        lp = torch.zeros(ids.shape, dtype=picked.dtype).masked_scatter(trained, picked)
+        ids, window = b["input_ids"], b["window"]
+        kwargs = {"logits_to_keep": window} if logits == "window" else {}
+        out = m(input_ids=ids, attention_mask=b["attention_mask"], use_cache=False, **kwargs).logits
+        if logits != "window":
+            out = out[:, window]
+        trained = b["response_mask"] > 0
         ent = None
         if with_entropy:
             with torch.no_grad():
-                e = token_entropy(logits.unsqueeze(0))[0]
-                ent = e.new_zeros(ids.shape).masked_scatter(trained, e)
-        return lp, ent
+                picked = token_entropy(out[trained].unsqueeze(0))[0]
+                ent = picked.new_zeros(trained.shape).masked_scatter(trained, picked)
+        return token_logprobs(out, ids[:, window]), ent
 
-    def step() -> float:
+    def step(recs) -> float:
+        batches = _batches(recs, pad, 2048)
         model.train()
         total = sum(float(b["response_mask"].sum()) for b in batches)
         tokens = 0.0
@@ -179,8 +204,8 @@ def bench_plain(model_path: str, records, steps: int, *, response_logits: bool =
         opt_.zero_grad(set_to_none=True)
         return tokens
 
-    out = _timed(step, steps)
-    return _figures(*out, torch_threads=torch.get_num_threads())
+    out = _timed(step, records, steps)
+    return _figures(*out, torch_threads=torch.get_num_threads(), logits=logits)
 
 
 def bench_group(model: str, records, steps: int, *, ranks: int, zero_stage: int, cpus_per_rank: float) -> dict:
@@ -194,7 +219,7 @@ def bench_group(model: str, records, steps: int, *, ranks: int, zero_stage: int,
                                                lr=LR, micro_batch_size=MICRO, max_len=2048),
                          algorithm=AlgorithmConfig(kl_coef=KL), seed=0)
     try:
-        out = _timed(lambda: group.train_step(records, trainable="executor")[TOKENS_KEY], steps)
+        out = _timed(lambda recs: group.train_step(recs, trainable="executor")[TOKENS_KEY], records, steps)
     finally:
         group.shutdown()
     return _figures(*out, ranks=ranks, zero_stage=zero_stage, cpus_per_rank=cpus_per_rank)
@@ -225,9 +250,16 @@ def run(args=None, quick: bool = True) -> dict:
     systems["plain_torch"] = bench_plain(path, records, steps)
     gc.collect()
     log(f"learner/{model}: plain torch {systems['plain_torch']['tokens_per_s']:.0f} tok/s")
-    systems["plain_torch_response_logits"] = bench_plain(path, records, steps, response_logits=True)
-    log(f"learner/{model}: plain torch, response-only logits "
-        f"{systems['plain_torch_response_logits']['tokens_per_s']:.0f} tok/s")
+    systems["plain_torch_full_logits"] = bench_plain(path, records, steps, logits="full")
+    gc.collect()
+    log(f"learner/{model}: plain torch, full-vocab logits at every position "
+        f"{systems['plain_torch_full_logits']['tokens_per_s']:.0f} tok/s")
+    before = opt(args, "before_commit", BEFORE_FIX if size == "full" else None)
+    if before:
+        systems["deepspeed_zero2_before_fix"] = bench_deepspeed(model, records, steps, commit=before)
+        gc.collect()
+        log(f"learner/{model}: deepspeed ZeRO-2 at {before} (full logits) "
+            f"{systems['deepspeed_zero2_before_fix']['tokens_per_s']:.0f} tok/s")
     if size == "full":
         with local_ray():
             systems["ray_zero2_1rank"] = bench_group(model, records, steps, ranks=1, zero_stage=2, cpus_per_rank=2)
@@ -237,7 +269,9 @@ def run(args=None, quick: bool = True) -> dict:
     ds, plain = systems["deepspeed_zero2"], systems["plain_torch"]
     out["overhead_ratio"] = ratio(plain["tokens_per_s"], ds["tokens_per_s"])
     out["overhead_ratio_cpu"] = ratio(plain["tokens_per_cpu_s"], ds["tokens_per_cpu_s"])
-    out["response_logits_speedup"] = ratio(systems["plain_torch_response_logits"]["tokens_per_s"], plain["tokens_per_s"])
+    out["window_logits_speedup_plain"] = ratio(plain["tokens_per_s"], systems["plain_torch_full_logits"]["tokens_per_s"])
+    if "deepspeed_zero2_before_fix" in systems:
+        out["window_logits_speedup_learner"] = ratio(ds["tokens_per_s"], systems["deepspeed_zero2_before_fix"]["tokens_per_s"])
     if "ray_zero3_2ranks" in systems:
         out["zero3_2ranks_vs_zero2_1rank"] = ratio(systems["ray_zero3_2ranks"]["tokens_per_s"],
                                                    systems["ray_zero2_1rank"]["tokens_per_s"])
@@ -252,7 +286,9 @@ def format_table(out: dict) -> str:
     for name, f in out["systems"].items():
         lines.append(f"  {name:<30} {f['tokens_per_s']:>8.0f} {f['tokens_per_cpu_s']:>10.0f} {f['seconds']:>8.1f}")
     lines.append(f"  overhead ratio (plain / DeepSpeed tok/s) = {out['overhead_ratio']:.2f}; "
-                 f"response-only logits speed-up = {out['response_logits_speedup']:.2f}x")
+                 f"window vs full-vocab logits (plain loop) = {out['window_logits_speedup_plain']:.2f}x")
+    if "window_logits_speedup_learner" in out:
+        lines.append(f"  learner after / before the logits fix = {out['window_logits_speedup_learner']:.2f}x")
     if "zero3_2ranks_vs_zero2_1rank" in out:
         lines.append(f"  ZeRO-3 2 ranks / ZeRO-2 1 rank = {out['zero3_2ranks_vs_zero2_1rank']:.2f}")
     return "\n".join(lines)

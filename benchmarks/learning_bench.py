@@ -33,16 +33,19 @@ CONFIG = ROOT / "configs" / "sokoban_tiny.yaml"
 RESULTS_DIR = OUT_DIR / "results"
 WORK_DIR = ROOT / "bench_out" / "learning"
 ALGOS = ("himac", "grpo", "gigpo")
-EPISODES_PER_ITER = 16
+EPISODES_PER_ITER = 8
 SFT = {"sft.episodes": 64, "sft.epochs": 3, "sft.lr": 1e-3, "sft.batch_size": 8}
-RL = {"learner.lr": 2e-5, "algorithm.kl_coef": 0.01, "learner.micro_batch_size": 8, "env.eval_episodes": 32,
-      "rollout.executor_temperature": 1.0, "rollout.planner_temperature": 1.0}
+# token budgets that fit the expert formats (HiMAC executor answers are ~55 tokens, plans ~60,
+# flat answers ~22): configs/sokoban_tiny.yaml's 48 / 24 would cut HiMAC's answers off
+RL = {"learner.lr": 1e-4, "algorithm.kl_coef": 0.01, "learner.micro_batch_size": 8,
+      "rollout.executor_temperature": 1.0, "rollout.planner_temperature": 1.0, "rollout.plan_max_tokens": 96,
+      "rollout.action_max_tokens": 72}
 SIZES = {  # env-step budget, eval every (iterations), RL seeds, algorithms, group sizes (sensitivity)
     "smoke": dict(budget=30, eval_every=1, seeds=[0], algos=("himac",), group_sizes=(), episodes=2, sft_episodes=4,
-                  sft_epochs=1, max_steps=3),
-    "quick": dict(budget=800, eval_every=2, seeds=[0], algos=ALGOS, group_sizes=(), episodes=8, sft_episodes=32,
-                  sft_epochs=2, max_steps=15),
-    "full": dict(budget=4000, eval_every=2, seeds=[0, 1, 2], algos=ALGOS, group_sizes=(2, 4, 8),
+                  sft_epochs=1, max_steps=3, eval_episodes=2),
+    "quick": dict(budget=200, eval_every=1, seeds=[0], algos=ALGOS, group_sizes=(), episodes=EPISODES_PER_ITER,
+                  sft_episodes=32, sft_epochs=2, max_steps=15),
+    "full": dict(budget=1500, eval_every=2, seeds=[0, 1, 2], algos=ALGOS, group_sizes=(2, 4, 8), group_size_seeds=[0],
                  episodes=EPISODES_PER_ITER, sft_episodes=SFT["sft.episodes"], sft_epochs=SFT["sft.epochs"], max_steps=15),
 }
 
@@ -56,8 +59,7 @@ def make_cfg(run_dir: Path, *, algo: str, group_size: int, seed: int, spec: dict
                  f"env.kwargs.max_steps={spec['max_steps']}", f"sft.episodes={spec['sft_episodes']}",
                  f"sft.epochs={spec['sft_epochs']}", f"sft.lr={SFT['sft.lr']}", f"sft.batch_size={SFT['sft.batch_size']}",
                  *(f"{k}={v}" for k, v in RL.items()), *extra]
-    if spec is SIZES["smoke"]:
-        overrides.append("env.eval_episodes=2")
+    overrides.append(f"env.eval_episodes={spec.get('eval_episodes', 32)}")
     return load_config(CONFIG, overrides)
 
 
@@ -147,7 +149,8 @@ def summarize(out: dict) -> None:
     out["final_success"] = {a: c[-1]["mean"] for a, c in out["curves"].items()}
     out["group_size_curves"] = {}
     for g in spec["group_sizes"]:
-        rs = [r for r in runs.values() if r["algo"] == "himac" and r["group_size"] == g]
+        seeds = spec.get("group_size_seeds", spec["seeds"])
+        rs = [r for r in runs.values() if r["algo"] == "himac" and r["group_size"] == g and r["seed"] in seeds]
         if rs:
             out["group_size_curves"][str(g)] = aggregate(rs, spec["budget"])
 
@@ -168,7 +171,7 @@ def run(args=None, quick: bool = True) -> dict:
     resolve_model("tiny")
     models = {}
     jobs = [(a, 4, s) for a in spec["algos"] for s in spec["seeds"]]
-    jobs += [("himac", g, s) for g in spec["group_sizes"] if g != 4 for s in spec["seeds"]]
+    jobs += [("himac", g, s) for g in spec["group_sizes"] if g != 4 for s in spec.get("group_size_seeds", spec["seeds"])]
     for algo, g, seed in jobs:
         key = f"{algo}-G{g}-seed{seed}"
         if key in out["runs"]:

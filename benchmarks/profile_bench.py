@@ -15,8 +15,8 @@ and splits each iteration's wall clock into:
 - bookkeeping: `time/record` (metrics row, env-step counters) + anything between phases
 
 The first iteration (and a tiny rollout before it) is a warm-up and is reported separately.
-Full mode alternates planner and executor phases as training does (planner, executor, planner,
-executor after the warm-up); quick mode runs planner phases only. Usage:
+Full mode alternates planner and executor phases as training does (warm-up = iteration 0, a
+planner phase; then an executor and a planner phase); quick mode runs planner phases only. Usage:
 `himac-ray bench profile [--full] [--json]`.
 """
 
@@ -40,8 +40,8 @@ def load_cfg(run_dir: str, overrides):
                                 "run.eval_every=0", *overrides])
 
 
-def collect(overrides, measured: int) -> dict:
-    """Warm-up + `measured` iterations; per-iteration detail."""
+def collect(overrides, measured: int, extra_syncs: int = 0) -> dict:
+    """Warm-up + `measured` iterations; per-iteration detail; then `extra_syncs` more timed syncs."""
     from benchmarks.harness import Stack
     from himac_ray.models import resolve_model
 
@@ -61,6 +61,7 @@ def collect(overrides, measured: int) -> dict:
                 out["iterations"].append(d)
                 log(f"profile: iteration {d['iteration']} [{d['trainable']}] {d['wall']:.1f}s: "
                     + ", ".join(f"{k} {v:.1f}s" for k, v in d["parts"].items() if v >= 0.05))
+            out["extra_syncs"] = [stack.sync(trainable="executor", version=1000 + i) for i in range(extra_syncs)]
         finally:
             stack.shutdown()
     return out
@@ -96,7 +97,7 @@ def run(args=None, quick: bool = True) -> dict:
     overrides = {"smoke": ["coevolution.planner_iters=1000", "algorithm.num_groups=1", "algorithm.group_size=2",
                            "env.kwargs.max_steps=3"],
                  "quick": ["coevolution.planner_iters=1000"], "full": []}[size]
-    measured = int(opt(args, "iterations", {"smoke": 1, "quick": 2, "full": 4}[size]))
+    measured = int(opt(args, "iterations", {"smoke": 1, "quick": 2, "full": 2}[size]))
     out = {"bench": "profile", "size": size, "machine": machine(), **collect(overrides, measured)}
     its = out["iterations"]
     out["by_phase"] = {}

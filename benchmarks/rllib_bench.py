@@ -30,7 +30,7 @@ EVAL_SEEDS = list(range(32))
 SIZES = {  # env steps per run, eval every, RL seeds
     "smoke": (2_000, 1_000, [0]),
     "quick": (30_000, 10_000, [0]),
-    "full": (300_000, 20_000, [0, 1, 2]),
+    "full": (60_000, 10_000, [0, 1, 2]),
 }
 CONV = [[16, 3, 1], [32, 3, 1]]
 
@@ -210,7 +210,7 @@ def run(args=None, quick: bool = True) -> dict:
         out["final_success_mean"] = out["curve"][-1]["mean"]
         out["env_steps_per_s"] = statistics.mean(r["env_steps_per_s"] for r in out["runs"])
         if size == "full" or opt(args, "hier", False):
-            out["hier_runs"] = [run_hier(s, budget, eval_every) for s in seeds[:1]]
+            out["hier_runs"] = [run_hier(s, budget // 2, eval_every) for s in seeds[:1]]
     finally:
         if started:
             ray.shutdown()

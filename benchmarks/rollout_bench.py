@@ -37,11 +37,11 @@ MAX_TOKENS = {"tiny": (48, 24), "embedded": (96, 48)}
 # (seeds, group size, naive episodes) per model and mode; (a) and (c) run seeds * group size episodes.
 SIZES = {
     ("tiny", "smoke"): (1, 2, 1),
-    ("tiny", "quick"): (8, 4, 4),
-    ("tiny", "full"): (16, 4, 64),
+    ("tiny", "quick"): (8, 4, 2),
+    ("tiny", "full"): (16, 4, 8),
     ("embedded", "smoke"): (1, 2, 1),
     ("embedded", "quick"): (4, 4, 2),
-    ("embedded", "full"): (8, 4, 32),
+    ("embedded", "full"): (8, 4, 4),
 }
 SEED_START = 5000
 
@@ -89,6 +89,12 @@ def _figures(tokens: int, steps: int, seconds: float, episodes: int, cpu_seconds
 
 
 # ------------------------------------------------------------------------------------------ (a)
+def _threads(_actor) -> int:
+    import torch
+
+    return torch.get_num_threads()
+
+
 def measure_pool(model_path: str, w: Workload):
     """(a): Ray sampler actor + env-pool actor; returns (figures, RolloutResult)."""
     import ray
@@ -97,11 +103,17 @@ def measure_pool(model_path: str, w: Workload):
     from actors.sampler import SamplerPool, create_samplers
     from himac_ray.config import ModelConfig, SamplerConfig
 
+    # the training default: one engine, one Ray CPU. Ray gives the actor OMP_NUM_THREADS=1 and vLLM
+    # runs its model inside the actor's process: one compute thread. In-process vLLM (c) on this
+    # 2-core machine also computes on one thread (its CPU auto-binding reserves the other core
+    # for the engine-core process), so (a) and (c) use the same compute.
+    cpus = 1
     actors, pg = create_samplers(model_path, role="both", model=ModelConfig(path=model_path, max_model_len=2048),
-                                 sampler=SamplerConfig(num_engines=1, kv_cache_gb=1))
+                                 sampler=SamplerConfig(num_engines=1, kv_cache_gb=1, cpus_per_engine=cpus))
     dispatcher = RolloutDispatcher(ENV_ID, _env_kwargs(w), num_pools=1, log=log)
     try:
         pool = SamplerPool(actors)
+        threads = ray.get(actors[0].__ray_call__.remote(_threads))
         warm = dataclasses.replace(w, seeds=[w.seeds[0] + 10_000], group_size=2)
         dispatcher(seeds=warm.seeds, generator=pool, **warm.rollout_kwargs())  # warm-up (not timed)
         before = ray.get(actors[0].stats.remote())
@@ -120,7 +132,8 @@ def measure_pool(model_path: str, w: Workload):
     busy = after["busy_seconds"] - before["busy_seconds"]
     figures = _figures(m["gen_tokens"], m["env_steps"], seconds, m["episodes"], cpu, gen_calls=m["gen_calls"],
                        gen_seconds=m["gen_seconds"], env_seconds=m["env_seconds"], vllm_busy_seconds=busy,
-                       success_rate=m["success_rate"], invalid_action_rate=m["invalid_action_rate"])
+                       success_rate=m["success_rate"], invalid_action_rate=m["invalid_action_rate"],
+                       sampler_torch_threads=threads, sampler_cpus=cpus)
     return figures, result
 
 

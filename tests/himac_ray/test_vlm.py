@@ -86,6 +86,16 @@ def test_same_seed_same_weights_other_seed_other_vision(tmp_path, tiny):
         assert torch.equal(a, b), name
 
 
+def test_build_rejects_bad_arguments(tmp_path):
+    with pytest.raises(ValueError):
+        vlm.build_local_vlm(tmp_path / "x", text_model="embedded", text_init_range=0.02)  # pretrained: no redraw
+    with pytest.raises(ValueError):
+        vlm.build_local_vlm(tmp_path / "y", text_model="tiny", image_size=100)  # not a multiple of 32
+    with pytest.raises(ValueError):
+        vlm.build_local_vlm(tmp_path / "z", text_model="huge")
+    assert vlm.default_vlm_path("tiny", 0, 96, 0.02).name == "vlm-tiny-seed0-img96-init0.02"
+
+
 def test_embedded_vlm_keeps_the_language_model():
     path = vlm.build_local_vlm(text_model="embedded")
     model, processor = vlm.load_vlm(path)
