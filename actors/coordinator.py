@@ -2,8 +2,8 @@
 
 All loop logic lives in `himac_ray.trainer.Trainer`; this actor only binds it to Ray: rollouts
 go to `RolloutDispatcher` (env pools + `SamplerPool`), learning to `LearnerGroup`, and weight
-sync writes the trained policy to a shared-memory safetensors file that every sampler of that
-policy reloads in place.
+sync pushes the trained policy into its samplers in place (`sync`: shared memory, Ray's object
+store or vLLM's NCCL weight transfer, by `himac_ray.nccl_sync.sync_paths`).
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from actors.learner import LearnerGroup
 from actors.metrics import RunMetrics
 from actors.sampler import SamplerPool, create_samplers
 from himac_ray.config import config_from_dict
+from himac_ray.nccl_sync import sync_paths, uses_nccl
 from himac_ray.trainer import Trainer
 
 
@@ -41,17 +42,22 @@ class Coordinator:
         self.rows: list[dict] = []
         self.trainer: Trainer | None = None
         self.run_id = uuid.uuid4().hex[:8]
+        self.nccl_policies: set[str] = set()
+        """policies whose NCCL weight-transfer group is open (set up at their first sync)"""
 
     def setup(self) -> dict:
         cfg = self.cfg
         self.status_["phase"] = "starting samplers"
         self.planners, self.placement_groups = [], []
         role = "executor" if self.planner_path else "both"
-        self.executors, pg = create_samplers(self.model_path, role=role, model=cfg.model, sampler=cfg.sampler)
+        nccl = uses_nccl(cfg.learner.weight_sync, learner_gpus=cfg.learner.gpus_per_rank,
+                         sampler_gpus=cfg.sampler.gpus_per_engine)
+        self.executors, pg = create_samplers(self.model_path, role=role, model=cfg.model, sampler=cfg.sampler,
+                                             weight_transfer=nccl)
         self.placement_groups.append(pg)
         if self.planner_path:
             self.planners, pg = create_samplers(self.planner_path, role="planner", model=cfg.model,
-                                                sampler=cfg.sampler, seed_offset=1000)
+                                                sampler=cfg.sampler, seed_offset=1000, weight_transfer=nccl)
             self.placement_groups.append(pg)
         self.status_["phase"] = "starting learner"
         model = dataclasses.replace(cfg.model, path=self.model_path, planner_path=self.planner_path)
@@ -97,10 +103,13 @@ class Coordinator:
     def sync(self, *, trainable: str | None, version: int) -> dict:
         """Push the trained policy (both when `trainable` is None) to its samplers; returns timing.
 
-        Path: samplers on learner rank 0's node reload a shared-memory safetensors file; samplers
-        on other nodes get the weights as buckets through Ray's object store.
+        Paths (`himac_ray.nccl_sync.sync_paths`, by `learner.weight_sync`): `nccl` broadcasts from
+        learner rank 0's GPU to every engine of the policy (its group is opened at the policy's first
+        sync); otherwise samplers on learner rank 0's node reload a shared-memory safetensors file
+        and samplers on other nodes get the weights as buckets through Ray's object store.
         """
         start = time.perf_counter()
+        cfg = self.cfg
         if not self.planners:
             jobs = [("executor", self.executors)]
         else:
@@ -110,19 +119,29 @@ class Coordinator:
         methods = set()
         for policy, samplers in jobs:
             nodes = ray.get([s.node_id.remote() for s in samplers])
-            local = [s for s, n in zip(samplers, nodes) if n == learner_node]
-            remote = [s for s, n in zip(samplers, nodes) if n != learner_node]
-            if local:
+            paths = sync_paths(cfg.learner.weight_sync, learner_node=learner_node, sampler_nodes=nodes,
+                               learner_gpus=cfg.learner.gpus_per_rank, sampler_gpus=cfg.sampler.gpus_per_engine)
+            by_path = {path: [s for s, p in zip(samplers, paths) if p == path] for path in set(paths)}
+            if "nccl" in by_path:
+                if policy not in self.nccl_policies:
+                    t0 = time.perf_counter()
+                    self.learner.init_nccl_sync(policy=policy, samplers=samplers,
+                                                tensor_parallel_size=cfg.sampler.tensor_parallel_size)
+                    self.nccl_policies.add(policy)
+                    print(f"NCCL weight transfer for {policy}: {len(samplers)} engine(s) joined in "
+                          f"{time.perf_counter() - t0:.2f}s", flush=True)
+                self.learner.send_weights_nccl(policy=policy)
+                ray.get([s.update_weight_version.remote(version) for s in samplers])
+            if "shm" in by_path:
                 shm = "/dev/shm" if os.path.isdir("/dev/shm") else "/tmp"
                 path = Path(shm) / f"himac-{self.run_id}-{policy}-v{version}.safetensors"
                 self.learner.save_weights(str(path), policy=policy)
-                ray.get([s.reload_weights.remote(str(path), version) for s in local])
+                ray.get([s.reload_weights.remote(str(path), version) for s in by_path["shm"]])
                 path.unlink(missing_ok=True)
-                methods.add("shm")
-            if remote:
+            if "object_store" in by_path:
                 refs = self.learner.export_to_object_store(policy=policy)
-                ray.get([s.reload_weights_from_refs.remote(refs, version) for s in remote])
-                methods.add("object_store")
+                ray.get([s.reload_weights_from_refs.remote(refs, version) for s in by_path["object_store"]])
+            methods.update(by_path)
         seconds = time.perf_counter() - start
         method = "+".join(sorted(methods))
         print(f"weight sync v{version} ({method}): {seconds:.2f}s", flush=True)

@@ -30,6 +30,8 @@ class LearnerWorker:
     def __init__(self, *, rank: int, world_size: int):
         self.rank, self.world_size = rank, world_size
         self.learner = None
+        self.nccl: dict = {}
+        """policy -> vLLM NCCL trainer engine (`init_nccl_sync`)"""
 
     def address_and_free_port(self) -> tuple[str, int]:
         """This node's IP and a free TCP port on it (for the rendezvous on rank 0)."""
@@ -63,6 +65,20 @@ class LearnerWorker:
             if self.rank == 0:
                 refs.append(ray.put(bucket))
         return refs
+
+    def init_nccl_sync(self, *, policy: str, samplers: list, master_addr: str, master_port: int,
+                       tensor_parallel_size: int, bucket_mb: int) -> None:
+        """Set up vLLM's NCCL trainer engine for `policy` (all ranks at once; rank 0 joins the
+        samplers' NCCL group at master_addr:master_port). GPU clusters only."""
+        from himac_ray.nccl_sync import init_trainer
+
+        self.nccl[policy] = init_trainer(self.learner, policy=policy, samplers=samplers, rank=self.rank,
+                                         master_address=master_addr, master_port=master_port,
+                                         tensor_parallel_size=tensor_parallel_size, bucket_mb=bucket_mb)
+
+    def send_weights_nccl(self, *, policy: str) -> None:
+        """Broadcast `policy`'s weights to its samplers (all ranks: ZeRO-3 gathers; rank 0 sends)."""
+        self.nccl[policy].send_weights()
 
     def node_id(self) -> str:
         return ray.get_runtime_context().get_node_id()
@@ -133,6 +149,18 @@ class LearnerGroup:
         """`policy`'s weights as object-store buckets (refs owned by rank 0) for samplers on other nodes."""
         bucket_mb = self.learner_cfg.sync_bucket_mb
         return self.get(self.group.async_run_method("export_to_object_store", policy=policy, bucket_mb=bucket_mb))[0]
+
+    def init_nccl_sync(self, *, policy: str, samplers: list, tensor_parallel_size: int) -> None:
+        """Open `policy`'s NCCL weight-transfer group: learner rank 0 plus every worker of `samplers`
+        (`SamplerActor`s started with `weight_transfer=True`). Once per policy; GPU clusters only."""
+        addr, port = self.get([self.group.actors[0].address_and_free_port.remote()])[0]
+        self.get(self.group.async_run_method(
+            "init_nccl_sync", policy=policy, samplers=list(samplers), master_addr=addr, master_port=port,
+            tensor_parallel_size=tensor_parallel_size, bucket_mb=self.learner_cfg.sync_bucket_mb))
+
+    def send_weights_nccl(self, *, policy: str) -> None:
+        """Push `policy`'s weights over its NCCL group (`init_nccl_sync` first); vLLM reloads them in place."""
+        self.get(self.group.async_run_method("send_weights_nccl", policy=policy))
 
     def node_ids(self) -> list[str]:
         """Node of each rank, in rank order."""

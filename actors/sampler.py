@@ -22,7 +22,8 @@ class SamplerDiedError(RuntimeError):
 class SamplerActor:
     """Hosts one `VLLMGenerator`; `role` says which level's prompts it serves."""
 
-    def __init__(self, model_path: str, *, role: str, model: ModelConfig, sampler: SamplerConfig, seed: int):
+    def __init__(self, model_path: str, *, role: str, model: ModelConfig, sampler: SamplerConfig, seed: int,
+                 index: int = 0, weight_transfer: bool = False):
         from himac_ray.engines.vllm_engine import VLLMGenerator
 
         self.role = role
@@ -30,7 +31,9 @@ class SamplerActor:
             model_path, seed=seed, max_model_len=model.max_model_len, kv_cache_gb=sampler.kv_cache_gb,
             dtype=model.dtype, gpu_memory_utilization=sampler.gpu_memory_utilization,
             tensor_parallel_size=sampler.tensor_parallel_size, in_process=sampler.tensor_parallel_size == 1,
+            **({"weight_transfer_config": {"backend": "nccl"}} if weight_transfer else {}),
         )
+        self.index, self.tensor_parallel_size = index, sampler.tensor_parallel_size
         self.started = time.time()
 
     def generate(self, prompts, params: SamplingParams):
@@ -50,6 +53,33 @@ class SamplerActor:
             state.update(bucket)
         self.gen.reload_weights(state, version=version)
         return time.perf_counter() - start
+
+    # vLLM's weight-sync control plane (`vllm.distributed.weight_transfer.base.VLLMWeightSyncClient`):
+    # learner rank 0 calls these through `RayVLLMWeightSyncClient` on the NCCL path (GPU clusters only)
+
+    def init_weight_transfer_engine(self, request) -> None:
+        """Join the policy's NCCL group as engine `index` (blocks until everyone has joined);
+        `request` is vLLM's `WeightTransferInitRequest`."""
+        from himac_ray.nccl_sync import engine_init_info
+
+        info = engine_init_info(request.init_info, engine_index=self.index,
+                                tensor_parallel_size=self.tensor_parallel_size)
+        self.gen.llm.collective_rpc("init_weight_transfer_engine", kwargs={"init_info": info})
+
+    def start_weight_update(self) -> None:
+        self.gen.llm.collective_rpc("start_weight_update")
+
+    def update_weights(self, request) -> None:
+        """Receive the tensors learner rank 0 broadcasts (`request`: vLLM's `WeightTransferUpdateRequest`)."""
+        self.gen.llm.collective_rpc("update_weights", kwargs={"update_info": request.update_info})
+
+    def finish_weight_update(self) -> None:
+        """Finalize vLLM's layerwise reload, then drop what the old weights computed (prefix cache)."""
+        self.gen.llm.collective_rpc("finish_weight_update")
+        self.gen._reset_caches()
+
+    def update_weight_version(self, version: int | str) -> None:
+        self.gen.weights_version = int(version)
 
     def node_id(self) -> str:
         return ray.get_runtime_context().get_node_id()
@@ -87,8 +117,10 @@ class SamplerPool:
 
 
 def create_samplers(model_path: str, *, role: str, model: ModelConfig, sampler: SamplerConfig,
-                    seed_offset: int = 0, pg_timeout_s: float = 120.0) -> tuple[list, object]:
-    """Start `sampler.num_engines` actors for `role` in a placement group (`sampler.placement_strategy`).
+                    seed_offset: int = 0, pg_timeout_s: float = 120.0,
+                    weight_transfer: bool = False) -> tuple[list, object]:
+    """Start `sampler.num_engines` actors for `role` in a placement group (`sampler.placement_strategy`);
+    `weight_transfer` enables vLLM's NCCL weight transfer in their engines.
 
     Returns (actors, placement_group). Fails with a clear message when the cluster cannot
     host them (instead of waiting forever for resources).
@@ -111,7 +143,8 @@ def create_samplers(model_path: str, *, role: str, model: ModelConfig, sampler: 
             num_cpus=sampler.cpus_per_engine, num_gpus=sampler.gpus_per_engine,
             scheduling_strategy=PlacementGroupSchedulingStrategy(pg, placement_group_bundle_index=i),
             name=None,
-        ).remote(model_path, role=role, model=model, sampler=sampler, seed=sampler.seed + seed_offset + i)
+        ).remote(model_path, role=role, model=model, sampler=sampler, seed=sampler.seed + seed_offset + i,
+                 index=i, weight_transfer=weight_transfer)
         for i in range(sampler.num_engines)
     ]
     ray.get([a.weights_version.remote() for a in actors])  # wait until every engine is up

@@ -161,6 +161,10 @@ class LearnerConfig:
     """longest prompt + response trained on; longer prompts are cut from the left"""
     sync_bucket_mb: int = 256
     """weight-sync bucket size: tensors are exported in buckets of about this many MB"""
+    weight_sync: str = "auto"
+    """learner -> sampler weight path: auto (nccl when learner ranks and engines have whole GPUs, else
+    shm_object_store) | shm_object_store (/dev/shm file on learner rank 0's node, Ray object store
+    elsewhere) | nccl (vLLM's NCCL weight transfer; GPU clusters only)"""
     placement_strategy: str = "PACK"
     """Ray placement strategy of the ranks' bundles: PACK | SPREAD | STRICT_PACK | STRICT_SPREAD"""
     resources: dict = field(default_factory=dict)
@@ -242,6 +246,7 @@ CHOICES = {
     "algorithm.episode_score": ("return", "won"),
     "learner.zero_stage": (2, 3),
     "learner.backend": ("auto", "gloo", "nccl"),
+    "learner.weight_sync": ("auto", "shm_object_store", "nccl"),
     "sampler.placement_strategy": ("SPREAD", "PACK", "STRICT_SPREAD", "STRICT_PACK"),
     "learner.placement_strategy": ("SPREAD", "PACK", "STRICT_SPREAD", "STRICT_PACK"),
     "coevolution.start_with": ("planner", "executor"),
@@ -287,6 +292,11 @@ def validate(cfg: TrainConfig) -> None:
         raise ConfigError(f"sampler.gpu_memory_utilization={cfg.sampler.gpu_memory_utilization!r} must be in (0, 1]")
     if cfg.rollout.subgoal_step_budget is not None and cfg.rollout.subgoal_step_budget < 1:
         raise ConfigError(f"rollout.subgoal_step_budget={cfg.rollout.subgoal_step_budget!r} must be >= 1 or null")
+    if cfg.learner.weight_sync == "nccl" and (cfg.learner.gpus_per_rank < 1 or cfg.sampler.gpus_per_engine < 1):
+        raise ConfigError(
+            f"learner.weight_sync='nccl' needs whole GPUs on both sides (learner.gpus_per_rank="
+            f"{cfg.learner.gpus_per_rank}, sampler.gpus_per_engine={cfg.sampler.gpus_per_engine}): NCCL cannot "
+            "run without GPUs nor put two ranks on one GPU; use auto or shm_object_store")
     if cfg.coevolution.planner_iters + cfg.coevolution.executor_iters < 1:
         raise ConfigError("coevolution.planner_iters + coevolution.executor_iters must be >= 1")
     if cfg.algorithm.name == "himac" and cfg.algorithm.group_size < 2:
