@@ -63,11 +63,17 @@ def _resolve_models(cfg: TrainConfig, run_dir: Path, resume: bool, log) -> tuple
         log(f"[himac-ray] using the SFT warm start in {sft_dir}")
         return str(sft_dir), planner_path
     if cfg.run.sft_warmup and not (resume and latest_checkpoint(run_dir)):
+        from concurrent.futures import ProcessPoolExecutor
+        from multiprocessing import get_context
+
         from himac_ray.sft_train import sft_from_config
 
         log(f"[himac-ray] SFT warm start on {cfg.sft.episodes} expert episodes of {cfg.env.id}")
         warm = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, path=model_path))
-        return str(sft_from_config(warm, sft_dir)), planner_path
+        # in a child process: the model, its optimizer state and the allocator's cached pages are
+        # returned to the OS when it exits (in this process they would stay for the whole run)
+        with ProcessPoolExecutor(max_workers=1, mp_context=get_context("spawn")) as pool:
+            return str(pool.submit(sft_from_config, warm, sft_dir).result()), planner_path
     return model_path, planner_path
 
 
