@@ -20,14 +20,15 @@ class SamplerDiedError(RuntimeError):
 
 @ray.remote
 class SamplerActor:
-    """Hosts one `VLLMGenerator`; `role` says which level's prompts it serves."""
+    """Hosts one vLLM generator (text or vision-language, by the model folder); `role` says which
+    level's prompts it serves."""
 
     def __init__(self, model_path: str, *, role: str, model: ModelConfig, sampler: SamplerConfig, seed: int,
                  index: int = 0, weight_transfer: bool = False):
-        from himac_ray.engines.vllm_engine import VLLMGenerator
+        from himac_ray.engines.vlm_engine import vllm_generator
 
         self.role = role
-        self.gen = VLLMGenerator(
+        self.gen = vllm_generator(
             model_path, seed=seed, max_model_len=model.max_model_len, kv_cache_gb=sampler.kv_cache_gb,
             dtype=model.dtype, gpu_memory_utilization=sampler.gpu_memory_utilization,
             tensor_parallel_size=sampler.tensor_parallel_size, in_process=sampler.tensor_parallel_size == 1,

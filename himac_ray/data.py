@@ -42,6 +42,7 @@ No Ray here.
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
 import os
 import uuid
@@ -299,3 +300,21 @@ def pad_batch(
         "advantages": torch.tensor(cols["advantage"], dtype=torch.float32),
         "level_ids": torch.tensor([LEVEL_IDS[lv] for lv in cols["level"]], dtype=torch.int64),
     }
+
+
+def png_bytes(image) -> bytes:
+    """PNG encoding of an HxWx3 (or HxW) uint8 array (`Record.image`)."""
+    import numpy as np
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(np.asarray(image, dtype=np.uint8)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def png_image(data: bytes):
+    """The PIL RGB image of `Record.image` PNG bytes."""
+    from PIL import Image
+
+    with Image.open(io.BytesIO(data)) as im:
+        return im.convert("RGB")

@@ -78,7 +78,7 @@ def find_policy_folder(checkpoint: str | Path) -> tuple[Path, Path | None]:
 
 def evaluate_checkpoint(checkpoint: str | Path, *, episodes: int, cfg: TrainConfig | None = None) -> dict:
     """Load a checkpoint's policy into vLLM and evaluate it on held-out seeds."""
-    from himac_ray.engines.vllm_engine import VLLMGenerator
+    from himac_ray.engines.vlm_engine import vllm_generator
     from himac_ray.rollout import run_rollout
 
     policy, run_dir = find_policy_folder(checkpoint)
@@ -87,8 +87,8 @@ def evaluate_checkpoint(checkpoint: str | Path, *, episodes: int, cfg: TrainConf
         if not (saved and saved.exists()):
             raise FileNotFoundError(f"no config.json next to {checkpoint}; pass --config")
         cfg = config_from_dict(json.loads(saved.read_text()))
-    gen = VLLMGenerator(policy, seed=cfg.run.seed, max_model_len=cfg.model.max_model_len, in_process=True,
-                        kv_cache_gb=cfg.sampler.kv_cache_gb, dtype=cfg.model.dtype)
+    gen = vllm_generator(policy, seed=cfg.run.seed, max_model_len=cfg.model.max_model_len, in_process=True,
+                         kv_cache_gb=cfg.sampler.kv_cache_gb, dtype=cfg.model.dtype)
     r = cfg.rollout
 
     def rollout(**kw):

@@ -16,6 +16,11 @@ rank short of records runs a 2-token dummy with zero mask so ZeRO's collectives 
 
 Logprobs use temperature 1, like vLLM's default `raw_logprobs` sampling logprobs.
 
+Vision-language policies (a model folder with a `vision_config`, e.g. the local Idefics3 VLM or
+Qwen2.5-VL): records carry the PNG of the observation they saw (`Record.image`) and prompt ids
+with the image tokens already expanded (as vLLM saw them); every forward feeds the same pixels
+through the model's image processor, so logprobs match the sampler's.
+
 Checkpoints never unpickle: weights are safetensors; per-rank optimizer state goes through
 `torch.save` after non-tensor objects (DeepSpeed's LossScaler, enums, fragment addresses) are
 replaced by a marker, and comes back with `weights_only=True`, merged into the live optimizer's
@@ -42,7 +47,7 @@ import torch
 import torch.distributed as dist
 
 from himac_ray.config import AlgorithmConfig, LearnerConfig, ModelConfig
-from himac_ray.data import LEVELS, Record, pad_batch, table_to_records
+from himac_ray.data import LEVELS, Record, pad_batch, png_image, table_to_records
 from himac_ray.loss import (
     APPROX_KL_KEY,
     CLIPFRAC_KEY,
@@ -54,6 +59,7 @@ from himac_ray.loss import (
     token_logprobs,
 )
 from himac_ray.models import resolve_model
+from himac_ray.vlm import is_vision_model
 
 GRAD_NORM_KEY = "grad_norm"
 TOKENS_KEY = "perf/learner_tokens"
@@ -64,6 +70,8 @@ TRAINABLE_LEVEL = {"planner": "plan", "executor": "act"}
 LEVEL_POLICY = {level: policy for policy, level in TRAINABLE_LEVEL.items()}
 _NOT_SAVED = "__himac_ray_not_saved__"
 _STATE_FILE = "learner_state.json"
+PIXEL_KEYS = ("pixel_values", "pixel_attention_mask")
+"""image-processor outputs a vision-language forward takes"""
 
 
 def stable_order(records: Sequence[Record]) -> list[int]:
@@ -143,6 +151,12 @@ class Learner:
         torch.manual_seed(seed)
         executor_path = resolve_model(model.path)
         self.tokenizer = AutoTokenizer.from_pretrained(executor_path)
+        self.processor = None
+        """the image processor's owner (AutoProcessor) of a vision-language policy, else None"""
+        if is_vision_model(executor_path):
+            from transformers import AutoProcessor
+
+            self.processor = AutoProcessor.from_pretrained(executor_path)
         self.pad_token_id = self.tokenizer.pad_token_id
         self.pad_token_id = self.tokenizer.eos_token_id if self.pad_token_id is None else self.pad_token_id
         executor = self._build_policy(deepspeed, executor_path)
@@ -191,14 +205,15 @@ class Learner:
         }
 
     def _build_policy(self, deepspeed, path: Path):
-        from transformers import AutoModelForCausalLM
+        from transformers import AutoModelForCausalLM, AutoModelForImageTextToText
 
-        module = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+        auto = AutoModelForImageTextToText if is_vision_model(path) else AutoModelForCausalLM
+        module = auto.from_pretrained(path, dtype=torch.float32)
         optimizer = torch.optim.AdamW(module.parameters(), lr=self.cfg.lr, weight_decay=self.cfg.weight_decay)
         engine, *_ = deepspeed.initialize(model=module, optimizer=optimizer, config=self._ds_config(train=True))
         ref = None
         if self.algo.kl_coef != 0.0:
-            ref_module = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval().requires_grad_(False)
+            ref_module = auto.from_pretrained(path, dtype=torch.float32).eval().requires_grad_(False)
             if self.cfg.zero_stage == 3:  # partition the reference too; forwards gather it layer by layer
                 ref, *_ = deepspeed.initialize(model=ref_module, config=self._ds_config(train=False))
             else:
@@ -219,6 +234,7 @@ class Learner:
         ids = batch["input_ids"].to(model.device)
         window = batch["window"]
         kwargs = {"logits_to_keep": window} if self._keeps_logits else {}
+        kwargs.update({k: batch[k].to(model.device) for k in PIXEL_KEYS if k in batch})
         logits = model(input_ids=ids, attention_mask=batch["attention_mask"].to(model.device), use_cache=False,
                        **kwargs).logits
         logits = logits if self._keeps_logits else logits[:, window]
@@ -276,11 +292,16 @@ class Learner:
         mb = self.cfg.micro_batch_size
         count = math.ceil(math.ceil(len(chunk) / self.world_size) / mb)
         batches = []
+        # a rank short of records runs a dummy; with images, a copy of a real record (zero mask),
+        # so that every rank runs the vision tower too (ZeRO-3 gathers its weights collectively)
+        dummy = chunk[0] if self.processor is not None and chunk else _dummy(level, self.pad_token_id)
         for i in range(count):
             part = mine[i * mb:(i + 1) * mb]
             real = bool(part)
-            batch = pad_batch(part or [_dummy(level, self.pad_token_id)], pad_token_id=self.pad_token_id,
+            batch = pad_batch(part or [dummy], pad_token_id=self.pad_token_id,
                               levels=train_levels if real else (), max_len=self.cfg.max_len)
+            if self.processor is not None:
+                batch.update(self._pixel_inputs(part or [dummy]))
             batch["tokens"] = float(batch["attention_mask"].sum()) if real else 0.0
             # columns [start, stop) hold every response token's predictor (plus one): only their
             # logits are computed (HF `logits_to_keep`), which skips the prompt's (T, V) logits
@@ -292,6 +313,22 @@ class Learner:
             batch["old_logprobs"] = batch["old_logprobs"][:, window]
             batches.append(batch)
         return batches
+
+    def _pixel_inputs(self, part: list[Record]) -> dict:
+        """`pixel_values` / `pixel_attention_mask` for a micro-batch of a vision-language policy
+        (one image per record, from its PNG bytes); {} when no record has an image."""
+        if not any(r.image for r in part):
+            return {}
+        if not all(r.image for r in part):
+            raise ValueError("a micro-batch mixes records with and without images; visual envs give every step an image")
+        too_long = [len(r.prompt_ids) + len(r.response_ids) for r in part
+                    if len(r.prompt_ids) + len(r.response_ids) > self.cfg.max_len]
+        if too_long:
+            raise ValueError(f"a visual record of {max(too_long)} tokens exceeds learner.max_len={self.cfg.max_len}: "
+                             "cutting its prompt would drop image tokens; raise learner.max_len")
+        images = [[png_image(r.image)] for r in part]
+        out = self.processor.image_processor(images=images, return_tensors="pt")
+        return {k: out[k] for k in PIXEL_KEYS if k in out}
 
     def _all_reduce(self, t: torch.Tensor) -> torch.Tensor:
         if self.world_size > 1:
@@ -462,7 +499,7 @@ class Learner:
                 engine.module.config.save_pretrained(sub)
                 if getattr(engine.module, "generation_config", None) is not None:
                     engine.module.generation_config.save_pretrained(sub)
-                self.tokenizer.save_pretrained(sub)
+                (self.processor or self.tokenizer).save_pretrained(sub)
             dist.barrier()
             torch.save({"optimizer": _to_plain(engine.optimizer.state_dict()), "global_steps": engine.global_steps,
                         "global_samples": engine.global_samples}, sub / f"optim_rank{self.rank}.pt")

@@ -145,8 +145,13 @@ def resolve_model(name_or_path: str) -> Path:
     """Map a config's `model.path` to a local folder.
 
     `embedded` -> the converted SmolLM2-135M-Instruct; `tiny` / `tiny:SEED` -> the tiny random
-    Llama; anything else must be an existing local folder (no hub downloads).
+    Llama; `vlm-embedded` / `vlm-tiny[:SEED]` -> the local vision-language models
+    (`himac_ray.vlm.resolve_vlm`); anything else must be an existing local folder (no hub downloads).
     """
+    from himac_ray import vlm  # imports this module: resolved lazily
+
+    if vlm.is_vlm_name(name_or_path):
+        return vlm.resolve_vlm(name_or_path)
     if name_or_path == "embedded":
         return prepare_embedded_model()
     if name_or_path == "tiny" or name_or_path.startswith("tiny:"):

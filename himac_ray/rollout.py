@@ -46,7 +46,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import io
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -56,7 +55,7 @@ from typing import Any
 import numpy as np
 
 from himac_ray import prompts
-from himac_ray.data import Record
+from himac_ray.data import Record, png_bytes
 from himac_ray.generation import Generator, SamplingParams
 
 MODES = ("macro", "micro", "flat")
@@ -512,12 +511,3 @@ def anchor_of(text: str, image: Any) -> str:
     arr = np.ascontiguousarray(image)
     digest = hashlib.sha1(repr((arr.shape, str(arr.dtype))).encode() + arr.tobytes()).hexdigest()[:16]
     return f"{text}\n[image sha1:{digest}]"
-
-
-def png_bytes(image: Any) -> bytes:
-    """PNG encoding of an HxWx3 (or HxW) uint8 array."""
-    from PIL import Image
-
-    buf = io.BytesIO()
-    Image.fromarray(np.asarray(image, dtype=np.uint8)).save(buf, format="PNG")
-    return buf.getvalue()

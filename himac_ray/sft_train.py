@@ -362,10 +362,12 @@ def sft_from_config(cfg: TrainConfig, out_dir: str | Path) -> Path:
     env kwargs `cfg.env.kwargs`, K / history / step budget from `cfg.rollout`; flat-agent
     prompts when `cfg.algorithm.name` is not "himac" (GRPO / GiGPO / RLOO train a flat policy).
     Hyperparameters from `cfg.sft`; `max_len` and `grad_clip` from `cfg.learner`, seed from
-    `cfg.run.seed`. Training runs in float32 and the folder is saved in float32.
+    `cfg.run.seed`. Training runs in float32 and the folder is saved in float32. A vision-language
+    model (visual envs) trains with `himac_ray.vlm.train_vlm_sft` on the same demonstrations.
     """
     from himac_ray.models import resolve_model
     from himac_ray.sft import expert_demonstrations
+    from himac_ray.vlm import is_vision_model, train_vlm_sft
 
     examples = expert_demonstrations(
         cfg.env.id,
@@ -378,8 +380,14 @@ def sft_from_config(cfg: TrainConfig, out_dir: str | Path) -> Path:
     )
     if not examples:
         raise RuntimeError(f"the expert won none of {cfg.sft.episodes} episodes of {cfg.env.id}: no demonstrations")
+    model_path = resolve_model(cfg.model.path)
+    if is_vision_model(model_path):  # visual envs: the examples' user turns hold the board image
+        train_vlm_sft(model_path, examples, out_path=out_dir, epochs=cfg.sft.epochs, lr=cfg.sft.lr,
+                      batch_size=cfg.sft.batch_size, max_len=cfg.learner.max_len, grad_clip=cfg.learner.grad_clip,
+                      seed=cfg.run.seed)
+        return Path(out_dir)
     train_sft(
-        model_path=resolve_model(cfg.model.path),
+        model_path=model_path,
         examples=examples,
         out_dir=out_dir,
         lr=cfg.sft.lr,

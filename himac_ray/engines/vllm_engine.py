@@ -44,10 +44,9 @@ class WeightReloadExtension:
                     count += 1
                     tensor = f.get_tensor(name)
                     yield name, tensor
-                    if tied and name.endswith("embed_tokens.weight"):
-                        head = name.replace("model.embed_tokens", "lm_head").replace("embed_tokens", "lm_head")
-                        if head not in names:
-                            yield head, tensor
+                    # text models: model.embed_tokens; VLMs: model.text_model / model.language_model
+                    if tied and name.endswith("embed_tokens.weight") and "lm_head.weight" not in names:
+                        yield "lm_head.weight", tensor
 
         self.model_runner.reload_weights(weights_iterator=tensors(), is_checkpoint_format=True)
         return count
@@ -77,6 +76,7 @@ class VLLMGenerator:
         in_process: run vLLM's engine core in this process (no child processes), as Ray actors do.
     """
 
+
     def __init__(
         self,
         model_path: str | Path,
@@ -89,6 +89,7 @@ class VLLMGenerator:
         tensor_parallel_size: int = 1,
         enforce_eager: bool = True,
         in_process: bool = False,
+        **engine_kwargs,
     ):
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(max(1, int(round(kv_cache_gb)))))
         os.environ.setdefault("VLLM_CONFIGURE_LOGGING", "0")
@@ -108,6 +109,7 @@ class VLLMGenerator:
             tensor_parallel_size=tensor_parallel_size,
             worker_extension_cls=WORKER_EXTENSION,
             distributed_executor_backend="uni" if tensor_parallel_size == 1 else None,
+            **engine_kwargs,
         )
         self.tokenizer = self.llm.get_tokenizer()
         self.max_model_len = max_model_len
@@ -165,6 +167,10 @@ class VLLMGenerator:
             for (p, r), out in zip(pairs, outputs)
         ]
 
+    def _reset_caches(self) -> None:
+        """Drop what the old weights computed (here the prefix cache) after a reload."""
+        self.llm.reset_prefix_cache()
+
     def reload_weights(self, source: str | Path | Mapping[str, "torch.Tensor"], *, version: int | None = None) -> float:
         """Load new weights in place from a safetensors file or a state dict; returns seconds taken."""
         start = time.perf_counter()
@@ -178,6 +184,6 @@ class VLLMGenerator:
             if not Path(source).exists():
                 raise FileNotFoundError(f"weights file {source} does not exist")
             self.llm.collective_rpc("himac_reload_from_file", args=(str(source),))
-        self.llm.reset_prefix_cache()
+        self._reset_caches()
         self.weights_version = self.weights_version + 1 if version is None else version
         return time.perf_counter() - start

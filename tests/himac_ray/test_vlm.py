@@ -252,7 +252,7 @@ def test_weight_reload_changes_output_and_restores_it(engines):
         assert changed.token_ids != before.token_ids
     finally:
         hf.model.load_state_dict(original)
-    vllm.reload_weights(original, 7)
+    vllm.reload_weights(original, version=7)
     restored = vllm.generate(chats, GREEDY16)[0][0]
     assert restored.token_ids == before.token_ids
     assert restored.logprobs == before.logprobs
