@@ -116,14 +116,18 @@ class VLLMGenerator:
         self.weights_version = 0
         self.stats = {"requests": 0, "prompt_tokens": 0, "generated_tokens": 0, "busy_seconds": 0.0}
 
-    def generate(self, prompts: Sequence[Chat], params: SamplingParams) -> list[list[Sample]]:
-        from vllm import SamplingParams as VSamplingParams
+    def _requests(self, prompts: Sequence[Chat], limit: int) -> list:
+        """vLLM prompts for chats: token ids, over-long ones keeping their last `limit` tokens
+        (the newest observation matters most)."""
         from vllm.inputs import TokensPrompt
 
-        prompt_ids = render_chats(self.tokenizer, prompts)
-        limit = self.max_model_len - params.max_tokens
-        # Keep the tail of over-long prompts: the newest observation matters most.
-        prompt_ids = [ids[-limit:] if len(ids) > limit else ids for ids in prompt_ids]
+        return [TokensPrompt(prompt_token_ids=ids[-limit:] if len(ids) > limit else ids)
+                for ids in render_chats(self.tokenizer, prompts)]
+
+    def generate(self, prompts: Sequence[Chat], params: SamplingParams) -> list[list[Sample]]:
+        from vllm import SamplingParams as VSamplingParams
+
+        requests = self._requests(prompts, self.max_model_len - params.max_tokens)
         sampling = VSamplingParams(
             n=params.n,
             temperature=params.temperature,
@@ -134,23 +138,20 @@ class VLLMGenerator:
             logprobs=0,
         )
         start = time.perf_counter()
-        outputs = self.llm.generate(
-            [TokensPrompt(prompt_token_ids=ids) for ids in prompt_ids], sampling, use_tqdm=False
-        )
+        outputs = self.llm.generate(requests, sampling, use_tqdm=False)
         self.stats["busy_seconds"] += time.perf_counter() - start
         results = []
-        for ids, output in zip(prompt_ids, outputs):
+        for output in outputs:
+            prompt_ids = list(output.prompt_token_ids)  # as the model saw it (image tokens expanded)
             samples = []
             for completion in output.outputs:
                 token_ids = list(completion.token_ids)
                 logprobs = [lp[tok].logprob for tok, lp in zip(token_ids, completion.logprobs or [])]
-                samples.append(
-                    Sample(completion.text, token_ids, logprobs, list(ids), completion.finish_reason or "stop")
-                )
+                samples.append(Sample(completion.text, token_ids, logprobs, prompt_ids, completion.finish_reason or "stop"))
                 self.stats["generated_tokens"] += len(token_ids)
             results.append(samples)
-        self.stats["requests"] += len(prompt_ids)
-        self.stats["prompt_tokens"] += sum(len(ids) for ids in prompt_ids)
+            self.stats["prompt_tokens"] += len(prompt_ids)
+        self.stats["requests"] += len(prompts)
         return results
 
     def score(self, pairs: Sequence[tuple[list[int], list[int]]]) -> list[list[float]]:

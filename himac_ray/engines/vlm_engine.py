@@ -74,36 +74,8 @@ class VLLMVisionGenerator(VLLMGenerator):
             request["multi_modal_data"] = {"image": images if len(images) > 1 else images[0]}
         return request
 
-    def generate(self, prompts: Sequence[Chat], params: SamplingParams) -> list[list[Sample]]:
-        from vllm import SamplingParams as VSamplingParams
-
-        limit = self.max_model_len - params.max_tokens
-        requests = [self._request(chat, limit) for chat in prompts]
-        sampling = VSamplingParams(
-            n=params.n,
-            temperature=params.temperature,
-            top_p=params.top_p,
-            max_tokens=params.max_tokens,
-            stop=list(params.stop) or None,
-            include_stop_str_in_output=True,
-            logprobs=0,
-        )
-        start = time.perf_counter()
-        outputs = self.llm.generate(requests, sampling, use_tqdm=False)
-        self.stats["busy_seconds"] += time.perf_counter() - start
-        results = []
-        for output in outputs:
-            prompt_ids = list(output.prompt_token_ids)
-            samples = []
-            for completion in output.outputs:
-                token_ids = list(completion.token_ids)
-                logprobs = [lp[tok].logprob for tok, lp in zip(token_ids, completion.logprobs or [])]
-                samples.append(Sample(completion.text, token_ids, logprobs, prompt_ids, completion.finish_reason or "stop"))
-                self.stats["generated_tokens"] += len(token_ids)
-            results.append(samples)
-            self.stats["prompt_tokens"] += len(prompt_ids)
-        self.stats["requests"] += len(prompts)
-        return results
+    def _requests(self, prompts: Sequence[Chat], limit: int) -> list:
+        return [self._request(chat, limit) for chat in prompts]
 
     def score(self, pairs):
         raise NotImplementedError("scoring image prompts through vLLM is not supported; use HFVisionGenerator.score "
