@@ -159,6 +159,10 @@ class LearnerConfig:
     """optimizer steps per iteration (records split evenly); >1 makes later steps off-policy"""
     max_len: int = 2048
     """longest prompt + response trained on; longer prompts are cut from the left"""
+    skip_zero_advantage: bool = True
+    """leave records whose advantage is exactly 0 out of the update (e.g. every member of a group
+    scored the same): their policy-gradient term is zero, so this only drops their KL/entropy
+    terms and saves their forward/backward (DAPO's dynamic sampling, without resampling)"""
     sync_bucket_mb: int = 256
     """weight-sync bucket size: tensors are exported in buckets of about this many MB"""
     weight_sync: str = "auto"

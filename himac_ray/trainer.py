@@ -228,8 +228,10 @@ class Trainer:
         out = {}
         for level in levels:
             batch = [r for r in records if r.level == LEVEL_OF[level]]
-            if not batch:
-                continue
+            if self.cfg.learner.skip_zero_advantage:
+                kept = [r for r in batch if r.advantage != 0.0]
+                out["learner/skipped_zero_advantage"] = out.get("learner/skipped_zero_advantage", 0) + len(batch) - len(kept)
+                batch = kept
             metrics = self.learner.train_step(batch, trainable=level)
             out.update({f"{LEVEL_OF[level]}/{k}" if len(levels) > 1 else k: v for k, v in metrics.items()})
             out["learner/records"] = out.get("learner/records", 0) + len(batch)

@@ -42,6 +42,7 @@ def test_samplers_and_learner_on_different_nodes_sync_through_object_store(clust
 
     cfg = load_config(ROOT / "configs" / "sokoban_tiny.yaml", [
         f"run.dir={tmp_path / 'run'}", "run.iterations=2", "learner.lr=1e-3", "algorithm.entropy_coef=0.01",
+        "learner.skip_zero_advantage=false",
         "sampler.resources={sampler_node: 1}", "learner.resources={learner_node: 1}",
         "rollout.env_pool_resources={env_node: 0.1}",
     ])

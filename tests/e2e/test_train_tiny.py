@@ -37,7 +37,8 @@ def test_two_iterations_sync_weights_into_the_samplers(local_ray, tmp_path):
     from actors.coordinator import Coordinator
 
     # an entropy bonus moves the weights even when every group has equal returns (zero advantages)
-    cfg = tiny_cfg(tmp_path / "run", "learner.lr=1e-3", "algorithm.entropy_coef=0.01", "run.iterations=2")
+    cfg = tiny_cfg(tmp_path / "run", "learner.lr=1e-3", "algorithm.entropy_coef=0.01", "run.iterations=2",
+                   "learner.skip_zero_advantage=false")
     coord = Coordinator.remote(config_to_dict(cfg), model_path=str(resolve_model(cfg.model.path)))
     ray.get(coord.setup.remote())
     rows = ray.get(coord.run.remote())
