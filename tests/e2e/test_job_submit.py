@@ -3,10 +3,13 @@
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -21,17 +24,41 @@ AUTH = {"RAY_ADDRESS": "", "RAY_AUTH_MODE": "token"}
 
 @pytest.fixture()
 def ray_head():
+    """A head of our own, stopped by signalling its `ray start --block` process: `ray stop` would
+    kill every Ray process on the machine, including a user's training run."""
     env = {**os.environ, **AUTH}
     temp_dir = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # Ray's socket paths must stay short
-    subprocess.run(
-        [str(BIN / "ray"), "start", "--head", "--port", GCS_PORT, "--num-cpus", "4",
+    head = subprocess.Popen(
+        [str(BIN / "ray"), "start", "--head", "--block", "--port", GCS_PORT, "--num-cpus", "4",
          "--include-dashboard", "true", "--dashboard-host", "127.0.0.1", "--dashboard-port", DASHBOARD_PORT,
          "--temp-dir", temp_dir],
-        env=env, check=True, capture_output=True, timeout=180,
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
-    yield f"http://127.0.0.1:{DASHBOARD_PORT}"
-    subprocess.run([str(BIN / "ray"), "stop", "--force"], env=env, capture_output=True, timeout=120)
-    shutil.rmtree(temp_dir, ignore_errors=True)
+    url = f"http://127.0.0.1:{DASHBOARD_PORT}"
+    try:
+        deadline = time.time() + 180
+        while not _dashboard_up(url):
+            assert head.poll() is None, f"ray start exited with {head.returncode}"
+            assert time.time() < deadline, "the Ray dashboard did not come up within 180 s"
+            time.sleep(1)
+        yield url
+    finally:
+        head.send_signal(signal.SIGTERM)  # `--block` then shuts down the processes it started
+        try:
+            head.wait(timeout=120)
+        except subprocess.TimeoutExpired:
+            head.kill()
+        shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def _dashboard_up(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"{url}/api/version", timeout=5):
+            return True
+    except urllib.error.HTTPError:  # it answers (token auth may refuse this call)
+        return True
+    except OSError:
+        return False
 
 
 def test_ray_job_submit_runs_training_to_succeeded(ray_head, tmp_path):
@@ -42,8 +69,12 @@ def test_ray_job_submit_runs_training_to_succeeded(ray_head, tmp_path):
         "--set", "run.iterations=1", "--set", f"run.dir={run_dir}", "--set", "run.save_trajectories=false",
     ]
     start = time.time()
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1200, env={**os.environ, **AUTH})
-    out = proc.stdout + proc.stderr
+    for _ in range(30):  # the dashboard answers before the head's job agent is up
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1200, env={**os.environ, **AUTH})
+        out = proc.stdout + proc.stderr
+        if "No available agent to submit job" not in out:
+            break
+        time.sleep(2)
     assert proc.returncode == 0, out[-4000:]
     assert re.search(r"Job .raysubmit_\w+. succeeded", out), out[-4000:]  # status SUCCEEDED
     assert (run_dir / "metrics.jsonl").read_text().count("\n") == 1
