@@ -72,9 +72,22 @@ def _resolve_models(cfg: TrainConfig, run_dir: Path, resume: bool, log) -> tuple
         warm = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, path=model_path))
         # in a child process: the model, its optimizer state and the allocator's cached pages are
         # returned to the OS when it exits (in this process they would stay for the whole run)
-        with ProcessPoolExecutor(max_workers=1, mp_context=get_context("spawn")) as pool:
+        with ProcessPoolExecutor(max_workers=1, mp_context=get_context("spawn"), initializer=_exit_with_parent,
+                                 initargs=(os.getpid(),)) as pool:
             return str(pool.submit(sft_from_config, warm, sft_dir).result()), planner_path
     return model_path, planner_path
+
+
+def _exit_with_parent(parent_pid: int) -> None:
+    """Initializer of the SFT child process: it gets SIGTERM when the training driver dies (Linux
+    `PR_SET_PDEATHSIG`), instead of training on as an orphan holding gigabytes."""
+    import ctypes
+    import signal
+
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
+    if os.getppid() != parent_pid:  # the driver died before prctl took effect
+        os._exit(1)
 
 
 def _drive(coordinator, total: int, resume: bool, log) -> list[dict]:
