@@ -1,8 +1,10 @@
 """Only the Ray ZeRO-3 (2 ranks) system of `himac-ray bench learner --size full` (same records, same code)."""
 import json
-from benchmarks.common import local_ray, machine, log
-from benchmarks.learner_bench import SIZES, MICRO, bench_group, make_records
+
+from benchmarks.common import local_ray, log, machine
+from benchmarks.learner_bench import MICRO, SIZES, bench_group, make_records
 from himac_ray.models import resolve_model
+
 n, steps = SIZES["full"]
 records = make_records(str(resolve_model("embedded")), n)
 out = {"bench": "learner (Ray ZeRO-3 2 ranks only)", "machine": machine(), "records": len(records),
