@@ -36,8 +36,10 @@ PARTS = ("generation", "sampler calls", "env", "rollout driver", "advantage", "l
 def load_cfg(run_dir: str, overrides):
     from himac_ray.config import load_config
 
+    # no SFT warm start: it does not change the cost; but without it every group scores the same,
+    # so zero-advantage records must still be trained or the learner would be skipped entirely
     return load_config(CONFIG, [f"run.dir={run_dir}", "run.sft_warmup=false", "run.save_trajectories=false",
-                                "run.eval_every=0", *overrides])
+                                "run.eval_every=0", "learner.skip_zero_advantage=false", *overrides])
 
 
 def collect(overrides, measured: int, extra_syncs: int = 0) -> dict:

@@ -1,7 +1,7 @@
 """Weight sync: seconds per learner -> sampler sync and its share of the iteration (embedded model).
 
 Runs real training iterations of `configs/sokoban_embedded_cpu.yaml` (SmolLM2-135M, Sokoban
-6x6 / 1 box, 4 groups x G=4; no SFT warm start: it does not change the cost) on the driver-side
+6x6 / 1 box, the config's groups x G=4; no SFT warm start, every record trained) on the driver-side
 `benchmarks.harness.Stack`, the coordinator's exact wiring. A sync is the coordinator's: the
 DeepSpeed learner writes the HF-named weights to one safetensors file in /dev/shm, every vLLM
 sampler streams it into its running model in place, the file is deleted.
