@@ -4,6 +4,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -17,7 +18,7 @@ import pytest
 pytestmark = [pytest.mark.slow, pytest.mark.ray]
 ROOT = Path(__file__).parents[2]
 BIN = Path(sys.executable).parent
-GCS_PORT, DASHBOARD_PORT = "6391", "8271"
+GCS_PORT, DASHBOARD_PORT = "6391", "8271"  # not Ray's defaults (6379, 8265)
 # Ray 2.60 heads enable token auth (token in ~/.ray/auth_token); the job client must opt in too
 AUTH = {"RAY_ADDRESS": "", "RAY_AUTH_MODE": "token"}
 
@@ -28,10 +29,14 @@ def ray_head():
     kill every Ray process on the machine, including a user's training run."""
     env = {**os.environ, **AUTH}
     temp_dir = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # Ray's socket paths must stay short
+    # every port chosen free: a Ray already running here (a user's training) holds the defaults
+    ports = [f"--{name}={_free_port()}" for name in (
+        "dashboard-agent-listen-port", "dashboard-agent-grpc-port", "runtime-env-agent-port", "metrics-export-port",
+        "ray-client-server-port", "node-manager-port", "object-manager-port")]
     head = subprocess.Popen(
         [str(BIN / "ray"), "start", "--head", "--block", "--port", GCS_PORT, "--num-cpus", "4",
          "--include-dashboard", "true", "--dashboard-host", "127.0.0.1", "--dashboard-port", DASHBOARD_PORT,
-         "--temp-dir", temp_dir],
+         "--temp-dir", temp_dir, *ports],
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
     url = f"http://127.0.0.1:{DASHBOARD_PORT}"
@@ -49,6 +54,12 @@ def ray_head():
         except subprocess.TimeoutExpired:
             head.kill()
         shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def _dashboard_up(url: str) -> bool:
