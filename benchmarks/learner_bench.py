@@ -81,24 +81,15 @@ def make_records(model_path: str, n: int, seed: int = 0):
 
 
 def _batches(records, pad_token_id: int, max_len: int):
-    import torch
-
     from himac_ray.data import pad_batch
-    from himac_ray.learner import stable_order
+    from himac_ray.learner import stable_order, with_response_window
 
     ordered = [records[i] for i in stable_order(records)]
     batches = []
     for i in range(0, len(ordered), MICRO):
         part = ordered[i:i + MICRO]
         b = pad_batch(part, pad_token_id=pad_token_id, levels=("act",), max_len=max_len)
-        # the learner's column window: every response token's predictor (Learner._micro_batches)
-        R = torch.tensor([len(r.response_ids) for r in part])
-        P = b["attention_mask"].sum(-1) - R
-        window = slice(int((P - 1).clamp(min=0).min()), int((P + R).max()))
-        b["window"] = window
-        b["response_mask"] = b["response_mask"][:, window]
-        b["old_logprobs"] = b["old_logprobs"][:, window]
-        batches.append(b)
+        batches.append(with_response_window(b, [len(r.response_ids) for r in part]))  # as the learner does
     return batches
 
 

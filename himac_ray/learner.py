@@ -84,6 +84,19 @@ def stable_order(records: Sequence[Record]) -> list[int]:
                                                       records[i].step, records[i].subgoal_index))
 
 
+def with_response_window(batch: dict, response_lengths: Sequence[int]) -> dict:
+    """Narrow a `pad_batch` batch to its response window: columns [start, stop) hold every response
+    token's predictor (plus one). Only their logits are computed (HF `logits_to_keep`), which skips
+    the prompt's (T, V) logits; `response_mask` / `old_logprobs` are cut to the same columns."""
+    R = torch.tensor(list(response_lengths))
+    P = batch["attention_mask"].sum(-1) - R
+    window = slice(int((P - 1).clamp(min=0).min()), int((P + R).max()))
+    batch["window"] = window
+    batch["response_mask"] = batch["response_mask"][:, window]
+    batch["old_logprobs"] = batch["old_logprobs"][:, window]
+    return batch
+
+
 def _split(items: list, parts: int) -> list[list]:
     """Contiguous split into `parts` lists whose sizes differ by at most one (numpy.array_split)."""
     q, r = divmod(len(items), parts)
@@ -303,15 +316,7 @@ class Learner:
             if self.processor is not None:
                 batch.update(self._pixel_inputs(part or [dummy]))
             batch["tokens"] = float(batch["attention_mask"].sum()) if real else 0.0
-            # columns [start, stop) hold every response token's predictor (plus one): only their
-            # logits are computed (HF `logits_to_keep`), which skips the prompt's (T, V) logits
-            R = torch.tensor([len(r.response_ids) for r in part] or [1])
-            P = batch["attention_mask"].sum(-1) - R
-            window = slice(int((P - 1).clamp(min=0).min()), int((P + R).max()))
-            batch["window"] = window
-            batch["response_mask"] = batch["response_mask"][:, window]
-            batch["old_logprobs"] = batch["old_logprobs"][:, window]
-            batches.append(batch)
+            batches.append(with_response_window(batch, [len(r.response_ids) for r in part] or [1]))
         return batches
 
     def _pixel_inputs(self, part: list[Record]) -> dict:
