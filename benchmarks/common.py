@@ -136,3 +136,23 @@ def cpu_delta(before: dict[int, float]) -> float:
     """CPU seconds used since `before` by this process tree (processes started since count from 0)."""
     after = cpu_snapshot()
     return sum(max(t - before.get(pid, 0.0), 0.0) for pid, t in after.items())
+
+
+def script_main(run, description: str, **options: dict) -> None:
+    """`python -m benchmarks.<name>`: `--size`, `--full`, `--out` plus the bench's own `--<option>`s
+    (name -> argparse kwargs); runs `run(ns, quick=not ns.full)` and prints its JSON (and writes `--out`)."""
+    import argparse
+    import json
+
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--size", choices=["smoke", "quick", "full"])
+    parser.add_argument("--full", action="store_true")
+    parser.add_argument("--out", help="also write the JSON result here")
+    for name, kwargs in options.items():
+        parser.add_argument(f"--{name}", **kwargs)
+    ns = parser.parse_args()
+    res = run(ns, quick=not ns.full)
+    if ns.out:
+        with open(ns.out, "w") as f:
+            json.dump(res, f, indent=2)
+    print(json.dumps(res))

@@ -22,14 +22,12 @@ Figures: tokens/s per system and `overhead_ratio` = plain_torch tokens/s / deeps
 
 from __future__ import annotations
 
-import argparse
 import gc
-import json
 import math
 import time
 from pathlib import Path
 
-from benchmarks.common import ROOT, cpu_delta, cpu_snapshot, local_ray, log, machine, opt, ratio
+from benchmarks.common import ROOT, cpu_delta, cpu_snapshot, local_ray, log, machine, opt, ratio, script_main
 
 ENV_ID = "himac/Sokoban-v0"
 SIZES = {"smoke": (4, 1), "quick": (8, 1), "full": (16, 1)}  # records, timed steps
@@ -286,14 +284,4 @@ def format_table(out: dict) -> str:
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--model", choices=["tiny", "embedded"])
-    parser.add_argument("--size", choices=["smoke", "quick", "full"])
-    parser.add_argument("--full", action="store_true")
-    parser.add_argument("--out")
-    ns = parser.parse_args()
-    res = run(ns, quick=not ns.full)
-    if ns.out:
-        with open(ns.out, "w") as f:
-            json.dump(res, f, indent=2)
-    print(json.dumps(res))
+    script_main(run, __doc__.split("\n")[0], model={"choices": ["tiny", "embedded"]})

@@ -21,13 +21,12 @@ Usage: `himac-ray bench learning [--full] [--json]`; full: `python -m benchmarks
 
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import time
 from pathlib import Path
 
-from benchmarks.common import OUT_DIR, ROOT, local_ray, log, machine, opt
+from benchmarks.common import OUT_DIR, ROOT, local_ray, log, machine, opt, script_main
 
 CONFIG = ROOT / "configs" / "sokoban_tiny.yaml"
 RESULTS_DIR = OUT_DIR / "results"
@@ -238,13 +237,4 @@ def plot(out: dict, path: Path, path_g: Path) -> None:
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--size", choices=["smoke", "quick", "full"])
-    parser.add_argument("--full", action="store_true")
-    parser.add_argument("--out")
-    ns = parser.parse_args()
-    res = run(ns, quick=not ns.full)
-    if ns.out:
-        with open(ns.out, "w") as f:
-            json.dump(res, f, indent=2)
-    print(json.dumps(res))
+    script_main(run, __doc__.split("\n")[0])

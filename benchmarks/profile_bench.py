@@ -22,11 +22,9 @@ planner phase; then an executor and a planner phase); quick mode runs planner ph
 
 from __future__ import annotations
 
-import argparse
-import json
 import tempfile
 
-from benchmarks.common import OUT_DIR, ROOT, local_ray, log, machine, opt
+from benchmarks.common import OUT_DIR, ROOT, local_ray, log, machine, opt, script_main
 
 CONFIG = ROOT / "configs" / "sokoban_embedded_cpu.yaml"
 PARTS = ("generation", "sampler calls", "env", "rollout driver", "advantage", "learner compute", "learner transfer",
@@ -156,14 +154,4 @@ def plot(out: dict, path) -> None:
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--size", choices=["smoke", "quick", "full"])
-    parser.add_argument("--full", action="store_true")
-    parser.add_argument("--iterations", type=int)
-    parser.add_argument("--out")
-    ns = parser.parse_args()
-    res = run(ns, quick=not ns.full)
-    if ns.out:
-        with open(ns.out, "w") as f:
-            json.dump(res, f, indent=2)
-    print(json.dumps(res))
+    script_main(run, __doc__.split("\n")[0], iterations={"type": int})

@@ -15,14 +15,12 @@ Usage: `himac-ray bench rllib [--full] [--json]`, `python -m benchmarks.rllib_be
 
 from __future__ import annotations
 
-import argparse
-import json
 import statistics
 import time
 
 import numpy as np
 
-from benchmarks.common import OUT_DIR, log, machine, opt
+from benchmarks.common import OUT_DIR, log, machine, opt, script_main
 from himac_ray.envs.rllib_sokoban import SokobanGridEnv, SokobanHierarchy
 
 ENV_CONFIG = {"dim_room": (6, 6), "num_boxes": 1, "max_steps": 15, "train_seed_start": 1000}
@@ -254,14 +252,4 @@ def plot(out: dict, path) -> None:
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--size", choices=["smoke", "quick", "full"])
-    parser.add_argument("--full", action="store_true")
-    parser.add_argument("--hier", action="store_true", help="also train the two-agent view")
-    parser.add_argument("--out")
-    ns = parser.parse_args()
-    res = run(ns, quick=not ns.full)
-    if ns.out:
-        with open(ns.out, "w") as f:
-            json.dump(res, f, indent=2)
-    print(json.dumps(res))
+    script_main(run, __doc__.split("\n")[0], hier={"action": "store_true", "help": "also train the two-agent view"})

@@ -20,14 +20,12 @@ Usage: `himac-ray bench rollout [--model tiny|embedded] [--full] [--json]` or
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import json
 import os
 import time
 from collections import defaultdict
 
-from benchmarks.common import cpu_delta, cpu_snapshot, free_vllm, local_ray, log, machine, opt, ratio
+from benchmarks.common import cpu_delta, cpu_snapshot, free_vllm, local_ray, log, machine, opt, ratio, script_main
 from himac_ray.generation import SamplingParams
 
 ENV_ID = "himac/Sokoban-v0"
@@ -289,14 +287,4 @@ def run(args=None, quick: bool = True) -> dict:
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--model", choices=["tiny", "embedded", "both"])
-    parser.add_argument("--size", choices=["smoke", "quick", "full"])
-    parser.add_argument("--full", action="store_true")
-    parser.add_argument("--out", help="write the JSON result here")
-    ns = parser.parse_args()
-    res = run(ns, quick=not ns.full)
-    if ns.out:
-        with open(ns.out, "w") as f:
-            json.dump(res, f, indent=2)
-    print(json.dumps(res))
+    script_main(run, __doc__.split("\n")[0], model={"choices": ["tiny", "embedded", "both"]})

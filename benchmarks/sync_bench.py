@@ -16,11 +16,9 @@ Usage: `himac-ray bench sync [--full] [--json]`.
 
 from __future__ import annotations
 
-import argparse
-import json
 import statistics
 
-from benchmarks.common import machine, opt
+from benchmarks.common import machine, opt, script_main
 
 GOAL = 0.05
 
@@ -73,14 +71,4 @@ def format_table(out: dict) -> str:
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--size", choices=["smoke", "quick", "full"])
-    parser.add_argument("--full", action="store_true")
-    parser.add_argument("--iterations", type=int)
-    parser.add_argument("--out")
-    ns = parser.parse_args()
-    res = run(ns, quick=not ns.full)
-    if ns.out:
-        with open(ns.out, "w") as f:
-            json.dump(res, f, indent=2)
-    print(json.dumps(res))
+    script_main(run, __doc__.split("\n")[0], iterations={"type": int})
