@@ -54,6 +54,7 @@ END_OF_UTTERANCE_TOKEN = "<end_of_utterance>"
 VLM_SPECIAL_TOKENS = (FAKE_IMAGE_TOKEN, IMAGE_TOKEN, END_OF_UTTERANCE_TOKEN, GLOBAL_IMAGE_TOKEN)
 TEXT_MODELS = ("embedded", "tiny")
 VLM_NAMES = ("vlm-embedded", "vlm-tiny")
+DEFAULT_SCALE_FACTOR = 2
 
 DEFAULT_SYSTEM = "You are a helpful AI assistant named SmolLM, trained by Hugging Face"
 CHAT_TEMPLATE = (
@@ -78,10 +79,16 @@ CHAT_TEMPLATE = (
 # Building and resolving the model
 # --------------------------------------------------------------------------------------------
 def default_vlm_path(
-    text_model: str = "embedded", seed: int = 0, image_size: int = 96, text_init_range: float | None = None
+    text_model: str = "embedded",
+    seed: int = 0,
+    image_size: int = 96,
+    text_init_range: float | None = None,
+    scale_factor: int = DEFAULT_SCALE_FACTOR,
 ) -> Path:
-    """Where `build_local_vlm` puts a model by default: `<cache>/vlm-<text_model>-seed<seed>-img<size>[-init<std>]`."""
-    suffix = f"-init{text_init_range:g}" if text_init_range is not None else ""
+    """Where `build_local_vlm` puts a model by default:
+    `<cache>/vlm-<text_model>-seed<seed>-img<size>[-sf<scale_factor>][-init<std>]`."""
+    suffix = f"-sf{scale_factor}" if scale_factor != DEFAULT_SCALE_FACTOR else ""
+    suffix += f"-init{text_init_range:g}" if text_init_range is not None else ""
     return cache_dir() / f"vlm-{text_model}-seed{seed}-img{image_size}{suffix}"
 
 
@@ -92,7 +99,7 @@ def build_local_vlm(
     seed: int = 0,
     image_size: int = 96,
     patch_size: int = 16,
-    scale_factor: int = 2,
+    scale_factor: int = DEFAULT_SCALE_FACTOR,
     vision_hidden_size: int = 128,
     vision_layers: int = 2,
     vision_heads: int = 2,
@@ -127,7 +134,7 @@ def build_local_vlm(
         raise ValueError(f"image_size={image_size} must be a multiple of patch_size*scale_factor={patch_size * scale_factor}")
     if text_init_range is not None and text_model != "tiny":
         raise ValueError("text_init_range applies to text_model='tiny' only (the embedded model is pretrained)")
-    dest = Path(path) if path is not None else default_vlm_path(text_model, seed, image_size, text_init_range)
+    dest = Path(path) if path is not None else default_vlm_path(text_model, seed, image_size, text_init_range, scale_factor)
     if is_prepared(dest) and not force:
         return dest
     import torch
@@ -701,6 +708,7 @@ def sft_reading_experiment(
     *,
     text_model: str = "tiny",
     text_init_range: float | None = 0.02,
+    scale_factor: int = DEFAULT_SCALE_FACTOR,
     env_id: str = "himac/SokobanVisual-v0",
     train_seeds: Sequence[int] = range(1000, 1600),
     heldout_seeds: Sequence[int] = range(0, 60),
@@ -728,7 +736,7 @@ def sft_reading_experiment(
     from himac_ray.sft import expert_demonstrations
 
     torch.set_num_threads(1)
-    path = build_local_vlm(text_model=text_model, seed=seed, text_init_range=text_init_range)
+    path = build_local_vlm(text_model=text_model, seed=seed, text_init_range=text_init_range, scale_factor=scale_factor)
     train = [ex for ex in expert_demonstrations(env_id, train_seeds) if ex["level"] in levels]
     heldout = expert_demonstrations(env_id, heldout_seeds)
     model, processor = load_vlm(path)
@@ -757,7 +765,8 @@ def sft_reading_experiment(
         "curve": curve,
         "train": {k: res[k] for k in ("path", "steps", "examples_seen", "seconds", "cpu_seconds", "first_loss", "last_loss")},
         "config": {
-            "model": str(path), "text_model": text_model, "text_init_range": text_init_range, "levels": list(levels),
+            "model": str(path), "text_model": text_model, "text_init_range": text_init_range,
+            "scale_factor": scale_factor, "levels": list(levels),
             "train_examples": len(train), "train_seeds": [min(train_seeds), max(train_seeds)],
             "heldout_seeds": [min(heldout_seeds), max(heldout_seeds)], "cpu_budget": cpu_budget, "lr": lr,
             "vision_lr": vision_lr, "batch_size": batch_size, "freeze_embeddings": freeze_embeddings,
@@ -779,6 +788,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     e = sub.add_parser("experiment", help="SFT on expert demonstrations: held-out reading accuracy before/after (JSON)")
     e.add_argument("--text-model", choices=TEXT_MODELS, default="tiny")
     e.add_argument("--text-init-range", type=float, default=0.02)
+    e.add_argument("--scale-factor", type=int, default=DEFAULT_SCALE_FACTOR,
+                   help="pixel-shuffle factor: 2 = one image token per 2x2 tiles, 1 = one per tile")
     e.add_argument("--train-episodes", type=int, default=600)
     e.add_argument("--heldout-episodes", type=int, default=60)
     e.add_argument("--levels", default="plan,act")
@@ -794,7 +805,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     result = sft_reading_experiment(
         text_model=args.text_model,
-        text_init_range=args.text_init_range if args.text_model == "tiny" else None,
+        text_init_range=args.text_init_range if args.text_model == "tiny" else None, scale_factor=args.scale_factor,
         train_seeds=range(1000, 1000 + args.train_episodes), heldout_seeds=range(0, args.heldout_episodes),
         levels=tuple(args.levels.split(",")), cpu_budget=args.cpu_budget, lr=args.lr, vision_lr=args.vision_lr,
         batch_size=args.batch_size, eval_every=args.eval_every, out_path=args.out,

@@ -55,6 +55,17 @@ def parse_action(action: str) -> tuple[str, str | None]:
     return line[:open_], line[open_ + 1 : close]
 
 
+def pick_goal(goal_range: range, options: dict[str, Any] | None, rng) -> int:
+    """The goal index of an episode: `options["goal_idx"]` (an index into `goal_range`) or a random one."""
+    if options and options.get("goal_idx") is not None:
+        local = int(options["goal_idx"])
+        if not 0 <= local < len(goal_range):
+            raise ValueError(f"goal_idx must be in [0, {len(goal_range)}), got {local}")
+    else:
+        local = int(rng.integers(len(goal_range)))
+    return goal_range[local]
+
+
 class WebShopEnv(TextEnv):
     """
     ## Description
@@ -210,13 +221,7 @@ class WebShopEnv(TextEnv):
     # --- gymnasium API ----------------------------------------------------------------------------
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
         super().reset(seed=seed)
-        if options and options.get("goal_idx") is not None:
-            local = int(options["goal_idx"])
-            if not 0 <= local < len(self.goal_range):
-                raise ValueError(f"goal_idx must be in [0, {len(self.goal_range)}), got {local}")
-        else:
-            local = int(self.np_random.integers(len(self.goal_range)))
-        self.goal_idx = self.goal_range[local]
+        self.goal_idx = pick_goal(self.goal_range, options, self.np_random)
         self.goal = self.catalog.goal(self.goal_idx)
         self.task = self.goal["instruction_text"]
         self._reset_session()

@@ -25,7 +25,7 @@ from typing import Any
 from gymnasium import error
 
 from himac_ray.envs.base import TextEnv, normalize_action
-from himac_ray.envs.webshop import WIN_REWARD, parse_action
+from himac_ray.envs.webshop import WIN_REWARD, parse_action, pick_goal
 
 NUM_TEST_GOALS = 500
 # num_products -> (product file, attribute file, index dir), as in web_agent_site utils/engine.
@@ -173,13 +173,7 @@ class WebShopRealEnv(TextEnv):
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
         super().reset(seed=seed)
-        if options and options.get("goal_idx") is not None:
-            local = int(options["goal_idx"])
-            if not 0 <= local < len(self.goal_range):
-                raise ValueError(f"goal_idx must be in [0, {len(self.goal_range)}), got {local}")
-        else:
-            local = int(self.np_random.integers(len(self.goal_range)))
-        self.goal_idx = self.goal_range[local]
+        self.goal_idx = pick_goal(self.goal_range, options, self.np_random)
         self._obs, _ = self._env.reset(session=self.goal_idx)
         self.task = self._env.server.goals[self.goal_idx]["instruction_text"]
         self._available = self._env.get_available_actions()
