@@ -34,11 +34,11 @@ WORK_DIR = ROOT / "bench_out" / "learning"
 ALGOS = ("himac", "grpo", "gigpo")
 EPISODES_PER_ITER = 8
 SFT = {"sft.episodes": 64, "sft.epochs": 3, "sft.lr": 1e-3, "sft.batch_size": 8}
-# token budgets that fit the expert formats (HiMAC executor answers are ~55 tokens, plans ~60,
-# flat answers ~22): configs/sokoban_tiny.yaml's 48 / 24 would cut HiMAC's answers off
+# token budgets that fit the expert formats (HiMAC executor answers are <= 36 tokens, plans ~60
+# (<= 80), flat answers 22): configs/sokoban_tiny.yaml's 48 / 24 would cut HiMAC's answers off
 RL = {"learner.lr": 1e-4, "algorithm.kl_coef": 0.01, "learner.micro_batch_size": 8,
       "rollout.executor_temperature": 1.0, "rollout.planner_temperature": 1.0, "rollout.plan_max_tokens": 96,
-      "rollout.action_max_tokens": 72}
+      "rollout.action_max_tokens": 48}
 SIZES = {  # env-step budget, eval every (iterations), RL seeds, algorithms, group sizes (sensitivity)
     "smoke": dict(budget=30, eval_every=1, seeds=[0], algos=("himac",), group_sizes=(), episodes=2, sft_episodes=4,
                   sft_epochs=1, max_steps=3, eval_episodes=2),

@@ -75,11 +75,12 @@ class ExpertProgress:
 
 
 def expert_think(subgoal: str | None, action: str, sub_done: bool) -> str:
-    """The short reasoning text of an expert target."""
+    """The short reasoning text of an expert target (the subgoal is in the prompt: not copied, so
+    HiMAC's executor answers are as short as the flat policy's)."""
     if subgoal is None:
         return f"The best next action toward the task is {action}."
     done = " This action completes the current subgoal." if sub_done else ""
-    return f"The current subgoal is: {subgoal}. The best next action toward it is {action}.{done}"
+    return f"The best next action toward the current subgoal is {action}.{done}"
 
 
 def expert_demonstrations(
