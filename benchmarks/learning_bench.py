@@ -186,7 +186,7 @@ def run(args=None, quick: bool = True) -> dict:
     summarize(out)
     if size != "smoke":
         result_path.write_text(json.dumps(out, indent=1))
-        plot(out, OUT_DIR / f"learning_{size}.png", OUT_DIR / f"learning_group_size_{size}.png")
+        plot(out, RESULTS_DIR / f"learning_{size}.png", RESULTS_DIR / f"learning_group_size_{size}.png")
     print(format_table(out), flush=True)
     return out
 

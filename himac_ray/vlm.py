@@ -343,7 +343,7 @@ def processor_inputs(processor, text: str | list[int], images: Sequence[Any]) ->
 # Supervised fine-tuning and action accuracy (single process, plain PyTorch)
 # --------------------------------------------------------------------------------------------
 ACTION_WORDS = ("up", "down", "left", "right")
-_DECISION_MARKER = "The best next action toward it is "
+_DECISION_MARKER = "The best next action toward the current subgoal is "
 """the expert's think text names the action right after this (see `sft.expert_think`)"""
 
 
@@ -587,7 +587,7 @@ def action_choice_accuracy(
     """Teacher-forced accuracy at choosing the expert's action among up / down / left / right.
 
     For each "act" example the target is fed up to the point where the expert's reasoning names
-    the action (`"... The best next action toward it is "`, or `<action>` when that phrase is
+    the action (`"The best next action toward the current subgoal is "`, or `<action>` when that phrase is
     absent) and the model's most likely of the four action words there is compared to the
     expert's. `image_fn(i, image) -> image` can replace the images (e.g. with another room's, a
     control showing the answer depends on the picture).
