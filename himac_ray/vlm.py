@@ -633,15 +633,17 @@ def _replace_images(chat, fn):
 
 
 def coordinate_reading_accuracy(
-    model, processor, examples: Sequence[dict], *, image_fn: Callable[[int, Any], Any] | None = None
+    model, processor, examples: Sequence[dict], *, image_fn: Callable[[int, Any], Any] | None = None,
+    level: str = "plan",
 ) -> dict:
-    """Teacher-forced accuracy at reading the first `(row R, col C)` of each expert blueprint.
+    """Teacher-forced accuracy at reading the first `(row R, col C)` of each expert target.
 
-    Planner prompts of visual Sokoban hold no positions in their text, so the first box
-    coordinates of the expert's plan can only come from the image: for each "plan" example the
-    plan is fed up to each of the two numbers and the model's most likely digit (0-9) there is
-    compared to the expert's. `image_fn` as in `action_choice_accuracy` (i counts plan
-    examples). Returns `{"accuracy", "n"}` (n = numbers scored).
+    Visual Sokoban prompts hold no positions of what the image shows, so these coordinates can
+    only come from the image: the first box of the expert's blueprint (`level="plan"`) or the
+    player's position the expert's reasoning opens with (`level="act"`). Each target is fed up
+    to each of the two numbers and the model's most likely digit (0-9) there is compared to the
+    expert's. `image_fn` as in `action_choice_accuracy` (i counts the `level` examples).
+    Returns `{"accuracy", "n"}` (n = numbers scored).
     """
     import re
 
@@ -650,7 +652,7 @@ def coordinate_reading_accuracy(
     tok = processor.tokenizer
     digits = [tok.encode(str(d), add_special_tokens=False)[0] for d in range(10)]
     correct = total = 0
-    plans = [ex for ex in examples if ex.get("level") == "plan"]
+    plans = [ex for ex in examples if ex.get("level") == level]
     for i, ex in enumerate(plans):
         chat = ex["messages"][:-1]
         if image_fn is not None:
@@ -687,7 +689,8 @@ def reading_metrics(model, processor, heldout: Sequence[dict]) -> dict:
 
     `act` / `act_shuffled`: `action_choice_accuracy` on the "act" examples with their own / a
     different room's image; `coord` / `coord_shuffled`: `coordinate_reading_accuracy` on the
-    "plan" examples. The gap between a metric and its control is what the image contributes.
+    "plan" examples (first box); `player` / `player_shuffled`: the same on the "act" examples
+    (the player's position). The gap between a metric and its control is what the image contributes.
     """
     acts = [ex for ex in heldout if ex.get("level") == "act"]
     plans = [ex for ex in heldout if ex.get("level") == "plan"]
@@ -697,6 +700,12 @@ def reading_metrics(model, processor, heldout: Sequence[dict]) -> dict:
         out["act"] = action_choice_accuracy(model, processor, acts)["accuracy"]
         out["act_shuffled"] = action_choice_accuracy(model, processor, acts, image_fn=_shuffled_images(acts))["accuracy"]
         out["act_n"] = len(acts)
+        player = coordinate_reading_accuracy(model, processor, acts, level="act")
+        if player["n"]:
+            out["player"] = player["accuracy"]
+            out["player_shuffled"] = coordinate_reading_accuracy(
+                model, processor, acts, image_fn=_shuffled_images(acts), level="act")["accuracy"]
+            out["player_n"] = player["n"]
     if plans:
         out["coord"] = coordinate_reading_accuracy(model, processor, plans)["accuracy"]
         out["coord_shuffled"] = coordinate_reading_accuracy(model, processor, plans, image_fn=_shuffled_images(plans))["accuracy"]
