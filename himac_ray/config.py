@@ -155,6 +155,12 @@ class LearnerConfig:
     """global gradient-norm clip"""
     micro_batch_size: int = 8
     """records per forward/backward pass on one rank"""
+    train_layers: int = 0
+    """train only the top N transformer blocks and the final norm (0 = every parameter): on CPU,
+    backward through a few blocks makes the learner step several times cheaper"""
+    torch_threads: int = 0
+    """torch threads per rank (0 = the rank's Ray CPUs). On a single CPU node rollout and learning
+    alternate, so the learner may use the cores the idle samplers hold"""
     mini_batches: int = 1
     """optimizer steps per iteration (records split evenly); >1 makes later steps off-policy"""
     max_len: int = 2048

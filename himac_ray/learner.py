@@ -58,7 +58,7 @@ from himac_ray.loss import (
     token_entropy,
     token_logprobs,
 )
-from himac_ray.models import resolve_model
+from himac_ray.models import resolve_model, trainable_parameters
 from himac_ray.vlm import is_vision_model
 
 GRAD_NORM_KEY = "grad_norm"
@@ -161,6 +161,8 @@ class Learner:
         self.backend = learner.backend if learner.backend != "auto" else (
             "nccl" if torch.cuda.is_available() else "gloo")
         self._init_distributed(deepspeed)
+        if learner.torch_threads:
+            torch.set_num_threads(learner.torch_threads)
         torch.manual_seed(seed)
         executor_path = resolve_model(model.path)
         self.tokenizer = AutoTokenizer.from_pretrained(executor_path)
@@ -222,7 +224,8 @@ class Learner:
 
         auto = AutoModelForImageTextToText if is_vision_model(path) else AutoModelForCausalLM
         module = auto.from_pretrained(path, dtype=torch.float32)
-        optimizer = torch.optim.AdamW(module.parameters(), lr=self.cfg.lr, weight_decay=self.cfg.weight_decay)
+        params = trainable_parameters(module, self.cfg.train_layers or None)
+        optimizer = torch.optim.AdamW(params, lr=self.cfg.lr, weight_decay=self.cfg.weight_decay)
         engine, *_ = deepspeed.initialize(model=module, optimizer=optimizer, config=self._ds_config(train=True))
         ref = None
         if self.algo.kl_coef != 0.0:

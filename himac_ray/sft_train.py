@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any
 from himac_ray import prompts
 from himac_ray.engines.chat import render_chat
 from himac_ray.generation import SamplingParams, text_of
+from himac_ray.models import trainable_parameters
 
 if TYPE_CHECKING:
     from himac_ray.config import TrainConfig
@@ -173,7 +174,7 @@ def train_sft(
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32).to(device)
     model.train()
-    params = _trainable(model, train_layers)
+    params = trainable_parameters(model, train_layers)
     rows = [tokenize_example(tokenizer, ex, max_len=max_len) for ex in examples]
     start = time.perf_counter()
     losses = _fit(
@@ -202,22 +203,6 @@ def train_sft(
         metrics[LEVEL_EXAMPLES.format(level=level)] = count
     _save_atomic(model.cpu(), tokenizer, Path(out_dir), metrics)
     return metrics
-
-
-def _trainable(model, train_layers: int | None) -> list:
-    """The parameters to train; with `train_layers`, freeze everything but the top blocks + final norm."""
-    if train_layers is None:
-        return [p for p in model.parameters() if p.requires_grad]
-    decoder = model.get_decoder()
-    blocks = getattr(decoder, "layers", None)
-    if blocks is None or not 0 <= train_layers <= len(blocks):
-        raise ValueError(f"train_layers={train_layers} needs a decoder with at least that many `.layers` blocks")
-    model.requires_grad_(False)
-    for block in list(blocks)[len(blocks) - train_layers :]:
-        block.requires_grad_(True)
-    if getattr(decoder, "norm", None) is not None:
-        decoder.norm.requires_grad_(True)
-    return [p for p in model.parameters() if p.requires_grad]
 
 
 def _fit(

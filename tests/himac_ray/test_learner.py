@@ -98,6 +98,25 @@ def test_train_step_moves_logprobs_with_advantage_sign():
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("zero_stage", [2, 3])
+def test_train_layers_updates_only_the_top_blocks(zero_stage):
+    threads = torch.get_num_threads()
+    try:
+        learner = make_learner(zero_stage=zero_stage, train_layers=1, torch_threads=1, kl_coef=0.0)
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(threads)
+    records = on_policy(learner, make_records(learner.tokenizer, 4))
+    before = exported(learner)
+    learner.train_step(records, trainable="executor")
+    after = exported(learner)
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    top = {k for k in before if k.startswith("model.layers.1.") or k == "model.norm.weight"}  # the tiny model has 2 blocks
+    assert changed and changed <= top, sorted(changed - top)
+    assert any(k.startswith("model.layers.1.mlp") for k in changed)
+
+
+@pytest.mark.slow
 def test_other_level_records_do_not_change_the_update():
     a, b = make_learner(), make_learner()
     acts = on_policy(a, make_records(a.tokenizer, 5))
