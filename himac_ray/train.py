@@ -120,6 +120,11 @@ def _summary(row: dict) -> str:
             f"tok/s {row['perf/rollout_tokens_per_s']:.0f} sync {row['perf/weight_sync_seconds']:.2f}s")
 
 
+def _resume_hint(run_dir: Path) -> str:
+    ckpt = latest_checkpoint(run_dir)
+    return f"latest complete checkpoint: {ckpt}; continue with --resume" if ckpt else "no checkpoint was written"
+
+
 def train(cfg: TrainConfig, *, resume: bool = False, log=print) -> list[dict]:
     """Run (or resume) training as configured; returns the new metrics rows."""
     import ray
@@ -140,18 +145,22 @@ def train(cfg: TrainConfig, *, resume: bool = False, log=print) -> list[dict]:
     model_path, planner_path = _resolve_models(cfg, run_dir, resume, log)
     coordinator = Coordinator.remote(config_to_dict(cfg), model_path=model_path, planner_path=planner_path)
     start = time.time()
+    interrupted = False
     try:
         ray.get(coordinator.setup.remote())
         rows = _drive(coordinator, cfg.run.iterations, resume, log)
     except ray.exceptions.RayError as err:
-        ckpt = latest_checkpoint(run_dir)
-        hint = f"latest complete checkpoint: {ckpt}; continue with --resume" if ckpt else "no checkpoint was written"
-        raise SystemExit(f"[himac-ray] training failed: {err}\n[himac-ray] {hint}") from None
+        raise SystemExit(f"[himac-ray] training failed: {err}\n[himac-ray] {_resume_hint(run_dir)}") from None
+    except KeyboardInterrupt:
+        interrupted = True  # do not wait for a running learner step: the actors die with the coordinator
+        log(f"\n[himac-ray] interrupted: stopping the run's actors; {_resume_hint(run_dir)}")
+        raise
     finally:
-        try:
-            ray.get(coordinator.shutdown.remote(), timeout=120)
-        except ray.exceptions.RayError:
-            pass  # the coordinator itself is gone; its actors die with it
+        if not interrupted:
+            try:
+                ray.get(coordinator.shutdown.remote(), timeout=120)
+            except ray.exceptions.RayError:
+                pass  # the coordinator itself is gone; its actors die with it
         ray.kill(coordinator, no_restart=True)
     log(f"[himac-ray] {len(rows)} iteration(s) in {time.time() - start:.0f}s; run dir {run_dir} "
         f"(metrics.jsonl, curve.png, checkpoints/)")
