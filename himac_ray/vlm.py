@@ -11,9 +11,11 @@ Design (the numbers are the defaults; Sokoban's 6x6 rooms render at 96x96 pixels
 
 - Vision encoder: `image_size`=96, `patch_size`=16 (one patch per 16-px Sokoban tile), 2 layers,
   width 128, 2 heads (head size 64, which vLLM's CPU kernels support). Connector: pixel shuffle
-  with `scale_factor`=2 then a linear map to the text width, so an image is
-  (96/16)^2 / 2^2 = 9 `<image>` tokens between `<fake_token_around_image><global-img>` and
-  `<fake_token_around_image>`.
+  with `scale_factor`=1 (none) then a linear map to the text width, so an image is
+  (96/16)^2 = 36 `<image>` tokens, one per tile, between `<fake_token_around_image><global-img>`
+  and `<fake_token_around_image>`. (With `scale_factor`=2, 9 tokens of 2x2 tiles each, 600
+  CPU-seconds of SFT did not teach the tiny-text VLM to read box coordinates; with one token
+  per tile the same budget did: benchmarks/RESULTS.md.)
 - Image processor: `Idefics3ImageProcessor` (the PIL backend here) with
   `do_image_splitting=False`, every image resized to `image_size` x `image_size` with
   nearest-neighbour resampling (exact for Sokoban's integer `scale`s of 16-px tiles).
@@ -54,7 +56,7 @@ END_OF_UTTERANCE_TOKEN = "<end_of_utterance>"
 VLM_SPECIAL_TOKENS = (FAKE_IMAGE_TOKEN, IMAGE_TOKEN, END_OF_UTTERANCE_TOKEN, GLOBAL_IMAGE_TOKEN)
 TEXT_MODELS = ("embedded", "tiny")
 VLM_NAMES = ("vlm-embedded", "vlm-tiny")
-DEFAULT_SCALE_FACTOR = 2
+DEFAULT_SCALE_FACTOR = 1
 
 DEFAULT_SYSTEM = "You are a helpful AI assistant named SmolLM, trained by Hugging Face"
 CHAT_TEMPLATE = (
@@ -86,9 +88,8 @@ def default_vlm_path(
     scale_factor: int = DEFAULT_SCALE_FACTOR,
 ) -> Path:
     """Where `build_local_vlm` puts a model by default:
-    `<cache>/vlm-<text_model>-seed<seed>-img<size>[-sf<scale_factor>][-init<std>]`."""
-    suffix = f"-sf{scale_factor}" if scale_factor != DEFAULT_SCALE_FACTOR else ""
-    suffix += f"-init{text_init_range:g}" if text_init_range is not None else ""
+    `<cache>/vlm-<text_model>-seed<seed>-img<size>-sf<scale_factor>[-init<std>]`."""
+    suffix = f"-sf{scale_factor}" + (f"-init{text_init_range:g}" if text_init_range is not None else "")
     return cache_dir() / f"vlm-{text_model}-seed{seed}-img{image_size}{suffix}"
 
 

@@ -69,7 +69,7 @@ def test_build_is_complete_and_cached(tiny_path):
 def test_model_layout(tiny):
     model, processor = tiny
     cfg = model.config
-    assert cfg.vision_config.image_size == 96 and vlm.image_seq_len(cfg) == processor.image_seq_len == 9
+    assert cfg.vision_config.image_size == 96 and vlm.image_seq_len(cfg) == processor.image_seq_len == 36  # one per 16-px tile
     tok = processor.tokenizer
     for token in vlm.VLM_SPECIAL_TOKENS:
         assert tok.convert_tokens_to_ids(token) != tok.unk_token_id
@@ -90,10 +90,10 @@ def test_build_rejects_bad_arguments(tmp_path):
     with pytest.raises(ValueError):
         vlm.build_local_vlm(tmp_path / "x", text_model="embedded", text_init_range=0.02)  # pretrained: no redraw
     with pytest.raises(ValueError):
-        vlm.build_local_vlm(tmp_path / "y", text_model="tiny", image_size=100)  # not a multiple of 32
+        vlm.build_local_vlm(tmp_path / "y", text_model="tiny", image_size=100)  # not a multiple of patch_size=16
     with pytest.raises(ValueError):
         vlm.build_local_vlm(tmp_path / "z", text_model="huge")
-    assert vlm.default_vlm_path("tiny", 0, 96, 0.02).name == "vlm-tiny-seed0-img96-init0.02"
+    assert vlm.default_vlm_path("tiny", 0, 96, 0.02).name == "vlm-tiny-seed0-img96-sf1-init0.02"
 
 
 def test_embedded_vlm_keeps_the_language_model():
@@ -140,7 +140,8 @@ def test_image_prompt_expands_to_image_tokens(tiny):
     tok = processor.tokenizer
     fake, glob, image = (tok.convert_tokens_to_ids(t) for t in (vlm.FAKE_IMAGE_TOKEN, vlm.GLOBAL_IMAGE_TOKEN, vlm.IMAGE_TOKEN))
     start = ids.index(fake)
-    assert ids[start : start + 12] == [fake, glob] + [image] * 9 + [fake]
+    n = processor.image_seq_len  # 36: one token per 16-px tile
+    assert ids[start : start + n + 3] == [fake, glob] + [image] * n + [fake]
     assert inputs["pixel_values"].shape == (1, 1, 3, 96, 96)
     by_ids = vlm.processor_inputs(processor, ids, vlm.chat_images(chat))  # expanded ids + images
     assert torch.equal(by_ids["input_ids"], inputs["input_ids"])
@@ -213,7 +214,7 @@ def test_greedy_output_matches_hf_on_visual_prompts(engines):
     chats = visual_chats() + [[{"role": "user", "content": "What is the capital of France?"}]]
     out = _greedy_agree(vllm, hf, chats)
     image_tokens = out[0][0].prompt_token_ids.count(hf.model.config.image_token_id)
-    assert image_tokens == 9  # prompt_token_ids are the expanded prompt vLLM saw
+    assert image_tokens == 36  # prompt_token_ids are the expanded prompt vLLM saw
     assert out[0][0].token_ids != out[1][0].token_ids  # two rooms, two answers
 
 
