@@ -63,6 +63,17 @@ def _publish(tmp: Path, dest: Path) -> Path:
     return dest
 
 
+def save_model_atomic(model, tokenizer_or_processor, path: str | Path) -> Path:
+    """Save a model (safetensors) with its tokenizer or processor to `path` through a temporary
+    sibling published by `_publish`: a half-written folder is never used."""
+    dest = Path(path)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}-", dir=dest.parent))
+    model.save_pretrained(tmp, safe_serialization=True)
+    tokenizer_or_processor.save_pretrained(tmp)
+    return _publish(tmp, dest)
+
+
 def prepare_embedded_model(*, force: bool = False, quiet: bool = False) -> Path:
     """Convert SmolLM2-135M-Instruct from the shipped GGUF to a safetensors folder, once.
 
@@ -86,11 +97,7 @@ def prepare_embedded_model(*, force: bool = False, quiet: bool = False) -> Path:
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     model.load_state_dict(quantized.state_dict())
     model.generation_config.pad_token_id = tokenizer.pad_token_id
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{EMBEDDED_MODEL_NAME}-", dir=dest.parent))
-    model.save_pretrained(tmp, safe_serialization=True)
-    tokenizer.save_pretrained(tmp)
-    return _publish(tmp, dest)
+    return save_model_atomic(model, tokenizer, dest)
 
 
 def build_tiny_llama(
@@ -134,11 +141,7 @@ def build_tiny_llama(
     )
     torch.manual_seed(seed)
     model = LlamaForCausalLM(config)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}-", dir=dest.parent))
-    model.save_pretrained(tmp, safe_serialization=True)
-    tokenizer.save_pretrained(tmp)
-    return _publish(tmp, dest)
+    return save_model_atomic(model, tokenizer, dest)
 
 
 def resolve_model(name_or_path: str) -> Path:

@@ -74,15 +74,13 @@ class ExpertProgress:
         return k if self.completed >= self.total else min(self.completed, k - 1)
 
 
-def expert_think(subgoal: str | None, action: str, sub_done: bool, player: tuple[int, int] | None = None) -> str:
+def expert_think(subgoal: str | None, action: str, sub_done: bool) -> str:
     """The short reasoning text of an expert target (the subgoal is in the prompt: not copied, so
-    HiMAC's executor answers are as short as the flat policy's). `player` (row, col), given for
-    image observations, opens it with what the image shows: the step a VLM must learn first."""
-    seen = f"The player is at (row {player[0]}, col {player[1]}). " if player is not None else ""
+    HiMAC's executor answers are as short as the flat policy's)."""
     if subgoal is None:
-        return f"{seen}The best next action toward the task is {action}."
+        return f"The best next action toward the task is {action}."
     done = " This action completes the current subgoal." if sub_done else ""
-    return f"{seen}The best next action toward the current subgoal is {action}.{done}"
+    return f"The best next action toward the current subgoal is {action}.{done}"
 
 
 def expert_demonstrations(
@@ -149,12 +147,11 @@ def _demonstrate(env_id, seed, group_id, *, env_kwargs, max_subgoals, history_le
                 break
             action = actions[0]
             chat = rollout.episode_prompt(e, env_id, mode, history_length)
-            player = getattr(e.env.unwrapped, "player_position", None) if e.image is not None else None
             obs, reward, terminated, truncated, info = e.env.step(action)
             completed = progress.after_step(bool(info.get("won", False)))
             sub_done = not flat and completed > e.subgoal_index
             subgoal = None if flat else e.subgoals[e.subgoal_index]
-            target = prompts.format_action(action, think=expert_think(subgoal, action, sub_done, player), sub_done=sub_done)
+            target = prompts.format_action(action, think=expert_think(subgoal, action, sub_done), sub_done=sub_done)
             examples.append(
                 _example(chat, target, level="act", step=e.steps, subgoal_index=-1 if flat else e.subgoal_index, **base)
             )

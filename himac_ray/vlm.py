@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import math
 import random
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -42,11 +41,11 @@ from typing import Any
 
 from himac_ray.models import (
     ModelUnavailableError,
-    _publish,
     build_tiny_llama,
     cache_dir,
     is_prepared,
     prepare_embedded_model,
+    save_model_atomic,
 )
 
 IMAGE_TOKEN = "<image>"
@@ -127,7 +126,7 @@ def build_local_vlm(
             init) learns to use the image much sooner. The default path gets a `-init<std>` suffix.
         force: rebuild even when the folder is complete.
 
-    The folder is written to a temporary sibling and published atomically (`models._publish`).
+    The folder is written to a temporary sibling and published atomically (`models.save_model_atomic`).
     """
     if text_model not in TEXT_MODELS:
         raise ValueError(f"text_model must be one of {TEXT_MODELS}, got {text_model!r}")
@@ -199,11 +198,7 @@ def build_local_vlm(
     model.generation_config.bos_token_id = tokenizer.bos_token_id
 
     processor = make_processor(tokenizer, image_size=image_size, image_seq_len=image_seq_len(config))
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}-", dir=dest.parent))
-    model.save_pretrained(tmp, safe_serialization=True)
-    processor.save_pretrained(tmp)
-    return _publish(tmp, dest)
+    return save_model_atomic(model, processor, dest)
 
 
 def _scale_connector(model, text_embeddings, seed: int) -> None:
@@ -549,7 +544,7 @@ def train_vlm_sft(
     model.eval()
     path = None
     if out_path is not None:
-        path = save_vlm(model, processor, out_path)
+        path = save_model_atomic(model, processor, out_path)
     return {
         "model": model,
         "processor": processor,
@@ -562,16 +557,6 @@ def train_vlm_sft(
         "last_loss": sum(losses[-10:]) / max(1, len(losses[-10:])),
         "losses": losses,
     }
-
-
-def save_vlm(model, processor, path: str | Path) -> Path:
-    """Save a VLM with its processor to `path`, atomically (a half-written folder is never used)."""
-    dest = Path(path)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}-", dir=dest.parent))
-    model.save_pretrained(tmp, safe_serialization=True)
-    processor.save_pretrained(tmp)
-    return _publish(tmp, dest)
 
 
 def expert_action(example: dict) -> str:
@@ -634,17 +619,15 @@ def _replace_images(chat, fn):
 
 
 def coordinate_reading_accuracy(
-    model, processor, examples: Sequence[dict], *, image_fn: Callable[[int, Any], Any] | None = None,
-    level: str = "plan",
+    model, processor, examples: Sequence[dict], *, image_fn: Callable[[int, Any], Any] | None = None
 ) -> dict:
-    """Teacher-forced accuracy at reading the first `(row R, col C)` of each expert target.
+    """Teacher-forced accuracy at reading the first `(row R, col C)` of each expert blueprint.
 
-    Visual Sokoban prompts hold no positions of what the image shows, so these coordinates can
-    only come from the image: the first box of the expert's blueprint (`level="plan"`) or the
-    player's position the expert's reasoning opens with (`level="act"`). Each target is fed up
-    to each of the two numbers and the model's most likely digit (0-9) there is compared to the
-    expert's. `image_fn` as in `action_choice_accuracy` (i counts the `level` examples).
-    Returns `{"accuracy", "n"}` (n = numbers scored).
+    Planner prompts of visual Sokoban hold no positions in their text, so the first box
+    coordinates of the expert's plan can only come from the image: for each "plan" example the
+    plan is fed up to each of the two numbers and the model's most likely digit (0-9) there is
+    compared to the expert's. `image_fn` as in `action_choice_accuracy` (i counts plan
+    examples). Returns `{"accuracy", "n"}` (n = numbers scored).
     """
     import re
 
@@ -653,7 +636,7 @@ def coordinate_reading_accuracy(
     tok = processor.tokenizer
     digits = [tok.encode(str(d), add_special_tokens=False)[0] for d in range(10)]
     correct = total = 0
-    plans = [ex for ex in examples if ex.get("level") == level]
+    plans = [ex for ex in examples if ex.get("level") == "plan"]
     for i, ex in enumerate(plans):
         chat = ex["messages"][:-1]
         if image_fn is not None:
@@ -690,8 +673,7 @@ def reading_metrics(model, processor, heldout: Sequence[dict]) -> dict:
 
     `act` / `act_shuffled`: `action_choice_accuracy` on the "act" examples with their own / a
     different room's image; `coord` / `coord_shuffled`: `coordinate_reading_accuracy` on the
-    "plan" examples (first box); `player` / `player_shuffled`: the same on the "act" examples
-    (the player's position). The gap between a metric and its control is what the image contributes.
+    "plan" examples. The gap between a metric and its control is what the image contributes.
     """
     acts = [ex for ex in heldout if ex.get("level") == "act"]
     plans = [ex for ex in heldout if ex.get("level") == "plan"]
@@ -701,12 +683,6 @@ def reading_metrics(model, processor, heldout: Sequence[dict]) -> dict:
         out["act"] = action_choice_accuracy(model, processor, acts)["accuracy"]
         out["act_shuffled"] = action_choice_accuracy(model, processor, acts, image_fn=_shuffled_images(acts))["accuracy"]
         out["act_n"] = len(acts)
-        player = coordinate_reading_accuracy(model, processor, acts, level="act")
-        if player["n"]:
-            out["player"] = player["accuracy"]
-            out["player_shuffled"] = coordinate_reading_accuracy(
-                model, processor, acts, image_fn=_shuffled_images(acts), level="act")["accuracy"]
-            out["player_n"] = player["n"]
     if plans:
         out["coord"] = coordinate_reading_accuracy(model, processor, plans)["accuracy"]
         out["coord_shuffled"] = coordinate_reading_accuracy(model, processor, plans, image_fn=_shuffled_images(plans))["accuracy"]
@@ -798,6 +774,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     e = sub.add_parser("experiment", help="SFT on expert demonstrations: held-out reading accuracy before/after (JSON)")
     e.add_argument("--text-model", choices=TEXT_MODELS, default="tiny")
     e.add_argument("--text-init-range", type=float, default=0.02)
+    e.add_argument("--seed", type=int, default=0, help="seeds the model build and the SFT order")
     e.add_argument("--scale-factor", type=int, default=DEFAULT_SCALE_FACTOR,
                    help="pixel-shuffle factor: 2 = one image token per 2x2 tiles, 1 = one per tile")
     e.add_argument("--train-episodes", type=int, default=600)
@@ -818,7 +795,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         text_init_range=args.text_init_range if args.text_model == "tiny" else None, scale_factor=args.scale_factor,
         train_seeds=range(1000, 1000 + args.train_episodes), heldout_seeds=range(0, args.heldout_episodes),
         levels=tuple(args.levels.split(",")), cpu_budget=args.cpu_budget, lr=args.lr, vision_lr=args.vision_lr,
-        batch_size=args.batch_size, eval_every=args.eval_every, out_path=args.out,
+        batch_size=args.batch_size, eval_every=args.eval_every, out_path=args.out, seed=args.seed,
     )
     print(json.dumps(result, indent=2, default=str))
     return 0

@@ -116,21 +116,18 @@ class ExpertGenerator(ScriptedGenerator):
             assert len(live) == len(chats) and params.n == 1
             for env, chat in zip(live, chats):
                 self.act_chats.append(chat)
-                texts.append(self._act(env, chat))
+                texts.append(self._act(env, _text(chat)))
         self._queue = iter(texts)
         return super().generate([_text_only(c) for c in chats], params)
 
-    def _act(self, env, chat) -> str:
-        prompt = _text(chat)
-        seen_image = any(not isinstance(m["content"], str) for m in chat)
-        player = env.twin.unwrapped.player_position if seen_image else None  # before the lookahead step
+    def _act(self, env, prompt: str) -> str:
         progress = self._progress(env)
         action = env.twin.unwrapped.expert_actions()[0]
         _, _, _, _, info = env.lookahead(action)
         completed = progress.after_step(bool(info["won"]))
         m = re.search(r"You are working on subgoal (\d+) of \d+: (.*)", prompt)
         done = bool(m) and self.sub_done and completed > int(m.group(1)) - 1
-        think = expert_think(m.group(2) if m else None, action, done, player)
+        think = expert_think(m.group(2) if m else None, action, done)
         return prompts.format_action(action, think=think, sub_done=done)
 
 
