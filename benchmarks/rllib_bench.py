@@ -213,7 +213,7 @@ def run(args=None, quick: bool = True) -> dict:
         if started:
             ray.shutdown()
     if size != "smoke":
-        plot(out, OUT_DIR / "rllib_ppo_sokoban.png")
+        plot(out, OUT_DIR / "results" / f"rllib_ppo_sokoban_{size}.png")
     print(format_table(out), flush=True)
     return out
 
