@@ -156,8 +156,9 @@ class LearnerConfig:
     micro_batch_size: int = 8
     """records per forward/backward pass on one rank"""
     train_layers: int = 0
-    """train only the top N transformer blocks and the final norm (0 = every parameter): on CPU,
-    backward through a few blocks makes the learner step several times cheaper"""
+    """train only the top N transformer blocks (all when the model has fewer) and the final norm
+    (0 = every parameter): on CPU, backward through a few blocks makes the learner step several
+    times cheaper"""
     torch_threads: int = 0
     """torch threads per rank (0 = the rank's Ray CPUs). On a single CPU node rollout and learning
     alternate, so the learner may use the cores the idle samplers hold"""
@@ -269,7 +270,7 @@ POSITIVE = (
     "run.checkpoint_every", "run.keep_checkpoints", "sft.episodes", "sft.batch_size", "env.eval_episodes",
 )
 NON_NEGATIVE = (
-    "algorithm.eps", "algorithm.kl_coef", "algorithm.entropy_coef", "algorithm.clip_coef",
+    "learner.train_layers", "learner.torch_threads", "algorithm.eps", "algorithm.kl_coef", "algorithm.entropy_coef", "algorithm.clip_coef",
     "rollout.history_length", "rollout.planner_temperature", "rollout.executor_temperature",
     "rollout.scoring_temperature", "sampler.cpus_per_engine", "sampler.gpus_per_engine",
     "sampler.kv_cache_gb", "learner.cpus_per_rank", "learner.gpus_per_rank", "learner.lr",

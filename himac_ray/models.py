@@ -171,16 +171,16 @@ def resolve_model(name_or_path: str) -> Path:
 
 def trainable_parameters(model, train_layers: int | None) -> list:
     """The parameters to train. With `train_layers` = N, freeze everything but the decoder's top N
-    blocks and its final norm (embeddings, a tied head and any vision tower stay fixed): backward
-    then stops N blocks down, which makes a step several times cheaper on CPU."""
+    blocks (all of them when it has fewer) and its final norm (embeddings, a tied head and any vision
+    tower stay fixed): backward then stops N blocks down, which makes a step several times cheaper on CPU."""
     if train_layers is None:
         return [p for p in model.parameters() if p.requires_grad]
     decoder = model.get_decoder()
     blocks = getattr(decoder, "layers", None)
-    if blocks is None or not 0 <= train_layers <= len(blocks):
-        raise ValueError(f"train_layers={train_layers} needs a decoder with at least that many `.layers` blocks")
+    if blocks is None or train_layers < 0:
+        raise ValueError(f"train_layers={train_layers} needs a decoder with `.layers` blocks and N >= 0")
     model.requires_grad_(False)
-    for block in list(blocks)[len(blocks) - train_layers :]:
+    for block in list(blocks)[max(0, len(blocks) - train_layers) :]:
         block.requires_grad_(True)
     if getattr(decoder, "norm", None) is not None:
         decoder.norm.requires_grad_(True)

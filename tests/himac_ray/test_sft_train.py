@@ -173,7 +173,10 @@ def test_train_layers_freezes_everything_below_the_top_blocks(tiny, demos, tmp_p
     changed = {k for k in before if not torch.equal(before[k], after[k])}
     assert changed and all(k.startswith(("model.layers.1.", "model.norm.")) for k in changed), changed
     with pytest.raises(ValueError, match="train_layers"):
-        _train(tiny, demos, tmp_path / "bad", train_layers=3)
+        _train(tiny, demos, tmp_path / "bad", train_layers=-1)
+    _train(tiny, demos, tmp_path / "all", train_layers=3)  # more than the model's 2 blocks: every block
+    changed = {k for k in before if not torch.equal(before[k], _weights(tmp_path / "all")[k])}
+    assert any(k.startswith("model.layers.0.") for k in changed) and "model.embed_tokens.weight" not in changed
 
 
 def test_sft_from_config_uses_the_config(tiny, tmp_path):
