@@ -14,6 +14,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT_DIR = ROOT / "benchmarks"
+RESULTS_DIR = OUT_DIR / "results"
+"""the JSON / log / PNG files behind benchmarks/RESULTS.md"""
 RAY_ENV = {"TOKENIZERS_PARALLELISM": "false", "VLLM_CONFIGURE_LOGGING": "0"}
 
 

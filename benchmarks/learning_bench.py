@@ -26,10 +26,9 @@ import statistics
 import time
 from pathlib import Path
 
-from benchmarks.common import OUT_DIR, ROOT, local_ray, log, machine, opt, script_main
+from benchmarks.common import RESULTS_DIR, ROOT, local_ray, log, machine, opt, script_main
 
 CONFIG = ROOT / "configs" / "sokoban_tiny.yaml"
-RESULTS_DIR = OUT_DIR / "results"
 WORK_DIR = ROOT / "bench_out" / "learning"
 ALGOS = ("himac", "grpo", "gigpo")
 EPISODES_PER_ITER = 8

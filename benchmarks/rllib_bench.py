@@ -20,7 +20,7 @@ import time
 
 import numpy as np
 
-from benchmarks.common import OUT_DIR, log, machine, opt, script_main
+from benchmarks.common import RESULTS_DIR, log, machine, opt, script_main
 from himac_ray.envs.rllib_sokoban import SokobanGridEnv, SokobanHierarchy
 
 ENV_CONFIG = {"dim_room": (6, 6), "num_boxes": 1, "max_steps": 15, "train_seed_start": 1000}
@@ -213,7 +213,7 @@ def run(args=None, quick: bool = True) -> dict:
         if started:
             ray.shutdown()
     if size != "smoke":
-        plot(out, OUT_DIR / "results" / f"rllib_ppo_sokoban_{size}.png")
+        plot(out, RESULTS_DIR / f"rllib_ppo_sokoban_{size}.png")
     print(format_table(out), flush=True)
     return out
 

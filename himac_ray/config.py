@@ -270,7 +270,8 @@ POSITIVE = (
     "run.checkpoint_every", "run.keep_checkpoints", "sft.episodes", "sft.batch_size", "env.eval_episodes",
 )
 NON_NEGATIVE = (
-    "learner.train_layers", "learner.torch_threads", "algorithm.eps", "algorithm.kl_coef", "algorithm.entropy_coef", "algorithm.clip_coef",
+    "algorithm.eps", "algorithm.kl_coef", "algorithm.entropy_coef", "algorithm.clip_coef",
+    "learner.train_layers", "learner.torch_threads",
     "rollout.history_length", "rollout.planner_temperature", "rollout.executor_temperature",
     "rollout.scoring_temperature", "sampler.cpus_per_engine", "sampler.gpus_per_engine",
     "sampler.kv_cache_gb", "learner.cpus_per_rank", "learner.gpus_per_rank", "learner.lr",

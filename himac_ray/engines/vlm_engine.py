@@ -25,7 +25,7 @@ from typing import Any, Mapping, Sequence
 
 from himac_ray.engines.vllm_engine import VLLMGenerator
 from himac_ray.generation import Chat, Sample, SamplingParams
-from himac_ray.vlm import chat_images, is_vision_model, processor_inputs, render_vlm_chat, to_pil
+from himac_ray.vlm import chat_images, image_seq_len, is_vision_model, processor_inputs, render_vlm_chat, to_pil
 
 
 def vllm_generator(model_path: str | Path, **kwargs) -> VLLMGenerator:
@@ -96,8 +96,7 @@ def _image_token_extra(hf_config) -> int:
     scale = getattr(hf_config, "scale_factor", None)
     if vision is None or scale is None:  # other VLM families: no left-trimming estimate
         return 0
-    seq = int((vision.image_size // vision.patch_size) ** 2 // (scale**2))
-    return seq + 3 - 1  # <fake><global-img> + seq x <image> + <fake>, minus the placeholder itself
+    return image_seq_len(hf_config) + 3 - 1  # <fake><global-img> + seq x <image> + <fake>, minus the placeholder itself
 
 
 class HFVisionGenerator:
