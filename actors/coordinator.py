@@ -71,6 +71,7 @@ class Coordinator:
             planner_generator=SamplerPool(self.planners) if self.planners else None,
             max_subgoals=r.max_subgoals, subgoal_step_budget=r.subgoal_step_budget,
             history_length=r.history_length, invalid_penalty=cfg.algorithm.invalid_penalty,
+            prompt_format=r.prompt_format,
         )
         self.dispatcher = dispatcher
         self.metrics = RunMetrics(self.run_id)

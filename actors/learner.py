@@ -59,9 +59,10 @@ class LearnerWorker:
         return str(self.learner.save_weights(path, policy=policy))
 
     def export_to_object_store(self, *, policy: str, bucket_mb: int) -> list:
-        """Cross-node sync: rank 0 puts the weight buckets into Ray's object store and returns their refs."""
+        """Cross-node sync: rank 0 puts the weight buckets (serving dtype) into Ray's object store and
+        returns their refs."""
         refs = []
-        for bucket in self.learner.export_weights(policy=policy, bucket_mb=bucket_mb):
+        for bucket in self.learner.export_weights(policy=policy, bucket_mb=bucket_mb, dtype=self.learner.serve_dtype):
             if self.rank == 0:
                 refs.append(ray.put(bucket))
         return refs

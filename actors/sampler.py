@@ -32,8 +32,11 @@ class SamplerActor:
             model_path, seed=seed, max_model_len=model.max_model_len, kv_cache_gb=sampler.kv_cache_gb,
             dtype=model.dtype, gpu_memory_utilization=sampler.gpu_memory_utilization,
             tensor_parallel_size=sampler.tensor_parallel_size, in_process=sampler.tensor_parallel_size == 1,
+            threads=sampler.threads or max(1, int(sampler.cpus_per_engine)), prefix_caching=sampler.prefix_caching,
             **({"weight_transfer_config": {"backend": "nccl"}} if weight_transfer else {}),
         )
+        print(f"[sampler {role} {index}] dtype {self.gen.dtype} ({self.gen.dtype_reason}), "
+              f"{self.gen.threads} thread(s), prefix caching {'on' if sampler.prefix_caching else 'off'}", flush=True)
         self.index, self.tensor_parallel_size = index, sampler.tensor_parallel_size
         self.started = time.time()
 

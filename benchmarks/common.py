@@ -49,6 +49,9 @@ def machine() -> dict:
                 break
     except OSError:
         pass
+    from himac_ray.hardware import native_bf16_cpu, speed_flags
+
+    info["cpu_flags"], info["native_bf16"] = speed_flags(), native_bf16_cpu()
     try:
         info["load_avg_1m"] = round(os.getloadavg()[0], 2)
     except OSError:

@@ -40,7 +40,7 @@ class Stack:
         self.dispatcher = RolloutDispatcher(cfg.env.id, cfg.env.kwargs, num_pools=r.num_env_pools, log=log)
         self.fixed = dict(generator=SamplerPool(self.samplers), planner_generator=None, max_subgoals=r.max_subgoals,
                           subgoal_step_budget=r.subgoal_step_budget, history_length=r.history_length,
-                          invalid_penalty=cfg.algorithm.invalid_penalty)
+                          invalid_penalty=cfg.algorithm.invalid_penalty, prompt_format=r.prompt_format)
         self.rollouts: list[dict] = []
         self.syncs: list[dict] = []
         self._ray = ray

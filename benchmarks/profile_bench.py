@@ -67,6 +67,11 @@ def collect(overrides, measured: int, extra_syncs: int = 0) -> dict:
     return out
 
 
+def env_steps_per_s(iterations: list[dict]) -> float:
+    """Env steps per wall second over whole training iterations (rollout, learner, sync, bookkeeping)."""
+    return sum(d["env_steps"] for d in iterations) / max(sum(d["wall"] for d in iterations), 1e-9)
+
+
 def detail(it: dict) -> dict:
     row, ro, sync = it["row"], it["rollout"], it["sync"]
     t = {k[len("time/"):]: v for k, v in row.items() if k.startswith("time/")}
@@ -91,14 +96,30 @@ def detail(it: dict) -> dict:
             "reload_seconds": sync.get("reload_seconds", 0.0), "weights_mb": sync.get("bytes", 0) / 2**20}
 
 
+BEFORE = ("model.dtype=float32", "rollout.prompt_style=verl", "rollout.answer_format=think", "sampler.threads=1",
+          "sampler.prefix_caching=false", "rollout.plan_max_tokens=96", "rollout.action_max_tokens=48",
+          "learner.skip_zero_advantage=false")
+"""the demo recipe before the fast CPU recipe (issue #14): float32, verl-agent prompts with reasoning,
+one engine thread, no prefix caching, the old token caps"""
+
+
 def run(args=None, quick: bool = True) -> dict:
-    """`himac-ray bench profile`: option `size` (smoke | quick | full)."""
+    """`himac-ray bench profile`: option `size` (smoke | quick | full); `--compare` also profiles the
+    recipe before the fast CPU recipe (`BEFORE`) in the same run and reports the env-steps/s ratio."""
     size = opt(args, "size", "quick" if quick else "full")
     overrides = {"smoke": ["coevolution.planner_iters=1000", "algorithm.num_groups=1", "algorithm.group_size=2",
                            "env.kwargs.max_steps=3"],
                  "quick": ["coevolution.planner_iters=1000"], "full": []}[size]
     measured = int(opt(args, "iterations", {"smoke": 1, "quick": 2, "full": 2}[size]))
     out = {"bench": "profile", "size": size, "machine": machine(), **collect(overrides, measured)}
+    if opt(args, "compare", False):
+        before = collect([*overrides, *BEFORE], measured)
+        out["before"] = {"overrides": before["overrides"], "iterations": before["iterations"],
+                         "env_steps_per_s": env_steps_per_s(before["iterations"])}
+        out["env_steps_per_s"] = env_steps_per_s(out["iterations"])
+        out["speedup"] = out["env_steps_per_s"] / max(out["before"]["env_steps_per_s"], 1e-9)
+        log(f"profile: env steps/s of an iteration {out['env_steps_per_s']:.2f} (fast CPU recipe) vs "
+            f"{out['before']['env_steps_per_s']:.2f} (before): {out['speedup']:.1f}x")
     its = out["iterations"]
     out["by_phase"] = {}
     for phase in sorted({d["trainable"] for d in its}):
@@ -154,4 +175,4 @@ def plot(out: dict, path) -> None:
 
 
 if __name__ == "__main__":
-    script_main(run, __doc__.split("\n")[0], iterations={"type": int})
+    script_main(run, __doc__.split("\n")[0], iterations={"type": int}, compare={"action": "store_true"})

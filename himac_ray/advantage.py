@@ -388,3 +388,17 @@ def compute_advantages(
         for r, a in zip(act, adv):
             r.advantage = float(a)
     return records
+
+
+def group_informative(episodes: Sequence[dict], *, episode_score: str = "return") -> dict[str, bool]:
+    """group_id -> whether its members' trajectory scores differ (DAPO's dynamic-sampling test).
+
+    A group whose members all score the same gets a zero episode-level advantage for every
+    member, so it teaches nothing at that level. `episodes` are `RolloutResult.episodes`
+    summaries (`group_id`, `return`, `won`); `episode_score` as in `compute_advantages`.
+    """
+    scores: dict[str, set[float]] = {}
+    for e in episodes:
+        score = float(e["won"]) if episode_score == "won" else float(e["return"])
+        scores.setdefault(e["group_id"], set()).add(round(score, 9))
+    return {group: len(values) > 1 for group, values in scores.items()}

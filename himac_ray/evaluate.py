@@ -88,13 +88,14 @@ def evaluate_checkpoint(checkpoint: str | Path, *, episodes: int, cfg: TrainConf
             raise FileNotFoundError(f"no config.json next to {checkpoint}; pass --config")
         cfg = config_from_dict(json.loads(saved.read_text()))
     gen = vllm_generator(policy, seed=cfg.run.seed, max_model_len=cfg.model.max_model_len, in_process=True,
-                         kv_cache_gb=cfg.sampler.kv_cache_gb, dtype=cfg.model.dtype)
+                         kv_cache_gb=cfg.sampler.kv_cache_gb, dtype=cfg.model.dtype, threads=cfg.sampler.threads,
+                         prefix_caching=cfg.sampler.prefix_caching)
     r = cfg.rollout
 
     def rollout(**kw):
         return run_rollout(generator=gen, env_id=cfg.env.id, env_kwargs=cfg.env.kwargs, max_subgoals=r.max_subgoals,
                            subgoal_step_budget=r.subgoal_step_budget, history_length=r.history_length,
-                           invalid_penalty=cfg.algorithm.invalid_penalty, **kw)
+                           invalid_penalty=cfg.algorithm.invalid_penalty, prompt_format=r.prompt_format, **kw)
 
     out = run_eval(cfg, rollout, episodes=episodes)
     out["checkpoint"] = str(policy)

@@ -163,6 +163,13 @@ class Learner:
         self._init_distributed(deepspeed)
         if learner.torch_threads:
             torch.set_num_threads(learner.torch_threads)
+        from himac_ray.hardware import resolve_dtype
+
+        self.serve_dtype = getattr(torch, resolve_dtype(model.dtype)[0])
+        """dtype the samplers serve in (`model.dtype`, auto resolved): weight sync exports it"""
+        self.cpu_autocast = self.backend != "nccl" and self.serve_dtype == torch.bfloat16
+        """CPU ranks keep float32 weights and optimizer state but run forwards under bfloat16
+        autocast where the CPU computes it natively (`model.dtype` auto): ~2x faster steps"""
         torch.manual_seed(seed)
         executor_path = resolve_model(model.path)
         self.tokenizer = AutoTokenizer.from_pretrained(executor_path)
@@ -251,8 +258,9 @@ class Learner:
         window = batch["window"]
         kwargs = {"logits_to_keep": window} if self._keeps_logits else {}
         kwargs.update({k: batch[k].to(model.device) for k in PIXEL_KEYS if k in batch})
-        logits = model(input_ids=ids, attention_mask=batch["attention_mask"].to(model.device), use_cache=False,
-                       **kwargs).logits
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.cpu_autocast):
+            logits = model(input_ids=ids, attention_mask=batch["attention_mask"].to(model.device), use_cache=False,
+                           **kwargs).logits
         logits = logits if self._keeps_logits else logits[:, window]
         ent = None
         if entropy != "none":
@@ -422,8 +430,12 @@ class Learner:
 
     # ----------------------------------------------------------------- weights
 
-    def export_weights(self, *, policy: str, bucket_mb: int) -> Iterator[dict[str, torch.Tensor]]:
+    def export_weights(self, *, policy: str, bucket_mb: int,
+                       dtype: torch.dtype | None = None) -> Iterator[dict[str, torch.Tensor]]:
         """Full weights of `policy` as HF-named CPU tensors, in buckets of about `bucket_mb` MB (collective).
+
+        `dtype` casts floating-point tensors (weight sync sends the samplers' serving dtype, e.g.
+        bfloat16: half the bytes of the float32 master weights); None keeps the training dtype.
 
         Names are the keys of the HF model's `state_dict()`: the checkpoint's names plus tied
         aliases such as `lm_head.weight` (a copy of `model.embed_tokens.weight`). vLLM's in-place
@@ -452,7 +464,8 @@ class Learner:
             with deepspeed.zero.GatheredParameters(bucket, enabled=self.cfg.zero_stage == 3):
                 for q in bucket:
                     first, *aliases = names[id(q)]
-                    out[first] = q.detach().to("cpu", copy=True).contiguous()
+                    cast = dtype if dtype is not None and q.is_floating_point() else q.dtype
+                    out[first] = q.detach().to("cpu", dtype=cast, copy=True).contiguous()
                     out.update({alias: out[first].clone() for alias in aliases})  # safetensors refuses shared storage
             yield out
             bucket, size = [], 0
@@ -460,19 +473,20 @@ class Learner:
         if buffers:
             yield buffers
 
-    def _full_state_dict(self, policy: str) -> dict[str, torch.Tensor]:
+    def _full_state_dict(self, policy: str, dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
         state = {}
-        for bucket in self.export_weights(policy=policy, bucket_mb=self.cfg.sync_bucket_mb):
+        for bucket in self.export_weights(policy=policy, bucket_mb=self.cfg.sync_bucket_mb, dtype=dtype):
             if self.rank == 0:
                 state.update(bucket)
         return state
 
     def save_weights(self, path: str | os.PathLike, *, policy: str) -> Path:
-        """Write `policy`'s full weights to one safetensors file (rank 0; atomic), e.g. for vLLM reload."""
+        """Write `policy`'s full weights in the serving dtype to one safetensors file (rank 0; atomic),
+        for the samplers' in-place reload."""
         from safetensors.torch import save_file
 
         path = Path(path)
-        state = self._full_state_dict(policy)
+        state = self._full_state_dict(policy, dtype=self.serve_dtype)
         if self.rank == 0:
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")

@@ -18,6 +18,17 @@ SYNC_SECONDS = "perf/weight_sync_seconds"
 TIME_PREFIX = "time/"
 """phase wall-clock seconds: time/rollout, time/advantage, time/learn, time/sync, time/record"""
 EVAL_SUCCESS = "eval/success_rate"
+TOKENS_PER_ENV_STEP = "perf/tokens_per_env_step"
+"""generated tokens per env step (the macro pre-pass of the executor phase included)"""
+SUB_DONE_RATE = "charts/sub_done_rate"
+"""fraction of act records whose response declared `<sub_done>`"""
+BLUEPRINT_LEN = "charts/mean_blueprint_len"
+"""mean subgoals per executed blueprint"""
+GROUPS_INFORMATIVE_FRACTION = "groups/informative_fraction"
+"""fraction of the iteration's groups (extra ones included) whose members scored differently"""
+GROUPS_INFORMATIVE = "groups/informative"
+GROUPS_EXTRA = "groups/extra"
+"""groups rolled out on fresh tasks by dynamic sampling (algorithm.min_informative_groups)"""
 
 
 class MetricsLog:

@@ -22,7 +22,12 @@ HF multimodal processors). Text-only backends keep the text parts only
 (`himac_ray.engines.chat.render_chat`). Text observations keep `content` a plain str.
 
 The env descriptions paraphrase verl-agent's prompt templates (Apache-2.0,
-agent_system/environments/prompts/) and keep their formats.
+agent_system/environments/prompts/) and keep their formats (`PromptFormat.style` "verl", the
+paper setting). `PromptFormat.style` "compact" is the small-model recipe: short rules, the
+board (with the player's, boxes' and targets' coordinates on Sokoban), the current subgoal, the
+last actions and the admissible actions, at about a third of the tokens. `PromptFormat.answer`
+"action" drops the `<think>` part of executor / flat answers (`<action>a</action>` plus an
+optional `<sub_done>`), for models too small to reason usefully.
 
 Parsers never raise: any input (None, bytes, 50k characters, binary) yields a result, with
 `valid=False` when the output does not follow the format. They look only at the first
@@ -69,6 +74,34 @@ def env_kind(env_id: str) -> str:
     if "webshop" in key:
         return WEBSHOP
     return GENERIC
+
+
+PROMPT_STYLES = ("verl", "compact")
+ANSWER_FORMATS = ("think", "action")
+
+
+@dataclass(frozen=True)
+class PromptFormat:
+    """How prompts read and what shape executor / flat answers take (module docstring)."""
+
+    style: str = "verl"
+    """verl: verl-agent's prompts (paper setting) | compact: short rules, board, subgoal, actions"""
+    answer: str = "think"
+    """think: `<think>...</think><action>...</action>` | action: `<action>...</action>` only"""
+
+    def __post_init__(self):
+        if self.style not in PROMPT_STYLES:
+            raise ValueError(f"prompt style must be one of {PROMPT_STYLES}, got {self.style!r}")
+        if self.answer not in ANSWER_FORMATS:
+            raise ValueError(f"answer format must be one of {ANSWER_FORMATS}, got {self.answer!r}")
+
+    @property
+    def require_think(self) -> bool:
+        return self.answer == "think"
+
+
+VERL = PromptFormat()
+"""the default: verl-agent prompts, answers with reasoning"""
 
 
 # --------------------------------------------------------------------------------------------
@@ -161,7 +194,7 @@ _IMAGE_SLOT = "\x00<image-slot>\x00"  # marks where the observation image goes i
 
 
 def planner_prompt(
-    env_id: str, *, task: str, observation: str, max_subgoals: int, image: Any = None
+    env_id: str, *, task: str, observation: str, max_subgoals: int, image: Any = None, fmt: PromptFormat = VERL
 ) -> Messages:
     """Chat messages asking the planner for a blueprint of at most `max_subgoals` subgoals.
 
@@ -171,7 +204,15 @@ def planner_prompt(
         observation: text of the initial observation.
         max_subgoals: K, the most subgoals the plan may hold.
         image: for visual envs, the initial observation image (HxWx3 uint8), else None.
+        fmt: prompt style (the planner's answer is a `<plan>` in every format).
     """
+    if fmt.style == "compact":
+        kind = env_kind(env_id)
+        user = (
+            f"{_compact_task(kind, task)}{_compact_state(kind, observation, image, task)}"
+            f"Write a plan of at most {max_subgoals} short subgoals, one per line:\n<plan>\n1. ...\n</plan>"
+        )
+        return _messages(COMPACT_INTRO[kind], user, image)
     text = ENV_TEXT[env_kind(env_id)]
     user = (
         f"Your task is to: {_clip(task, MAX_OBS_CHARS)}\n\n"
@@ -198,6 +239,7 @@ def executor_prompt(
     steps_in_subgoal: int,
     history_length: int = 2,
     image: Any = None,
+    fmt: PromptFormat = VERL,
 ) -> Messages:
     """Chat messages asking the executor for one action toward the current subgoal.
 
@@ -213,10 +255,25 @@ def executor_prompt(
         steps_in_subgoal: steps taken since subgoal k began (can exceed `len(history)`).
         history_length: how many past steps to show.
         image: for visual envs, the current observation image, else None.
+        fmt: prompt style and answer format.
     """
-    text = ENV_TEXT[env_kind(env_id)]
     k = min(max(subgoal_index, 0), max(len(subgoals) - 1, 0))
     current = subgoals[k] if subgoals else PLAN_FALLBACK
+    if fmt.style == "compact":
+        kind = env_kind(env_id)
+        user = (
+            f"{_compact_task(kind, task)}{_compact_state(kind, observation, image, task)}"
+            f"Subgoal {k + 1} of {max(len(subgoals), 1)}: {current}\n"
+            f"{_compact_history(history, history_length)}"
+            f"Actions: {_compact_actions(admissible_actions)}\n"
+            f"{_compact_answer(fmt, sub_done=True)}"
+        )
+        return _messages(COMPACT_INTRO[kind], user, image)
+    text = ENV_TEXT[env_kind(env_id)]
+    answer = (
+        f"First reason step by step about {text.think_hint}, inside <think> </think> tags. Then give "
+        if fmt.require_think else "Give "
+    )
     user = (
         f"Your task is to: {_clip(task, MAX_OBS_CHARS)}\n\n"
         f"Your blueprint (subgoals, completed in order):\n{format_subgoals(subgoals)}\n\n"
@@ -224,8 +281,7 @@ def executor_prompt(
         f"{_history_block(history, steps_in_subgoal, history_length, 'on this subgoal', task)}\n"
         f"Your current observation is:\n{_obs_block(observation, image, task)}\n\n"
         f"Your admissible actions are:\n{format_admissible(admissible_actions)}\n\n"
-        f"Now choose ONE action that makes progress on the current subgoal. First reason step by "
-        f"step about {text.think_hint}, inside <think> </think> tags. Then give exactly one "
+        f"Now choose ONE action that makes progress on the current subgoal. {answer}exactly one "
         "admissible action inside <action> </action> tags. If this action completes the current "
         "subgoal, write <sub_done> right after </action>."
     )
@@ -242,19 +298,32 @@ def flat_prompt(
     steps_taken: int,
     history_length: int = 2,
     image: Any = None,
+    fmt: PromptFormat = VERL,
 ) -> Messages:
     """Chat messages for the flat (non-hierarchical) agent, verl-agent style.
 
     Args are as in `executor_prompt`, with the history and `steps_taken` covering the episode.
     """
+    if fmt.style == "compact":
+        kind = env_kind(env_id)
+        user = (
+            f"{_compact_task(kind, task)}{_compact_state(kind, observation, image, task)}"
+            f"{_compact_history(history, history_length)}"
+            f"Actions: {_compact_actions(admissible_actions)}\n"
+            f"{_compact_answer(fmt, sub_done=False)}"
+        )
+        return _messages(COMPACT_INTRO[kind], user, image)
     text = ENV_TEXT[env_kind(env_id)]
+    answer = (
+        f"First reason step by step about {text.think_hint}, inside <think> </think> tags. Then give "
+        if fmt.require_think else "Give "
+    )
     user = (
         f"Your task is to: {_clip(task, MAX_OBS_CHARS)}\n\n"
         f"{_history_block(history, steps_taken, history_length, 'so far', task)}\n"
         f"Your current observation is:\n{_obs_block(observation, image, task)}\n\n"
         f"Your admissible actions are:\n{format_admissible(admissible_actions)}\n\n"
-        f"Now choose ONE action for the current step. First reason step by step about "
-        f"{text.think_hint}, inside <think> </think> tags. Then give exactly one admissible "
+        f"Now choose ONE action for the current step. {answer}exactly one admissible "
         "action inside <action> </action> tags."
     )
     return _messages(text.intro, user, image)
@@ -270,14 +339,78 @@ def format_plan(subgoals: Sequence[str]) -> str:
     return f"<plan>\n{format_subgoals(subgoals)}\n</plan>"
 
 
-def format_action(action: str, *, think: str = "", sub_done: bool = False) -> str:
-    """An executor / flat answer (what `parse_action` reads back)."""
-    return f"<think>{think}</think><action>{action}</action>" + ("<sub_done>" if sub_done else "")
+def format_action(action: str, *, think: str = "", sub_done: bool = False, fmt: PromptFormat = VERL) -> str:
+    """An executor / flat answer in `fmt.answer` format (what `parse_action` reads back)."""
+    reasoning = f"<think>{think}</think>" if fmt.require_think else ""
+    return f"{reasoning}<action>{action}</action>" + ("<sub_done>" if sub_done else "")
 
 
 def format_admissible(actions: Sequence[str]) -> str:
     """verl-agent's list rendering: one quoted action per line inside brackets."""
     return "[\n" + ",\n".join(f"'{a}'" for a in actions) + "\n]"
+
+
+# --------------------------------------------------------------------------------------------
+# Compact style
+# --------------------------------------------------------------------------------------------
+_COMPACT_SOKOBAN = (
+    "You play Sokoban. Push the box (X) onto the target (O). Walking into a box pushes it one cell "
+    "if the cell behind it is free; boxes cannot be pulled, so never push a box into a corner."
+)
+COMPACT_INTRO = {
+    SOKOBAN: _COMPACT_SOKOBAN + " Board: # wall, _ floor, √ box on target, P player, S player on target.",
+    SOKOBAN_VISUAL: _COMPACT_SOKOBAN + " The image shows the board: green alien = you, yellow crate = box, "
+    "red diamond = target, bricks = wall.",
+    ALFWORLD: "You act in a household text game. Copy exactly one admissible action.",
+    WEBSHOP: "You shop on a website: search[query] or click[element]. Buy the product that matches the "
+    "instruction, options and price included.",
+    GENERIC: "You act in a text game. Copy exactly one admissible action.",
+}
+"""system message of the compact style, per env kind"""
+_SOKOBAN_CELLS = {"P": "player", "S": "player", "X": "box", "√": "box", "O": "target"}
+
+
+def sokoban_positions(board: str) -> str:
+    """`"Player (row 1, col 2). Box (row 3, col 3). Target (row 3, col 1)."` from a text board
+    (rows / cols from 0 at the top-left, as in the env's subgoals); "" when nothing is found."""
+    found: dict[str, list[str]] = {"player": [], "box": [], "target": []}
+    for r, line in enumerate(str(board).splitlines()[:64]):
+        for c, ch in enumerate(line[:64]):
+            what = _SOKOBAN_CELLS.get(ch)
+            if what:
+                found[what].append(f"(row {r}, col {c})")
+            if ch in "S√":
+                found["target"].append(f"(row {r}, col {c})")
+    parts = [f"{name.capitalize()} {', '.join(cells)}." for name, cells in found.items() if cells]
+    return " ".join(parts)
+
+
+def _compact_task(kind: str, task: str) -> str:
+    # Sokoban's task text is its rules, which the compact system message already states
+    return "" if kind in (SOKOBAN, SOKOBAN_VISUAL) else f"Task: {_clip(task, MAX_HISTORY_OBS_CHARS)}\n"
+
+
+def _compact_state(kind: str, observation: str, image: Any, task: str) -> str:
+    if image is not None:
+        return f"Board: {_IMAGE_SLOT}\n"
+    if kind == SOKOBAN:
+        return f"Board:\n{_clip(observation, MAX_OBS_CHARS)}\n{sokoban_positions(observation)}\n"
+    return f"Observation: {_clip(_obs_text(observation, task), MAX_OBS_CHARS)}\n"
+
+
+def _compact_history(history: Sequence[tuple[str, str]], history_length: int) -> str:
+    shown = [a for _, a in list(history)[-history_length:]] if history_length > 0 else []
+    return f"Last actions: {', '.join(shown)}\n" if shown else ""
+
+
+def _compact_actions(actions: Sequence[str]) -> str:
+    return ", ".join(str(a) for a in actions) or "any"
+
+
+def _compact_answer(fmt: PromptFormat, *, sub_done: bool) -> str:
+    think = "Think briefly in <think> </think>, then answer" if fmt.require_think else "Answer"
+    done = " Add <sub_done> after it if this action completes the subgoal." if sub_done else ""
+    return f"{think} <action>one action</action>.{done}"
 
 
 def _history_block(history: Sequence[tuple[str, str]], steps: int, history_length: int, where: str, task: str) -> str:

@@ -150,6 +150,8 @@ def run_rollout(
     env_factory: Callable[..., Any] | None = None,
     progress: Callable[[dict], None] | None = None,
     planner_generator: Generator | None = None,
+    prompt_format: prompts.PromptFormat = prompts.VERL,
+    plan_group_size: int | None = None,
 ) -> RolloutResult:
     """Run `len(seeds) * group_size` episodes in `mode` and collect their records.
 
@@ -174,6 +176,9 @@ def run_rollout(
         progress: called after every generate round with a small dict (phase, round, live,
             finished, total).
         planner_generator: the planner policy, when it is a different model; default `generator`.
+        prompt_format: prompt style and executor / flat answer format (`prompts.PromptFormat`).
+        plan_group_size: micro mode without `blueprints`: G, the blueprints per seed of the macro
+            pre-pass that picks z* (default `group_size`, which is N there).
 
     Returns:
         RolloutResult with records, per-episode summaries, metrics and blueprints.
@@ -191,11 +196,12 @@ def run_rollout(
     if mode == "micro" and blueprints is None:
         pre = run_rollout(
             generator=generator, env_id=env_id, env_kwargs=env_kwargs, seeds=seeds, mode="macro",
-            group_size=group_size, planner_params=planner_params,
+            group_size=plan_group_size or group_size, planner_params=planner_params,
             executor_params=dataclasses.replace(executor_params, temperature=0.0),
             max_subgoals=max_subgoals, subgoal_step_budget=subgoal_step_budget,
             history_length=history_length, invalid_penalty=invalid_penalty,
             env_factory=env_factory, progress=progress, planner_generator=planner_generator,
+            prompt_format=prompt_format,
         )
         blueprints = pre.blueprints
 
@@ -211,6 +217,7 @@ def run_rollout(
             planner_params=planner_params, executor_params=executor_params, max_subgoals=max_subgoals,
             subgoal_step_budget=subgoal_step_budget, history_length=history_length,
             invalid_penalty=invalid_penalty, blueprints=blueprints, stats=stats, progress=progress,
+            fmt=prompt_format,
         )
     finally:
         for g in groups:
@@ -226,14 +233,14 @@ def run_rollout(
 # --------------------------------------------------------------------------------------------
 def _run_groups(
     groups, *, generator, planner_generator, env_id, mode, planner_params, executor_params, max_subgoals,
-    subgoal_step_budget, history_length, invalid_penalty, blueprints, stats, progress,
+    subgoal_step_budget, history_length, invalid_penalty, blueprints, stats, progress, fmt,
 ) -> None:
     """Blueprints (macro: sampled, micro: given), then decision rounds until every episode ended."""
     episodes = [e for g in groups for e in g]
     if not episodes:
         return
     if mode == "macro":
-        _plan_round(planner_generator, env_id, groups, planner_params, max_subgoals, invalid_penalty, stats)
+        _plan_round(planner_generator, env_id, groups, planner_params, max_subgoals, invalid_penalty, stats, fmt)
         if progress is not None:
             progress({"phase": "plan", "round": 0, "live": len(episodes), "finished": 0, "total": len(episodes)})
     elif mode == "micro":
@@ -246,7 +253,7 @@ def _run_groups(
     if mode != "flat":
         for e in episodes:
             e.budget = subgoal_budget(e.max_steps, len(e.subgoals), subgoal_step_budget)
-    _act_loop(generator, env_id, episodes, mode, executor_params, history_length, invalid_penalty, stats, progress)
+    _act_loop(generator, env_id, episodes, mode, executor_params, history_length, invalid_penalty, stats, progress, fmt)
 
 
 def reset_episode(
@@ -275,10 +282,11 @@ def _gym_make(env_id: str, env_kwargs: dict):
     return gym.make(env_id, **env_kwargs)
 
 
-def _plan_round(generator, env_id, groups, params, max_subgoals, invalid_penalty, stats) -> None:
+def _plan_round(generator, env_id, groups, params, max_subgoals, invalid_penalty, stats, fmt) -> None:
     """One generate call: n = group size blueprints per seed, blueprint j -> episode j."""
     chats = [
-        prompts.planner_prompt(env_id, task=g[0].task, observation=g[0].obs_text, max_subgoals=max_subgoals, image=g[0].image)
+        prompts.planner_prompt(env_id, task=g[0].task, observation=g[0].obs_text, max_subgoals=max_subgoals,
+                               image=g[0].image, fmt=fmt)
         for g in groups
     ]
     samples = _generate(generator, chats, dataclasses.replace(params, n=len(groups[0])), stats)
@@ -294,16 +302,16 @@ def _plan_round(generator, env_id, groups, params, max_subgoals, invalid_penalty
             )
 
 
-def _act_loop(generator, env_id, episodes, mode, params, history_length, invalid_penalty, stats, progress) -> None:
+def _act_loop(generator, env_id, episodes, mode, params, history_length, invalid_penalty, stats, progress, fmt) -> None:
     """Decision rounds until every episode ended; one generate call per round."""
     params = dataclasses.replace(params, n=1)
     live = [e for e in episodes if not e.done]
     rnd = 0
     while live:
-        chats = [episode_prompt(e, env_id, mode, history_length) for e in live]
+        chats = [episode_prompt(e, env_id, mode, history_length, fmt) for e in live]
         samples = _generate(generator, chats, params, stats)
         for e, (sample,) in zip(live, samples):
-            _act_step(e, sample, env_id, mode, invalid_penalty, stats)
+            _act_step(e, sample, env_id, mode, invalid_penalty, stats, fmt)
         live = [e for e in live if not e.done]
         rnd += 1
         if progress is not None:
@@ -317,24 +325,25 @@ def subgoal_budget(max_steps: int, num_subgoals: int, subgoal_step_budget: int |
     return int(subgoal_step_budget) if subgoal_step_budget else math.ceil(max_steps / max(num_subgoals, 1))
 
 
-def episode_prompt(e: Episode, env_id: str, mode: str, history_length: int):
+def episode_prompt(e: Episode, env_id: str, mode: str, history_length: int, fmt: prompts.PromptFormat = prompts.VERL):
     """The executor prompt (macro / micro) or flat prompt for the episode's current state."""
     admissible = e.info.get("admissible_actions", [])
     if mode == "flat":
         return prompts.flat_prompt(
             env_id, task=e.task, history=e.history, observation=e.obs_text, admissible_actions=admissible,
-            steps_taken=e.steps, history_length=history_length, image=e.image,
+            steps_taken=e.steps, history_length=history_length, image=e.image, fmt=fmt,
         )
     return prompts.executor_prompt(
         env_id, task=e.task, subgoals=e.subgoals, subgoal_index=e.subgoal_index, history=e.history,
         observation=e.obs_text, admissible_actions=admissible, steps_in_subgoal=e.steps_in_subgoal,
-        history_length=history_length, image=e.image,
+        history_length=history_length, image=e.image, fmt=fmt,
     )
 
 
-def _act_step(e: Episode, sample, env_id, mode, invalid_penalty, stats) -> None:
+def _act_step(e: Episode, sample, env_id, mode, invalid_penalty, stats, fmt) -> None:
     """Parse one response, step the env, write the record, advance the subgoal."""
-    action, valid, sub_done = prompts.parse_action(sample.text, e.info.get("admissible_actions"), env_id=env_id)
+    action, valid, sub_done = prompts.parse_action(
+        sample.text, e.info.get("admissible_actions"), env_id=env_id, require_think=fmt.require_think)
     if mode == "flat":
         sub_done = False
     start = time.perf_counter()

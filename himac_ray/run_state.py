@@ -41,6 +41,8 @@ class CoordinatorState:
     """numpy bit-generator state of the coordinator's RNG"""
     trainable: str = ""
     """level trained in the last finished iteration"""
+    extra_groups: int = 0
+    """extra groups drawn by dynamic sampling so far (the cursor of their env seeds)"""
 
     def save(self, path: Path) -> None:
         Path(path).write_text(json.dumps(asdict(self), indent=2))

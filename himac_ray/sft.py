@@ -94,6 +94,7 @@ def expert_demonstrations(
     flat: bool = False,
     only_successful: bool = True,
     env_factory: Callable[..., Any] | None = None,
+    prompt_format: prompts.PromptFormat = prompts.VERL,
 ) -> list[dict]:
     """Chat-format SFT examples from the expert, one episode per seed.
 
@@ -108,6 +109,8 @@ def expert_demonstrations(
             executor examples.
         only_successful: drop episodes the expert did not win.
         env_factory: as in `rollout.run_rollout`.
+        prompt_format: prompt style and answer format, as in `rollout.run_rollout` (with the
+            "action" answer format the act targets carry no `<think>` part).
 
     Returns:
         Examples `{"messages": [system, user, {"role": "assistant", "content": target}],
@@ -122,13 +125,15 @@ def expert_demonstrations(
         episode = _demonstrate(
             env_id, int(seed), f"sft-{i}-seed{seed}", env_kwargs=dict(env_kwargs or {}), max_subgoals=max_subgoals,
             history_length=history_length, subgoal_step_budget=subgoal_step_budget, flat=flat, env_factory=env_factory,
+            fmt=prompt_format,
         )
         if episode is not None and (episode[0] or not only_successful):
             examples.extend(episode[1])
     return examples
 
 
-def _demonstrate(env_id, seed, group_id, *, env_kwargs, max_subgoals, history_length, subgoal_step_budget, flat, env_factory):
+def _demonstrate(env_id, seed, group_id, *, env_kwargs, max_subgoals, history_length, subgoal_step_budget, flat, env_factory,
+                 fmt):
     """One expert episode -> (won, examples)."""
     e = rollout.reset_episode(env_id, env_kwargs, env_factory, seed, group_id, f"{group_id}/0")
     try:
@@ -136,7 +141,8 @@ def _demonstrate(env_id, seed, group_id, *, env_kwargs, max_subgoals, history_le
         examples = []
         progress = ExpertProgress(e.env, max_subgoals, task=e.task)
         if not flat:
-            chat = prompts.planner_prompt(env_id, task=e.task, observation=e.obs_text, max_subgoals=max_subgoals, image=e.image)
+            chat = prompts.planner_prompt(env_id, task=e.task, observation=e.obs_text, max_subgoals=max_subgoals,
+                                          image=e.image, fmt=fmt)
             examples.append(_example(chat, prompts.format_plan(progress.blueprint), level="plan", step=-1, subgoal_index=-1, **base))
             e.subgoals = list(progress.blueprint)
             e.budget = rollout.subgoal_budget(e.max_steps, len(e.subgoals), subgoal_step_budget)
@@ -146,12 +152,12 @@ def _demonstrate(env_id, seed, group_id, *, env_kwargs, max_subgoals, history_le
             if not actions:  # the expert has no plan from here: stop the demonstration
                 break
             action = actions[0]
-            chat = rollout.episode_prompt(e, env_id, mode, history_length)
+            chat = rollout.episode_prompt(e, env_id, mode, history_length, fmt)
             obs, reward, terminated, truncated, info = e.env.step(action)
             completed = progress.after_step(bool(info.get("won", False)))
             sub_done = not flat and completed > e.subgoal_index
             subgoal = None if flat else e.subgoals[e.subgoal_index]
-            target = prompts.format_action(action, think=expert_think(subgoal, action, sub_done), sub_done=sub_done)
+            target = prompts.format_action(action, think=expert_think(subgoal, action, sub_done), sub_done=sub_done, fmt=fmt)
             examples.append(
                 _example(chat, target, level="act", step=e.steps, subgoal_index=-1 if flat else e.subgoal_index, **base)
             )

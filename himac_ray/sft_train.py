@@ -125,6 +125,7 @@ def train_sft(
     train_layers: int | None = None,
     share_prefix: bool = True,
     device: str | None = None,
+    autocast_bf16: bool = False,
 ) -> dict[str, float]:
     """Fine-tune `model_path` on `examples` (next-token loss on the responses) and save it.
 
@@ -154,6 +155,8 @@ def train_sft(
             cheaper per token on CPU with N = 4 of 30); None = full fine-tune.
         share_prefix: run each micro-batch's common prompt prefix once (module docstring).
         device: torch device; None = "cuda" when available, else "cpu".
+        autocast_bf16: run forward and backward under bfloat16 autocast (float32 master weights
+            and optimizer); for CPUs that compute bfloat16 natively, where it is ~2x faster.
 
     Returns:
         Metrics (module constants): losses/sft_initial_loss (first batch, before any update),
@@ -181,6 +184,7 @@ def train_sft(
         model, rows, params, pad_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id,
         lr=lr, epochs=epochs, batch_size=batch_size, micro_batch_size=micro_batch_size or batch_size, seed=seed,
         grad_clip=grad_clip, weight_decay=weight_decay, share_prefix=share_prefix, progress=progress,
+        autocast=torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16, enabled=autocast_bf16),
     )
     seconds = time.perf_counter() - start
     tokens = epochs * sum(len(ids) for ids, _ in rows)
@@ -207,7 +211,7 @@ def train_sft(
 
 def _fit(
     model, rows, params, *, pad_id, lr, epochs, batch_size, micro_batch_size, seed, grad_clip, weight_decay,
-    share_prefix, progress,
+    share_prefix, progress, autocast,
 ) -> list[tuple[float, int]]:
     """The AdamW loop; returns (summed loss, response tokens) per optimizer step."""
     import torch
@@ -226,7 +230,8 @@ def _fit(
             b_loss = 0.0
             for mb_start in range(0, len(b_rows), micro):
                 # token-mean over the whole batch: each micro-batch's sum is divided by the batch's count
-                mb_loss_sum, _ = _loss_sum(model, b_rows[mb_start : mb_start + micro], pad_id, share_prefix)
+                with autocast:
+                    mb_loss_sum, _ = _loss_sum(model, b_rows[mb_start : mb_start + micro], pad_id, share_prefix)
                 (mb_loss_sum / b_targets).backward()
                 b_loss += mb_loss_sum.item()
             if grad_clip > 0:
@@ -347,7 +352,8 @@ def sft_from_config(cfg: TrainConfig, out_dir: str | Path) -> Path:
     env kwargs `cfg.env.kwargs`, K / history / step budget from `cfg.rollout`; flat-agent
     prompts when `cfg.algorithm.name` is not "himac" (GRPO / GiGPO / RLOO train a flat policy).
     Hyperparameters from `cfg.sft`; `max_len` and `grad_clip` from `cfg.learner`, seed from
-    `cfg.run.seed`. Training runs in float32 and the folder is saved in float32. A vision-language
+    `cfg.sft.seed`. Weights and optimizer are float32 (bfloat16 autocast where `model.dtype` resolves to
+    bfloat16) and the folder is saved in float32. A vision-language
     model (visual envs) trains with `himac_ray.vlm.train_vlm_sft` on the same demonstrations.
     """
     from himac_ray.models import resolve_model
@@ -362,6 +368,7 @@ def sft_from_config(cfg: TrainConfig, out_dir: str | Path) -> Path:
         history_length=cfg.rollout.history_length,
         subgoal_step_budget=cfg.rollout.subgoal_step_budget,
         flat=cfg.algorithm.name != "himac",
+        prompt_format=cfg.rollout.prompt_format,
     )
     if not examples:
         raise RuntimeError(f"the expert won none of {cfg.sft.episodes} episodes of {cfg.env.id}: no demonstrations")
@@ -369,16 +376,21 @@ def sft_from_config(cfg: TrainConfig, out_dir: str | Path) -> Path:
     if is_vision_model(model_path):  # visual envs: the examples' user turns hold the board image
         train_vlm_sft(model_path, examples, out_path=out_dir, epochs=cfg.sft.epochs, lr=cfg.sft.lr,
                       batch_size=cfg.sft.batch_size, max_len=cfg.learner.max_len, grad_clip=cfg.learner.grad_clip,
-                      seed=cfg.run.seed)
+                      seed=cfg.sft.seed)
         return Path(out_dir)
+    from himac_ray.hardware import resolve_dtype
+
+    bf16 = resolve_dtype(cfg.model.dtype)[0] == "bfloat16"
     train_sft(
         model_path=model_path,
         examples=examples,
+        autocast_bf16=bf16,
+        train_layers=cfg.sft.train_layers or None,
         out_dir=out_dir,
         lr=cfg.sft.lr,
         epochs=cfg.sft.epochs,
         batch_size=cfg.sft.batch_size,
-        seed=cfg.run.seed,
+        seed=cfg.sft.seed,
         max_len=cfg.learner.max_len,
         grad_clip=cfg.learner.grad_clip,
     )
@@ -400,6 +412,7 @@ def action_accuracy(
     flat: bool = False,
     plan_max_tokens: int = 160,
     action_max_tokens: int = 96,
+    prompt_format: prompts.PromptFormat = prompts.VERL,
 ) -> dict[str, float]:
     """Greedy agreement with the expert on held-out demonstration prompts (teacher-forced states).
 
@@ -420,7 +433,7 @@ def action_accuracy(
 
     examples = expert_demonstrations(
         env_id, seeds, env_kwargs=env_kwargs, max_subgoals=max_subgoals, history_length=history_length,
-        subgoal_step_budget=subgoal_step_budget, flat=flat,
+        subgoal_step_budget=subgoal_step_budget, flat=flat, prompt_format=prompt_format,
     )
     acts = [ex for ex in examples if ex["level"] == "act"]
     plans = [ex for ex in examples if ex["level"] == "plan"]
@@ -434,8 +447,9 @@ def action_accuracy(
         samples = generator.generate([ex["messages"][:-1] for ex in acts], params)
         correct = valid = sub_ok = 0
         for ex, (sample,) in zip(acts, samples):
-            want, _, want_done = prompts.parse_action(ex["messages"][-1]["content"], env_id=env_id)
-            got, ok, got_done = prompts.parse_action(sample.text, env_id=env_id)
+            think = prompt_format.require_think
+            want, _, want_done = prompts.parse_action(ex["messages"][-1]["content"], env_id=env_id, require_think=think)
+            got, ok, got_done = prompts.parse_action(sample.text, env_id=env_id, require_think=think)
             valid += ok
             correct += ok and _norm(got) == _norm(want)
             sub_ok += got_done == want_done

@@ -20,6 +20,8 @@ from himac_ray.config import TrainConfig, config_to_dict, load_config
 from himac_ray.run_state import latest_checkpoint
 
 SFT_DIR = "sft_model"
+WARM_START_POINTER = "warm_start.json"
+"""in the run directory: which cached warm start the run trains from"""
 
 
 def add_train_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -53,29 +55,57 @@ def init_ray(cfg: TrainConfig, *, log=print):
 
 
 def _resolve_models(cfg: TrainConfig, run_dir: Path, resume: bool, log) -> tuple[str, str | None]:
-    """Model folders for samplers and learner (SFT warm start when configured)."""
+    """Model folders for samplers and learner (the SFT warm start when configured).
+
+    With `sft.cache` the warm start lives in the shared cache (`himac_ray.warm_start`) and the run
+    directory records which one it used (`warm_start.json`), so `--resume` keeps the same policy and
+    KL reference; without it the warm start is trained into the run directory (`sft_model/`).
+    """
     from himac_ray.models import resolve_model
+    from himac_ray.warm_start import is_built, warm_start_dir, write_key
 
     model_path = str(resolve_model(cfg.model.path))
     planner_path = str(resolve_model(cfg.model.planner_path)) if cfg.model.planner_path else None
-    sft_dir = run_dir / SFT_DIR
+    sft_dir, pointer = run_dir / SFT_DIR, run_dir / WARM_START_POINTER
     if (sft_dir / "config.json").exists():
         log(f"[himac-ray] using the SFT warm start in {sft_dir}")
         return str(sft_dir), planner_path
-    if cfg.run.sft_warmup and not (resume and latest_checkpoint(run_dir)):
+    if pointer.exists():
+        used = Path(json.loads(pointer.read_text())["path"])
+        if (used / "config.json").exists():
+            log(f"[himac-ray] using the SFT warm start {used} (recorded in {pointer})")
+            return str(used), planner_path
+        log(f"[himac-ray] the warm start {used} recorded in {pointer} is gone; building it again")
+    if not cfg.run.sft_warmup or (resume and latest_checkpoint(run_dir) and not pointer.exists()):
+        return model_path, planner_path
+    target = warm_start_dir(cfg, model_path) if cfg.sft.cache else sft_dir
+    if cfg.sft.cache and is_built(target):
+        log(f"[himac-ray] reusing the cached SFT warm start {target} (same model, env, prompts and SFT settings)")
+    else:
         from concurrent.futures import ProcessPoolExecutor
         from multiprocessing import get_context
 
         from himac_ray.sft_train import sft_from_config
 
-        log(f"[himac-ray] SFT warm start on {cfg.sft.episodes} expert episodes of {cfg.env.id}")
+        log(f"[himac-ray] SFT warm start on {cfg.sft.episodes} expert episodes of {cfg.env.id} -> {target}")
         warm = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, path=model_path))
         # in a child process: the model, its optimizer state and the allocator's cached pages are
         # returned to the OS when it exits (in this process they would stay for the whole run)
-        with ProcessPoolExecutor(max_workers=1, mp_context=get_context("spawn"), initializer=_exit_with_parent,
-                                 initargs=(os.getpid(),)) as pool:
-            return str(pool.submit(sft_from_config, warm, sft_dir).result()), planner_path
-    return model_path, planner_path
+        pool = ProcessPoolExecutor(max_workers=1, mp_context=get_context("spawn"), initializer=_exit_with_parent,
+                                   initargs=(os.getpid(),))
+        try:
+            pool.submit(sft_from_config, warm, target).result()
+        except BaseException:  # Ctrl-C or a failure: stop the SFT child now, not after its last step
+            for child in list(getattr(pool, "_processes", {}).values()):
+                child.terminate()
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
+        pool.shutdown()
+        if cfg.sft.cache:
+            write_key(cfg, model_path, target)
+    if cfg.sft.cache:
+        pointer.write_text(json.dumps({"path": str(target)}) + "\n")
+    return str(target), planner_path
 
 
 def _exit_with_parent(parent_pid: int) -> None:
@@ -91,13 +121,15 @@ def _exit_with_parent(parent_pid: int) -> None:
 
 
 def _drive(coordinator, total: int, resume: bool, log) -> list[dict]:
-    """Run the coordinator, showing a progress bar fed by its status."""
+    """Run the coordinator, showing its progress: a redrawn bar on a terminal; elsewhere (`ray job
+    submit` logs, CI, nohup) one line per phase change instead of a bar redrawn every 2 s."""
     import ray
     from tqdm import tqdm
 
     ref = coordinator.run.remote(resume=resume)
-    bar = tqdm(total=total, desc="himac-ray", unit="iter", dynamic_ncols=True, file=sys.stdout)
-    shown = 0
+    tty = sys.stdout.isatty()
+    bar = tqdm(total=total, desc="himac-ray", unit="iter", dynamic_ncols=True, file=sys.stdout, disable=not tty)
+    shown, last_phase, started = 0, None, time.time()
     while True:
         ready, _ = ray.wait([ref], timeout=2.0)
         status = ray.get(coordinator.status.remote())
@@ -107,17 +139,29 @@ def _drive(coordinator, total: int, resume: bool, log) -> list[dict]:
             bar.update(max(0, done - bar.n))
             if done != shown:
                 shown = done
-                bar.write(_summary(last))
-        bar.set_postfix_str(f"it {status.get('iteration', 0)} {status.get('trainable', '')}: {status.get('phase', '')}")
+                (bar.write if tty else log)(_summary(last))
+        phase = f"it {status.get('iteration', 0)} {status.get('trainable', '')}: {status.get('phase', '')}"
+        if tty:
+            bar.set_postfix_str(phase)
+        elif phase != last_phase:
+            log(f"[himac-ray {time.time() - started:6.0f}s] {phase}")
+        last_phase = phase
         if ready:
             bar.close()
             return ray.get(ref)
 
 
 def _summary(row: dict) -> str:
+    learn = ""
+    if "losses/kl" in row:  # the learner ran (flat or single-level keys)
+        learn = (f" kl_ref {row['losses/kl']:.4f} clip {row.get('losses/clipfrac', 0):.2f}"
+                 f" entropy {row.get('losses/entropy', 0):.2f}")
     return (f"iter {row['iteration']:3d} [{row['trainable']:>8}] success {row['charts/success_rate']:.2f} "
             f"return {row['charts/mean_return']:+.2f} invalid {row['charts/invalid_action_rate']:.2f} "
-            f"tok/s {row['perf/rollout_tokens_per_s']:.0f} sync {row['perf/weight_sync_seconds']:.2f}s")
+            f"informative {row.get('groups/informative_fraction', float('nan')):.2f}{learn} "
+            f"tok/s {row['perf/rollout_tokens_per_s']:.0f} steps/s {row['perf/env_steps_per_s']:.2f} "
+            f"sync {row['perf/weight_sync_seconds']:.2f}s"
+            + (f" | held-out {row['eval/success_rate']:.3f}" if "eval/success_rate" in row else ""))
 
 
 def _resume_hint(run_dir: Path) -> str:

@@ -20,12 +20,13 @@ from typing import Callable
 import numpy as np
 
 from himac_ray import metrics as M
-from himac_ray.advantage import compute_advantages
+from himac_ray.advantage import compute_advantages, group_informative
 from himac_ray.coevolution import trainable_level
 from himac_ray.config import TrainConfig
 from himac_ray.data import write_parquet
 from himac_ray.evaluate import run_eval
 from himac_ray.generation import SamplingParams
+from himac_ray.rollout import RolloutResult, merge_results
 from himac_ray.run_state import (
     CoordinatorState,
     begin_checkpoint,
@@ -62,10 +63,21 @@ def phase_of(cfg: TrainConfig, iteration: int) -> Phase:
     return Phase(level, "macro" if level == "planner" else "micro")
 
 
+EXTRA_SEED_OFFSET = 10_000_000
+"""extra groups (dynamic sampling) draw env seeds from train_seed_start + this + a cursor kept in
+the checkpoint, disjoint from the iterations' own seeds"""
+
+
 def iteration_seeds(cfg: TrainConfig, iteration: int) -> list[int]:
     """Env seeds of iteration i: a fixed function of i, so resumed runs see the same tasks."""
     start = cfg.env.train_seed_start + iteration * cfg.algorithm.num_groups
     return list(range(start, start + cfg.algorithm.num_groups))
+
+
+def extra_seeds(cfg: TrainConfig, cursor: int, count: int) -> list[int]:
+    """Env seeds of the next `count` extra groups, from `cursor` extra groups drawn so far."""
+    start = cfg.env.train_seed_start + EXTRA_SEED_OFFSET + cursor
+    return list(range(start, start + count))
 
 
 def sampling_params(cfg: TrainConfig, phase: Phase) -> tuple[SamplingParams, SamplingParams]:
@@ -176,11 +188,7 @@ class Trainer:
 
         self.status["phase"] = "rollout"
         start = time.perf_counter()
-        planner_params, executor_params = sampling_params(self.cfg, phase)
-        result = self.rollout(
-            seeds=iteration_seeds(self.cfg, i), mode=phase.mode, group_size=self.cfg.algorithm.group_size,
-            planner_params=planner_params, executor_params=executor_params,
-        )
+        result, groups = self._collect(i, phase)
         times["rollout"] = time.perf_counter() - start
 
         self.status["phase"] = "advantage"
@@ -205,6 +213,7 @@ class Trainer:
         if result.pre is not None:  # micro mode's macro pre-pass that chose z* also stepped envs
             self.state.env_steps += int(result.pre.metrics.get("env_steps", 0))
         row = self._row(i, phase, result, learn, sync, times)
+        row.update(groups)
         if self.cfg.run.save_trajectories:
             write_parquet(result.records, self.run_dir / "trajectories" / f"iter_{i:05d}.parquet")
         times["record"] = time.perf_counter() - start
@@ -213,6 +222,37 @@ class Trainer:
         self.state.iteration = i + 1
         self.state.trainable = phase.trainable or "both"
         return row
+
+    def _collect(self, i: int, phase: Phase) -> tuple[RolloutResult, dict]:
+        """The iteration's rollout, plus fresh tasks while too few groups are informative.
+
+        Dynamic sampling (DAPO, at whichever level the phase rolls out): while fewer than
+        `algorithm.min_informative_groups` groups have members that score differently, roll out
+        more groups on fresh env seeds, at most `algorithm.max_extra_groups` in all. Tied groups
+        stay in the batch (their records are kept and written; their advantage is 0), and every
+        env step counts. Returns the merged result and the groups/* metrics.
+        """
+        a = self.cfg.algorithm
+        planner_params, executor_params = sampling_params(self.cfg, phase)
+
+        def roll(seeds: list[int]) -> RolloutResult:
+            return self.rollout(seeds=seeds, mode=phase.mode, group_size=a.group_size_of(phase.mode),
+                                plan_group_size=a.group_size_of("macro"), planner_params=planner_params,
+                                executor_params=executor_params)
+
+        results = [roll(iteration_seeds(self.cfg, i))]
+        informative = sum(group_informative(results[0].episodes, episode_score=a.episode_score).values())
+        extra = 0
+        while informative < a.min_informative_groups and extra < a.max_extra_groups:
+            count = min(a.min_informative_groups - informative, a.max_extra_groups - extra)
+            self.status["phase"] = f"rollout (+{count} groups)"
+            results.append(roll(extra_seeds(self.cfg, self.state.extra_groups, count)))
+            self.state.extra_groups += count
+            extra += count
+            informative += sum(group_informative(results[-1].episodes, episode_score=a.episode_score).values())
+        total = a.num_groups + extra
+        return merge_results(results), {M.GROUPS_INFORMATIVE_FRACTION: informative / max(total, 1),
+                                        M.GROUPS_INFORMATIVE: informative, M.GROUPS_EXTRA: extra}
 
     def _with_advantages(self, records, trainable):
         a = self.cfg.algorithm
@@ -240,6 +280,9 @@ class Trainer:
     def _row(self, i, phase, result, learn, sync, times) -> dict:
         m = result.metrics
         rollout_s = max(times["rollout"], 1e-9)
+        acts = [r for r in result.records if r.level == "act"]
+        env_steps = m.get("env_steps", 0) + (result.pre.metrics.get("env_steps", 0) if result.pre else 0)
+        gen_tokens = m.get("gen_tokens", 0) + (result.pre.metrics.get("gen_tokens", 0) if result.pre else 0)
         row = {
             M.ITERATION: i,
             M.TRAINABLE: phase.trainable or "both",
@@ -249,8 +292,11 @@ class Trainer:
             M.INVALID_RATE: m.get("invalid_action_rate", 0.0),
             M.RESPONSE_LEN: m.get("mean_response_len", 0.0),
             M.ENV_STEPS: self.state.env_steps,
-            M.ROLLOUT_TOKENS_PER_S: m.get("gen_tokens", 0) / rollout_s,
-            M.ENV_STEPS_PER_S: m.get("env_steps", 0) / rollout_s,
+            M.ROLLOUT_TOKENS_PER_S: gen_tokens / rollout_s,
+            M.ENV_STEPS_PER_S: env_steps / rollout_s,
+            M.TOKENS_PER_ENV_STEP: gen_tokens / max(env_steps, 1),
+            M.SUB_DONE_RATE: sum(r.sub_done for r in acts) / max(len(acts), 1),
+            M.BLUEPRINT_LEN: m.get("mean_num_subgoals", 0.0),
             M.SYNC_SECONDS: sync.get("seconds", 0.0),
             "sync_method": sync.get("method", ""),
             "plan_fallback_rate": m.get("plan_fallback_rate", 0.0),

@@ -74,8 +74,11 @@ class VLLMGenerator:
         gpu_memory_utilization: fraction of GPU memory for vLLM (GPU only).
         tensor_parallel_size: GPUs per engine (GPU only).
         in_process: run vLLM's engine core in this process (no child processes), as Ray actors do.
+        dtype: auto | float32 | bfloat16 | float16 (`himac_ray.hardware.resolve_dtype`; the
+            concrete choice is in `self.dtype`).
+        threads: CPU threads of an in-process engine (0 = leave torch's setting).
+        prefix_caching: vLLM automatic prefix caching (shared prompt prefixes computed once).
     """
-
 
     def __init__(
         self,
@@ -84,11 +87,13 @@ class VLLMGenerator:
         seed: int = 0,
         max_model_len: int = 4096,
         kv_cache_gb: float = 1.0,
-        dtype: str = "float32",
+        dtype: str = "auto",
         gpu_memory_utilization: float = 0.6,
         tensor_parallel_size: int = 1,
         enforce_eager: bool = True,
         in_process: bool = False,
+        threads: int = 0,
+        prefix_caching: bool = True,
         **engine_kwargs,
     ):
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(max(1, int(round(kv_cache_gb)))))
@@ -96,13 +101,22 @@ class VLLMGenerator:
         if in_process:
             # engine and worker in this process: nothing outlives it when a Ray actor is killed
             os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+        import torch
         from vllm import LLM
 
+        from himac_ray.hardware import resolve_dtype
+
+        self.dtype, self.dtype_reason = resolve_dtype(dtype)
+        if threads and in_process and not torch.cuda.is_available():
+            # before vLLM's CPU worker starts: it forbids changing the thread count afterwards
+            torch.set_num_threads(int(threads))
+        self.threads = torch.get_num_threads()
         self.model_path = str(model_path)
         self.llm = LLM(
             model=self.model_path,
             seed=seed,
-            dtype=dtype,
+            dtype=self.dtype,
+            enable_prefix_caching=prefix_caching,
             max_model_len=max_model_len,
             enforce_eager=enforce_eager,
             gpu_memory_utilization=gpu_memory_utilization,

@@ -1,0 +1,191 @@
+"""The fast CPU recipe's pieces: dynamic sampling of informative groups, separate G and N, the
+reasoning-free answer format, compact prompts, the auto dtype and the warm-start cache."""
+
+import json
+
+import pytest
+
+from himac_ray import prompts
+from himac_ray.advantage import group_informative
+from himac_ray.config import ConfigError, load_config
+from himac_ray.generation import ScriptedGenerator
+from himac_ray.hardware import resolve_dtype
+from himac_ray.rollout import run_rollout
+from himac_ray.trainer import EXTRA_SEED_OFFSET, Phase, Trainer, iteration_seeds
+from himac_ray.warm_start import warm_start_dir
+
+SOKOBAN = "himac/Sokoban-v0"
+KWARGS = {"dim_room": [6, 6], "num_boxes": 1, "max_steps": 3}
+
+
+class Planner:
+    """Blueprints for a macro rollout: identical for every member (a tied group) until `split`
+    is set; then member 1 answers garbage (the plan penalty makes the group informative)."""
+
+    def __init__(self):
+        self.split = False
+
+    def __call__(self, chat, i):
+        if "<plan>" in chat[-1]["content"] and "Subgoal" not in chat[-1]["content"]:
+            return "no plan at all" if (self.split and i == 1) else "<plan>\n1. push the box\n</plan>"
+        return "<action>left</action>"
+
+
+def make_trainer(tmp_path, planner, *overrides):
+    cfg = load_config(None, [f"run.dir={tmp_path}", f"env.kwargs={json.dumps(KWARGS)}", "algorithm.group_size=3",
+                             "algorithm.num_groups=2", "rollout.prompt_style=compact",
+                             "rollout.answer_format=action", *overrides])
+    gen = ScriptedGenerator(planner)
+    calls = []
+
+    def rollout(**kw):
+        calls.append(list(kw["seeds"]))
+        out = run_rollout(generator=gen, env_id=SOKOBAN, env_kwargs=KWARGS, prompt_format=cfg.rollout.prompt_format, **kw)
+        planner.split = True  # every later rollout has informative groups
+        return out
+
+    return Trainer(cfg, rollout=rollout, learner=None, sync=None, log=print), calls
+
+
+def test_tied_groups_are_replaced_by_fresh_tasks(tmp_path):
+    trainer, calls = make_trainer(tmp_path, Planner(), "algorithm.min_informative_groups=2",
+                                  "algorithm.max_extra_groups=5")
+    result, groups = trainer._collect(0, Phase("planner", "macro"))
+    first, extra = calls
+    assert first == iteration_seeds(trainer.cfg, 0)
+    assert extra == [trainer.cfg.env.train_seed_start + EXTRA_SEED_OFFSET + j for j in range(2)]
+    assert groups == {"groups/informative_fraction": 0.5, "groups/informative": 2, "groups/extra": 2}
+    assert trainer.state.extra_groups == 2
+    # every group's records kept exactly once; env steps of the tied groups counted too
+    keys = [(r.group_id, r.traj_id, r.step, r.level) for r in result.records]
+    assert len(keys) == len(set(keys)) and len({r.group_id for r in result.records}) == 4
+    assert result.metrics["env_steps"] == sum(e["steps"] for e in result.episodes) > 4 * 3
+    informative = group_informative(result.episodes)
+    assert sorted(informative.values()) == [False, False, True, True]
+    # the cursor moves on: the next extra groups use new seeds
+    trainer._collect(1, Phase("planner", "macro"))
+    assert calls[-1] == [] or set(calls[-1]).isdisjoint(extra)
+
+
+def test_extra_groups_stop_at_the_cap(tmp_path):
+    planner = Planner()
+    trainer, calls = make_trainer(tmp_path, planner, "algorithm.min_informative_groups=2",
+                                  "algorithm.max_extra_groups=3")
+    planner.split = False
+    trainer.rollout_calls = calls
+    # keep every group tied: the wrapper's split switch is undone before each call
+    inner = trainer.rollout
+
+    def tied(**kw):
+        planner.split = False
+        out = inner(**kw)
+        planner.split = False
+        return out
+
+    trainer.rollout = tied
+    result, groups = trainer._collect(0, Phase("planner", "macro"))
+    assert [len(c) for c in calls] == [2, 2, 1]
+    assert groups == {"groups/informative_fraction": 0.0, "groups/informative": 0, "groups/extra": 3}
+    assert len(result.episodes) == 5 * 3
+
+
+def test_dynamic_sampling_is_off_by_default(tmp_path):
+    trainer, calls = make_trainer(tmp_path, Planner())
+    _, groups = trainer._collect(0, Phase("planner", "macro"))
+    assert len(calls) == 1 and groups["groups/extra"] == 0
+
+
+def test_separate_planner_and_executor_group_sizes(tmp_path):
+    trainer, calls = make_trainer(tmp_path, Planner(), "algorithm.planner_group_size=4",
+                                  "algorithm.executor_group_size=2")
+    result, _ = trainer._collect(0, Phase("executor", "micro"))
+    sizes = {}
+    for e in result.episodes:
+        sizes[e["group_id"]] = sizes.get(e["group_id"], 0) + 1
+    assert set(sizes.values()) == {2} and len(sizes) == 2
+    pre = {}
+    for e in result.pre.episodes:
+        pre[e["group_id"]] = pre.get(e["group_id"], 0) + 1
+    assert set(pre.values()) == {4}
+    macro, _ = trainer._collect(1, Phase("planner", "macro"))
+    assert len(macro.episodes) == 2 * 4
+    with pytest.raises(ConfigError, match="executor_group_size"):
+        load_config(None, ["algorithm.executor_group_size=1"])
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("<action>up</action>", ("up", True, False)),
+    ("<action> Left </action><sub_done>", ("left", True, True)),
+    ("<think>x</think><action>down</action>", ("down", True, False)),  # reasoning is allowed, not required
+    ("<sub_done><action>up</action>", ("up", True, False)),  # <sub_done> before the action does not count
+    ("up", ("", False, False)),
+    ("<action>fly</action><sub_done>", ("fly", False, True)),
+    ("<action><action>up</action>", ("", False, False)),
+    ("<" + " " * 8000, ("", False, False)),
+    (None, ("", False, False)),
+])
+def test_reasoning_free_answers_parse(text, expected):
+    fmt = prompts.PromptFormat(answer="action")
+    got = prompts.parse_action(text, ["up", "down", "left", "right"], env_id=SOKOBAN, require_think=fmt.require_think)
+    assert got == expected
+
+
+def test_action_answer_round_trips_and_verl_default_is_unchanged():
+    fmt = prompts.PromptFormat(style="compact", answer="action")
+    answer = prompts.format_action("right", think="ignored", sub_done=True, fmt=fmt)
+    assert answer == "<action>right</action><sub_done>"
+    assert prompts.parse_action(answer, ["right"], env_id=SOKOBAN, require_think=False) == ("right", True, True)
+    # without reasoning the default (think) parser rejects it: the format must match the parser
+    assert prompts.parse_action(answer, ["right"], env_id=SOKOBAN)[1] is False
+    assert prompts.format_action("up", think="t") == "<think>t</think><action>up</action>"
+    with pytest.raises(ValueError, match="answer format"):
+        prompts.PromptFormat(answer="free")
+
+
+def test_compact_prompt_states_board_coordinates_subgoal_and_actions():
+    board = "######\n##P__#\n##X__#\n#__O_#\n######\n"
+    fmt = prompts.PromptFormat(style="compact", answer="action")
+    chat = prompts.executor_prompt(SOKOBAN, task="long rules text", subgoals=["push it down", "then right"],
+                                   subgoal_index=1, history=[("b", "up"), ("c", "left")], observation=board,
+                                   admissible_actions=["up", "down", "left", "right"], steps_in_subgoal=2, fmt=fmt)
+    user = chat[-1]["content"]
+    assert "long rules text" not in user and board in user and "<think>" not in user
+    assert "Player (row 1, col 2). Box (row 2, col 2). Target (row 3, col 3)." in user
+    assert "Subgoal 2 of 2: then right" in user and "Last actions: up, left" in user
+    assert "Actions: up, down, left, right" in user
+    verl = prompts.executor_prompt(SOKOBAN, task="long rules text", subgoals=["push it down"], subgoal_index=0,
+                                   history=[], observation=board, admissible_actions=["up"], steps_in_subgoal=0)
+    assert len(user) < len(verl[-1]["content"]) / 2
+    alf = prompts.flat_prompt("himac/ALFWorld-v0", task="put a mug in the sink", history=[], observation="You see",
+                              admissible_actions=["look"], steps_taken=0, fmt=fmt)
+    assert "Task: put a mug in the sink" in alf[-1]["content"] and "Observation: You see" in alf[-1]["content"]
+
+
+def test_auto_dtype_is_bfloat16_only_where_native():
+    avx2 = frozenset({"avx2", "fma"})
+    assert resolve_dtype("auto", gpu=False, flags=avx2)[0] == "float32"
+    assert resolve_dtype("auto", gpu=False, flags=avx2 | {"avx512_bf16"})[0] == "bfloat16"
+    assert resolve_dtype("auto", gpu=False, flags=avx2 | {"amx_bf16"})[0] == "bfloat16"
+    assert resolve_dtype("auto", gpu=True, flags=avx2)[0] == "bfloat16"
+    assert resolve_dtype("float32", gpu=True) == ("float32", "configured")
+    with pytest.raises(ConfigError, match="model.dtype"):
+        load_config(None, ["model.dtype=int8"])
+
+
+def test_warm_start_key_covers_the_recipe_not_the_rl_seed(tmp_path, monkeypatch):
+    monkeypatch.setenv("HIMAC_RAY_CACHE", str(tmp_path / "cache"))
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "model.safetensors").write_bytes(b"0" * 10)
+
+    def key(*overrides):
+        return warm_start_dir(load_config(None, list(overrides)), model)
+
+    base = key()
+    assert key("run.seed=3", "sampler.seed=3", "learner.lr=0.1") == base  # RL settings share the warm start
+    assert key("algorithm.name=grpo") == key("algorithm.name=gigpo") != base  # flat family vs hierarchical
+    for change in ("rollout.prompt_style=compact", "rollout.answer_format=action", "sft.episodes=3", "sft.epochs=5",
+                   "env.kwargs={max_steps: 4}", "rollout.max_subgoals=2", "sft.seed=1"):
+        assert key(change) != base, change
+    (model / "model.safetensors").write_bytes(b"1" * 11)  # the base model changed
+    assert key() != base
