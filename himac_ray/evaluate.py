@@ -41,6 +41,7 @@ def summarize(result) -> dict:
     n = max(len(result.episodes), 1)
     return {
         "success_rate": sum(e["won"] for e in result.episodes) / n,
+        "won_by_seed": {str(e["seed"]): int(e["won"]) for e in sorted(result.episodes, key=lambda e: e["seed"])},
         "mean_return": sum(e["return"] for e in result.episodes) / n,
         "episodes": len(result.episodes),
         "by_task_type": {
@@ -48,6 +49,29 @@ def summarize(result) -> dict:
             for t, es in sorted(by_type.items())
         },
     }
+
+
+def paired_interval(before: dict[str, int], after: dict[str, int], *, level: float = 0.95,
+                    resamples: int = 10_000, seed: int = 0) -> tuple[float, float, float]:
+    """Mean paired difference in success (after - before) over the rooms both evaluated, with a
+    percentile-bootstrap `level` interval (rooms resampled with replacement; seeded).
+
+    Args:
+        before, after: room (env seed, as str) -> 1 if solved else 0 (`won_by_seed` of two evaluations).
+
+    Returns:
+        (mean difference, lower bound, upper bound).
+    """
+    import numpy as np
+
+    rooms = sorted(set(before) & set(after))
+    if not rooms:
+        raise ValueError("the two evaluations share no room")
+    diff = np.array([after[r] - before[r] for r in rooms], dtype=float)
+    rng = np.random.default_rng(seed)
+    means = diff[rng.integers(0, len(diff), size=(resamples, len(diff)))].mean(axis=1)
+    tail = (1 - level) / 2
+    return float(diff.mean()), float(np.quantile(means, tail)), float(np.quantile(means, 1 - tail))
 
 
 def run_eval(cfg: TrainConfig, rollout: Callable, *, episodes: int | None = None) -> dict:

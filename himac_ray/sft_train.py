@@ -27,6 +27,7 @@ import collections
 import json
 import os
 import shutil
+import sys
 import tempfile
 import time
 from collections.abc import Sequence
@@ -221,7 +222,9 @@ def _fit(
     order_gen = torch.Generator().manual_seed(seed)
     micro = min(micro_batch_size, batch_size)
     losses = []
-    bar = tqdm(total=epochs * -(-len(rows) // batch_size), desc="sft", unit="step", disable=not progress, dynamic_ncols=True)
+    # off a terminal (logs, CI, nohup) the bar is redrawn every 30 s instead of every step
+    bar = tqdm(total=epochs * -(-len(rows) // batch_size), desc="sft", unit="step", disable=not progress, dynamic_ncols=True,
+               mininterval=0.1 if sys.stderr.isatty() else 30.0)
     for _epoch in range(epochs):
         order = torch.randperm(len(rows), generator=order_gen).tolist()
         for b_start in range(0, len(order), batch_size):

@@ -208,7 +208,28 @@ def train(cfg: TrainConfig, *, resume: bool = False, log=print) -> list[dict]:
         ray.kill(coordinator, no_restart=True)
     log(f"[himac-ray] {len(rows)} iteration(s) in {time.time() - start:.0f}s; run dir {run_dir} "
         f"(metrics.jsonl, curve.png, checkpoints/)")
+    summary = eval_summary(run_dir)
+    if summary:
+        log(summary)
     return rows
+
+
+def eval_summary(run_dir: Path) -> str:
+    """The first and the last held-out evaluation of a run side by side, with the paired 95%
+    interval of the difference over the rooms both evaluated ("" with fewer than two)."""
+    from himac_ray.evaluate import paired_interval
+    from himac_ray.metrics import MetricsLog
+
+    evals = [e for e in MetricsLog(run_dir).eval_rows() if e.get("won_by_seed")]
+    if len(evals) < 2:
+        return ""
+    first, last = evals[0], evals[-1]
+    n = len(last["won_by_seed"])
+    mean, lo, hi = paired_interval(first["won_by_seed"], last["won_by_seed"])
+    return (f"[himac-ray] held-out success on {n} rooms: {sum(first['won_by_seed'].values())}/{n} "
+            f"after {first['iteration']} iteration(s) -> {sum(last['won_by_seed'].values())}/{n} after "
+            f"{last['iteration']} ({last.get('charts/env_steps_total', 0)} env steps); difference {mean:+.3f}, "
+            f"paired 95% interval [{lo:+.3f}, {hi:+.3f}]")
 
 
 def main(argv: list[str] | None = None) -> int:
