@@ -61,23 +61,22 @@ class SamplerActor:
     def init_weight_transfer_engine(self, request) -> None:
         """Join the policy's NCCL group as engine `index` (blocks until everyone has joined);
         `request` is vLLM's `WeightTransferInitRequest`."""
-        from himac_ray.nccl_sync import engine_init_info
+        from himac_ray.weight_sync import engine_init_info
 
         info = engine_init_info(request.init_info, engine_index=self.index,
                                 tensor_parallel_size=self.tensor_parallel_size)
-        self.gen.llm.collective_rpc("init_weight_transfer_engine", kwargs={"init_info": info})
+        self.gen.init_weight_transfer(info)
 
     def start_weight_update(self) -> None:
-        self.gen.llm.collective_rpc("start_weight_update")
+        self.gen.start_weight_update()
 
     def update_weights(self, request) -> None:
         """Receive the tensors learner rank 0 broadcasts (`request`: vLLM's `WeightTransferUpdateRequest`)."""
-        self.gen.llm.collective_rpc("update_weights", kwargs={"update_info": request.update_info})
+        self.gen.receive_weights(request.update_info)
 
     def finish_weight_update(self) -> None:
         """Finalize vLLM's layerwise reload, then drop what the old weights computed (prefix cache)."""
-        self.gen.llm.collective_rpc("finish_weight_update")
-        self.gen._reset_caches()
+        self.gen.finish_weight_update()
 
     def update_weight_version(self, version: int | str) -> None:
         self.gen.weights_version = int(version)

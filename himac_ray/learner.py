@@ -58,8 +58,8 @@ from himac_ray.loss import (
     token_entropy,
     token_logprobs,
 )
-from himac_ray.models import resolve_model, trainable_parameters
-from himac_ray.vlm import is_vision_model
+from himac_ray.models import is_vision_model, resolve_model, trainable_parameters
+from himac_ray.weight_sync import export_walk
 
 GRAD_NORM_KEY = "grad_norm"
 TOKENS_KEY = "perf/learner_tokens"
@@ -433,15 +433,9 @@ class Learner:
         """
         import deepspeed
 
-        module = self.policies[policy][0].module
-        keys = set(module.state_dict().keys())
-        names: dict[int, list[str]] = {}
-        unique = []
-        for name, p in module.named_parameters(remove_duplicate=False):
-            if name in keys:
-                if id(p) not in names:
-                    unique.append(p)
-                names.setdefault(id(p), []).append(name)
+        params, named_buffers = export_walk(self.policies[policy][0].module)
+        unique = [p for p, _ in params]
+        names = {id(p): aliases for p, aliases in params}
         limit, bucket, size = bucket_mb * 2**20, [], 0
         for i, p in enumerate(unique):
             bucket.append(p)
@@ -456,7 +450,7 @@ class Learner:
                     out.update({alias: out[first].clone() for alias in aliases})  # safetensors refuses shared storage
             yield out
             bucket, size = [], 0
-        buffers = {n: b.detach().to("cpu", copy=True) for n, b in module.named_buffers() if n in keys}
+        buffers = {n: b.detach().to("cpu", copy=True) for n, b in named_buffers}
         if buffers:
             yield buffers
 

@@ -66,7 +66,7 @@ def _resolve_models(cfg: TrainConfig, run_dir: Path, resume: bool, log) -> tuple
         from concurrent.futures import ProcessPoolExecutor
         from multiprocessing import get_context
 
-        from himac_ray.sft_train import sft_from_config
+        from himac_ray.sft.trainer import sft_from_config
 
         log(f"[himac-ray] SFT warm start on {cfg.sft.episodes} expert episodes of {cfg.env.id}")
         warm = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, path=model_path))

@@ -3,7 +3,7 @@
 `himac-ray plan --config F [--gpus N] [--gpu H100-80GB]` prints, for one config, every sensible
 way to lay the run out on N GPUs (colocated or split sampler/learner, engine tensor-parallel size),
 the estimated rollout / learn / sync / iteration seconds, the GPU memory each side needs, and which
-layout is fastest among those that fit. `python -m himac_ray.sizing --paper` prints the table for
+layout is fastest among those that fit. `python -m himac_ray.tools.sizing --paper` prints the table for
 the paper's settings (docs/scaling.md embeds it; a test keeps the two equal).
 
 The model is a roofline-style estimate, not a simulator. Every number it uses is in `GPUS`,
@@ -921,7 +921,7 @@ def sync_table(gpu: str = DEFAULT_GPU, a: Assumptions | None = None, *, markdown
 
 def figures_table() -> str:
     """The published / measured figures behind the model, then the assumptions, as Markdown."""
-    from himac_ray.config_docs import field_docstrings
+    from himac_ray.tools.config_docs import field_docstrings
 
     lines = ["| figure | value | source |", "|---|---|---|"]
     lines += [f"| {f} | {v} | {s} |" for f, v, s in FIGURES]
@@ -1050,7 +1050,7 @@ def run(args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m himac_ray.sizing --config F [--gpus N] ...` (also `himac-ray plan`)."""
+    """`python -m himac_ray.tools.sizing --config F [--gpus N] ...` (also `himac-ray plan`)."""
     parser = add_arguments(argparse.ArgumentParser(
         prog="himac-ray plan", description="Estimate GPU layout, weight-sync and iteration time for a config."))
     return run(parser.parse_args(argv))
