@@ -10,8 +10,10 @@ from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from himac_ray.config import ModelConfig, SamplerConfig
 from himac_ray.generation import SamplingParams
+from himac_ray.names import ROLES
 
-ROLES = ("planner", "executor", "both")
+SAMPLER_ROLES = (*ROLES, "both")
+"""a sampler serves one policy role, or both (shared weights)"""
 
 
 class SamplerDiedError(RuntimeError):
@@ -125,8 +127,8 @@ def create_samplers(model_path: str, *, role: str, model: ModelConfig, sampler: 
     Returns (actors, placement_group). Fails with a clear message when the cluster cannot
     host them (instead of waiting forever for resources).
     """
-    if role not in ROLES:
-        raise ValueError(f"role must be one of {ROLES}, got {role!r}")
+    if role not in SAMPLER_ROLES:
+        raise ValueError(f"role must be one of {SAMPLER_ROLES}, got {role!r}")
     bundle = {"CPU": sampler.cpus_per_engine, **sampler.resources}
     if sampler.gpus_per_engine:
         bundle["GPU"] = sampler.gpus_per_engine

@@ -53,8 +53,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-LEVELS = ("plan", "act")
-"""record levels: `plan` = planner / macro, `act` = executor or flat agent / micro"""
+from himac_ray.names import LEVELS  # record levels: `plan` = planner / macro, `act` = executor or flat / micro
+
 LEVEL_IDS = {"plan": 0, "act": 1}
 """integer id of each level in `pad_batch(...)["level_ids"]`"""
 SCHEMA_VERSION = "1"

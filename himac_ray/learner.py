@@ -59,6 +59,7 @@ from himac_ray.loss import (
     token_logprobs,
 )
 from himac_ray.models import is_vision_model, resolve_model, trainable_parameters
+from himac_ray.names import LEVEL_OF, ROLE_OF
 from himac_ray.weight_sync import export_walk
 
 GRAD_NORM_KEY = "grad_norm"
@@ -66,8 +67,8 @@ TOKENS_KEY = "perf/learner_tokens"
 """real (prompt + response) tokens forwarded by all ranks in the step"""
 SECONDS_KEY = "perf/learner_seconds"
 TOKENS_PER_S_KEY = "perf/learner_tokens_per_s"
-TRAINABLE_LEVEL = {"planner": "plan", "executor": "act"}
-LEVEL_POLICY = {level: policy for policy, level in TRAINABLE_LEVEL.items()}
+TRAINABLE_LEVEL = LEVEL_OF
+LEVEL_POLICY = ROLE_OF
 _NOT_SAVED = "__himac_ray_not_saved__"
 _STATE_FILE = "learner_state.json"
 PIXEL_KEYS = ("pixel_values", "pixel_attention_mask")
@@ -178,9 +179,10 @@ class Learner:
         planner = executor if model.planner_path is None else self._build_policy(
             deepspeed, resolve_model(model.planner_path))
         self.policies = {"planner": planner, "executor": executor}
+        """policy name -> (engine, frozen reference or None); shared mode maps both to one pair"""
         self._keeps_logits = all("logits_to_keep" in inspect.signature(e.module.forward).parameters
                                  for e, _ in self.policies.values())
-        """policy name -> (engine, frozen reference or None); shared mode maps both to one pair"""
+        """every policy's forward takes `logits_to_keep` (logits only for the response window)"""
         self.steps = 0
         """train_step calls that ran at least one optimizer step"""
 

@@ -26,6 +26,7 @@ from himac_ray.config import TrainConfig
 from himac_ray.data import write_parquet
 from himac_ray.evaluate import run_eval
 from himac_ray.generation import SamplingParams
+from himac_ray.names import FLAT_ALGORITHMS, LEVEL_OF
 from himac_ray.run_state import (
     CoordinatorState,
     begin_checkpoint,
@@ -33,9 +34,6 @@ from himac_ray.run_state import (
     commit_checkpoint,
     latest_checkpoint,
 )
-
-FLAT_ALGORITHMS = ("grpo", "gigpo", "rloo")
-LEVEL_OF = {"planner": "plan", "executor": "act"}
 
 
 @dataclass(frozen=True)

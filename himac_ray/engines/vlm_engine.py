@@ -5,7 +5,7 @@ Both implement `himac_ray.generation.Generator` for chats whose user content is 
 `himac_ray.prompts`); plain-text chats work too. Prompts are rendered with the model's chat
 template (one `<image>` per image part, `himac_ray.engines.vision_chat.render_vlm_chat`); the processor expands
 each `<image>` into the model's image tokens (for the local Idefics3 VLM:
-`<fake_token_around_image><global-img>` + 9 x `<image>` + `<fake_token_around_image>`).
+`<fake_token_around_image><global-img>` + 36 x `<image>` (one per 16-px tile at the defaults) + `<fake_token_around_image>`).
 
 `Sample.prompt_token_ids` holds the *expanded* prompt, as the model saw it, so a learner can
 recompute logprobs from `prompt_token_ids + token_ids` and the same images

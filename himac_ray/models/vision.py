@@ -13,9 +13,8 @@ Design (the numbers are the defaults; Sokoban's 6x6 rooms render at 96x96 pixels
   width 128, 2 heads (head size 64, which vLLM's CPU kernels support). Connector: pixel shuffle
   with `scale_factor`=1 (none) then a linear map to the text width, so an image is
   (96/16)^2 = 36 `<image>` tokens, one per tile, between `<fake_token_around_image><global-img>`
-  and `<fake_token_around_image>`. (With `scale_factor`=2, 9 tokens of 2x2 tiles each, 600
-  CPU-seconds of SFT did not teach the tiny-text VLM to read box coordinates; with one token
-  per tile the same budget did: benchmarks/RESULTS.md.)
+  and `<fake_token_around_image>`. One token per tile, not per 2x2 tiles (`scale_factor`=2):
+  SFT teaches the VLM to read box coordinates far sooner that way (benchmarks/RESULTS.md).
 - Image processor: `Idefics3ImageProcessor` (the PIL backend here) with
   `do_image_splitting=False`, every image resized to `image_size` x `image_size` with
   nearest-neighbour resampling (exact for Sokoban's integer `scale`s of 16-px tiles).

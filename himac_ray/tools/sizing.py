@@ -46,6 +46,8 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from himac_ray.names import FLAT_ALGORITHMS
+
 GB = 1e9
 
 
@@ -120,9 +122,6 @@ class ModelSpec:
 
     def weight_bytes(self, dtype_bytes: int = 2) -> float:
         return self.params * dtype_bytes
-
-    def kv_bytes_per_token(self, dtype_bytes: int = 2) -> float:
-        return 2 * self.layers * self.kv_heads * self.head_dim * dtype_bytes
 
     def kv_bytes_per_token_per_gpu(self, tp: int, dtype_bytes: int = 2) -> float:
         """KV bytes one GPU of a TP group holds per token (KV heads are replicated when tp > kv_heads)."""
@@ -328,7 +327,6 @@ FIGURES = [
 # ---------------------------------------------------------------------------------------------
 # Workload
 # ---------------------------------------------------------------------------------------------
-FLAT_ALGORITHMS = ("grpo", "gigpo", "rloo")
 
 
 @dataclass(frozen=True)
