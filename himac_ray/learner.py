@@ -46,8 +46,10 @@ import pyarrow as pa
 import torch
 import torch.distributed as dist
 
+from himac_ray import metrics as M
+from himac_ray.batch import pad_batch
 from himac_ray.config import AlgorithmConfig, LearnerConfig, ModelConfig
-from himac_ray.data import LEVELS, Record, pad_batch, png_image, table_to_records
+from himac_ray.data import LEVELS, Record, png_image, table_to_records
 from himac_ray.loss import (
     APPROX_KL_KEY,
     CLIPFRAC_KEY,
@@ -62,11 +64,10 @@ from himac_ray.models import is_vision_model, resolve_model, trainable_parameter
 from himac_ray.names import LEVEL_OF, ROLE_OF
 from himac_ray.weight_sync import export_walk
 
-GRAD_NORM_KEY = "grad_norm"
-TOKENS_KEY = "perf/learner_tokens"
-"""real (prompt + response) tokens forwarded by all ranks in the step"""
-SECONDS_KEY = "perf/learner_seconds"
-TOKENS_PER_S_KEY = "perf/learner_tokens_per_s"
+GRAD_NORM_KEY = M.GRAD_NORM
+TOKENS_KEY = M.LEARNER_TOKENS
+SECONDS_KEY = M.LEARNER_SECONDS
+TOKENS_PER_S_KEY = M.LEARNER_TOKENS_PER_S
 TRAINABLE_LEVEL = LEVEL_OF
 LEVEL_POLICY = ROLE_OF
 _NOT_SAVED = "__himac_ray_not_saved__"

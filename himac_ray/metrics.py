@@ -18,6 +18,23 @@ SYNC_SECONDS = "perf/weight_sync_seconds"
 TIME_PREFIX = "time/"
 """phase wall-clock seconds: time/rollout, time/advantage, time/learn, time/sync, time/record"""
 EVAL_SUCCESS = "eval/success_rate"
+EVAL_RETURN = "eval/mean_return"
+SYNC_METHOD = "sync_method"
+PLAN_FALLBACK_RATE = "plan_fallback_rate"
+LEARNER_RECORDS = "learner/records"
+LEARNER_SKIPPED = "learner/skipped_zero_advantage"
+"""records left out of the learner step because their advantage is zero"""
+# the learner step's metrics (prefixed `plan/` / `act/` when both levels train in one iteration)
+PG_LOSS = "losses/pg_loss"
+KL = "losses/kl"
+ENTROPY = "losses/entropy"
+CLIPFRAC = "losses/clipfrac"
+APPROX_KL = "losses/approx_kl"
+GRAD_NORM = "grad_norm"
+LEARNER_TOKENS = "perf/learner_tokens"
+"""real (prompt + response) tokens forwarded by all ranks in the step"""
+LEARNER_SECONDS = "perf/learner_seconds"
+LEARNER_TOKENS_PER_S = "perf/learner_tokens_per_s"
 
 
 class MetricsLog:

@@ -16,6 +16,7 @@ import sys
 import time
 from pathlib import Path
 
+from himac_ray import metrics as M
 from himac_ray.config import TrainConfig, config_to_dict, load_config
 from himac_ray.run_state import latest_checkpoint
 
@@ -103,7 +104,7 @@ def _drive(coordinator, total: int, resume: bool, log) -> list[dict]:
         status = ray.get(coordinator.status.remote())
         last = status.get("last") or {}
         if last:
-            done = last["iteration"] + 1
+            done = last[M.ITERATION] + 1
             bar.update(max(0, done - bar.n))
             if done != shown:
                 shown = done
@@ -115,9 +116,9 @@ def _drive(coordinator, total: int, resume: bool, log) -> list[dict]:
 
 
 def _summary(row: dict) -> str:
-    return (f"iter {row['iteration']:3d} [{row['trainable']:>8}] success {row['charts/success_rate']:.2f} "
-            f"return {row['charts/mean_return']:+.2f} invalid {row['charts/invalid_action_rate']:.2f} "
-            f"tok/s {row['perf/rollout_tokens_per_s']:.0f} sync {row['perf/weight_sync_seconds']:.2f}s")
+    return (f"iter {row[M.ITERATION]:3d} [{row[M.TRAINABLE]:>8}] success {row[M.SUCCESS_RATE]:.2f} "
+            f"return {row[M.MEAN_RETURN]:+.2f} invalid {row[M.INVALID_RATE]:.2f} "
+            f"tok/s {row[M.ROLLOUT_TOKENS_PER_S]:.0f} sync {row[M.SYNC_SECONDS]:.2f}s")
 
 
 def _resume_hint(run_dir: Path) -> str:

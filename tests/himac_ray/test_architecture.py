@@ -6,6 +6,8 @@ docs/architecture.md name every top-level module."""
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -125,3 +127,9 @@ def test_readme_layout_and_architecture_doc_list_every_top_level_module():
     architecture = (ROOT / "docs" / "architecture.md").read_text()
     missing = sorted(name for name in expected if f"`{name}" not in architecture)
     assert not missing, f"docs/architecture.md does not name {missing}"
+
+
+def test_records_rollout_and_advantages_do_not_import_torch():
+    code = ("import sys, himac_ray.data, himac_ray.advantage, himac_ray.rollout, himac_ray.coevolution; "
+            "assert 'torch' not in sys.modules and 'ray' not in sys.modules, sorted(sys.modules)")
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
