@@ -3,16 +3,14 @@
 All loop logic lives in `himac_ray.trainer.Trainer`; this actor only binds it to Ray: rollouts
 go to `RolloutDispatcher` (env pools + `SamplerPool`), learning to `LearnerGroup`, and weight
 sync pushes the trained policy into its samplers in place (`sync`: shared memory, Ray's object
-store or vLLM's NCCL weight transfer, by `himac_ray.nccl_sync.sync_paths`).
+store or vLLM's NCCL weight transfer, by `himac_ray.weight_sync.sync_paths`).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import os
 import time
 import uuid
-from pathlib import Path
 
 import ray
 
@@ -21,8 +19,8 @@ from actors.learner import LearnerGroup
 from actors.metrics import RunMetrics
 from actors.sampler import SamplerPool, create_samplers
 from himac_ray.config import config_from_dict
-from himac_ray.nccl_sync import sync_paths, uses_nccl
 from himac_ray.trainer import Trainer
+from himac_ray.weight_sync import shm_dir, sync_paths, uses_nccl
 
 
 def format_placement(rows: list[dict]) -> str:
@@ -104,7 +102,7 @@ class Coordinator:
     def sync(self, *, trainable: str | None, version: int) -> dict:
         """Push the trained policy (both when `trainable` is None) to its samplers; returns timing.
 
-        Paths (`himac_ray.nccl_sync.sync_paths`, by `learner.weight_sync`): `nccl` broadcasts from
+        Paths (`himac_ray.weight_sync.sync_paths`, by `learner.weight_sync`): `nccl` broadcasts from
         learner rank 0's GPU to every engine of the policy (its group is opened at the policy's first
         sync); otherwise samplers on learner rank 0's node reload a shared-memory safetensors file
         and samplers on other nodes get the weights as buckets through Ray's object store.
@@ -134,8 +132,7 @@ class Coordinator:
                 self.learner.send_weights_nccl(policy=policy)
                 ray.get([s.update_weight_version.remote(version) for s in samplers])
             if "shm" in by_path:
-                shm = "/dev/shm" if os.path.isdir("/dev/shm") else "/tmp"
-                path = Path(shm) / f"himac-{self.run_id}-{policy}-v{version}.safetensors"
+                path = shm_dir() / f"himac-{self.run_id}-{policy}-v{version}.safetensors"
                 self.learner.save_weights(str(path), policy=policy)
                 ray.get([s.reload_weights.remote(str(path), version) for s in by_path["shm"]])
                 path.unlink(missing_ok=True)

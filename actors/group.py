@@ -78,10 +78,6 @@ class ActorGroup:
         """Call `method(*args, **kwargs)` on every actor; one ObjectRef per rank."""
         return [getattr(actor, method).remote(*args, **kwargs) for actor in self.actors]
 
-    def run_method(self, method: str, *args, **kwargs) -> list[Any]:
-        """`async_run_method` and wait: the results in rank order."""
-        return self.get(self.async_run_method(method, *args, **kwargs))
-
     def get(self, refs: Sequence[ray.ObjectRef], *, timeout_s: float | None = None) -> list[Any]:
         """Results of one ref per rank, in rank order; a dead actor raises ActorDiedError at once."""
         rank_of = {ref: i for i, ref in enumerate(refs)}

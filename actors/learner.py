@@ -71,7 +71,7 @@ class LearnerWorker:
                        tensor_parallel_size: int, bucket_mb: int) -> None:
         """Set up vLLM's NCCL trainer engine for `policy` (all ranks at once; rank 0 joins the
         samplers' NCCL group at master_addr:master_port). GPU clusters only."""
-        from himac_ray.nccl_sync import init_trainer
+        from himac_ray.weight_sync import init_trainer
 
         self.nccl[policy] = init_trainer(self.learner, policy=policy, samplers=samplers, rank=self.rank,
                                          master_address=master_addr, master_port=master_port,

@@ -33,7 +33,7 @@ from typing import Callable
 from himac_ray import metrics as M
 
 PREFIX = "himac_"
-LEARNER_TOKENS_PER_S = "perf/learner_tokens_per_s"
+LEARNER_TOKENS_PER_S = M.LEARNER_TOKENS_PER_S
 TRAINABLE_LEVELS = {"planner": 0, "executor": 1, "both": 2}
 RESPONSE_LENGTH_ROLE = "both"
 """role tag of `himac_response_length`: the row's mean covers the plan and act responses"""

@@ -10,8 +10,10 @@ from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from himac_ray.config import ModelConfig, SamplerConfig
 from himac_ray.generation import SamplingParams
+from himac_ray.names import ROLES
 
-ROLES = ("planner", "executor", "both")
+SAMPLER_ROLES = (*ROLES, "both")
+"""a sampler serves one policy role, or both (shared weights)"""
 
 
 class SamplerDiedError(RuntimeError):
@@ -64,23 +66,22 @@ class SamplerActor:
     def init_weight_transfer_engine(self, request) -> None:
         """Join the policy's NCCL group as engine `index` (blocks until everyone has joined);
         `request` is vLLM's `WeightTransferInitRequest`."""
-        from himac_ray.nccl_sync import engine_init_info
+        from himac_ray.weight_sync import engine_init_info
 
         info = engine_init_info(request.init_info, engine_index=self.index,
                                 tensor_parallel_size=self.tensor_parallel_size)
-        self.gen.llm.collective_rpc("init_weight_transfer_engine", kwargs={"init_info": info})
+        self.gen.init_weight_transfer(info)
 
     def start_weight_update(self) -> None:
-        self.gen.llm.collective_rpc("start_weight_update")
+        self.gen.start_weight_update()
 
     def update_weights(self, request) -> None:
         """Receive the tensors learner rank 0 broadcasts (`request`: vLLM's `WeightTransferUpdateRequest`)."""
-        self.gen.llm.collective_rpc("update_weights", kwargs={"update_info": request.update_info})
+        self.gen.receive_weights(request.update_info)
 
     def finish_weight_update(self) -> None:
         """Finalize vLLM's layerwise reload, then drop what the old weights computed (prefix cache)."""
-        self.gen.llm.collective_rpc("finish_weight_update")
-        self.gen._reset_caches()
+        self.gen.finish_weight_update()
 
     def update_weight_version(self, version: int | str) -> None:
         self.gen.weights_version = int(version)
@@ -129,8 +130,8 @@ def create_samplers(model_path: str, *, role: str, model: ModelConfig, sampler: 
     Returns (actors, placement_group). Fails with a clear message when the cluster cannot
     host them (instead of waiting forever for resources).
     """
-    if role not in ROLES:
-        raise ValueError(f"role must be one of {ROLES}, got {role!r}")
+    if role not in SAMPLER_ROLES:
+        raise ValueError(f"role must be one of {SAMPLER_ROLES}, got {role!r}")
     bundle = {"CPU": sampler.cpus_per_engine, **sampler.resources}
     if sampler.gpus_per_engine:
         bundle["GPU"] = sampler.gpus_per_engine

@@ -79,7 +79,7 @@ def make_records(model_path: str, n: int, seed: int = 0):
 
 
 def _batches(records, pad_token_id: int, max_len: int):
-    from himac_ray.data import pad_batch
+    from himac_ray.batch import pad_batch
     from himac_ray.learner import stable_order, with_response_window
 
     ordered = [records[i] for i in stable_order(records)]

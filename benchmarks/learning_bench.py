@@ -1,7 +1,7 @@
 """Learning: HiMAC vs flat GRPO vs flat GiGPO on Sokoban 6x6 / 1 box, same model, warm start and budget.
 
 Setup (every run): the tiny random Llama (`model.path=tiny`, 2 layers) warm-started by SFT on
-expert demonstrations (`himac_ray.sft_train.sft_from_config`; one warm start per prompt family,
+expert demonstrations (`himac_ray.sft.trainer.sft_from_config`; one warm start per prompt family,
 HiMAC planner+executor prompts or flat prompts, built once and shared by all RL seeds and by GRPO
 and GiGPO), then RL with the real stack (`benchmarks.harness.Stack`: vLLM sampler, env pool,
 DeepSpeed learner, `Trainer`) until the run has used `budget` env steps (HiMAC's micro-phase
@@ -63,7 +63,7 @@ def make_cfg(run_dir: Path, *, algo: str, group_size: int, seed: int, spec: dict
 
 def warm_start(family: str, spec: dict, size: str) -> str:
     """SFT model folder for 'himac' or 'flat' prompts (built once per size)."""
-    from himac_ray.sft_train import sft_from_config
+    from himac_ray.sft.trainer import sft_from_config
 
     out = WORK_DIR / f"sft_{family}_{size}"
     if (out / "config.json").exists():

@@ -1,6 +1,6 @@
 """Classic RL reference: RLlib PPO with a small CNN on the built-in Sokoban grid (no LLM).
 
-The env is `himac_ray.envs.rllib_sokoban.SokobanGridEnv`: the same `himac/Sokoban-v0` rooms
+The env is `benchmarks.rllib_sokoban.SokobanGridEnv`: the same `himac/Sokoban-v0` rooms
 (6x6, 1 box, 15 steps, same rewards) as (rows, cols, 4) planes. PPO (RLlib new API stack, the
 local env runner with 8 vectorized envs, one local learner) trains on seeds from 1000 upward;
 every `eval_every` env steps the greedy policy (argmax of the action logits) plays the held-out
@@ -21,7 +21,7 @@ import time
 import numpy as np
 
 from benchmarks.common import RESULTS_DIR, log, machine, opt, script_main
-from himac_ray.envs.rllib_sokoban import SokobanGridEnv, SokobanHierarchy
+from benchmarks.rllib_sokoban import SokobanGridEnv, SokobanHierarchy
 
 ENV_CONFIG = {"dim_room": (6, 6), "num_boxes": 1, "max_steps": 15, "train_seed_start": 1000}
 EVAL_SEEDS = list(range(32))

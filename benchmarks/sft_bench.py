@@ -5,7 +5,7 @@ Usage:
         [--batch-size 4] [--train-layers 4] [--eval-seeds 20] [--out bench_out/sft]
     python benchmarks/sft_bench.py --eval-only MODEL_DIR   # accuracy of one folder
 
-Trains in this process (`himac_ray.sft_train.train_sft` on Sokoban 6x6 expert demonstrations,
+Trains in this process (`himac_ray.sft.trainer.train_sft` on Sokoban 6x6 expert demonstrations,
 seeds from 100000) and evaluates each model (`action_accuracy`, greedy, vLLM) in a child
 process on held-out seeds from 200000, so only one vLLM engine is alive at a time. Prints one
 JSON line per phase to stdout; wall and process CPU seconds are both reported because the CPU
@@ -30,7 +30,7 @@ TRAIN_SEED_START, EVAL_SEED_START = 100000, 200000
 
 def evaluate(model_dir: str, eval_seeds: int) -> dict:
     from himac_ray.engines.vllm_engine import VLLMGenerator
-    from himac_ray.sft_train import action_accuracy
+    from himac_ray.sft.trainer import action_accuracy
 
     start = time.perf_counter()
     gen = VLLMGenerator(model_dir, seed=0, max_model_len=2048)
@@ -69,8 +69,8 @@ def main() -> None:
         return
 
     from himac_ray.models import resolve_model
-    from himac_ray.sft import expert_demonstrations
-    from himac_ray.sft_train import train_sft
+    from himac_ray.sft.expert import expert_demonstrations
+    from himac_ray.sft.trainer import train_sft
 
     model_dir = str(resolve_model(args.model))
     if not args.skip_before:

@@ -12,8 +12,8 @@ from typing import Sequence
 import numpy as np
 
 from himac_ray.data import Record
+from himac_ray.names import ALGORITHMS
 
-ALGORITHMS = ("himac", "grpo", "gigpo", "rloo")
 TRAINABLE = ("planner", "executor")
 EPISODE_SCORES = ("return", "won")
 

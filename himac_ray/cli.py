@@ -43,8 +43,8 @@ DEMO_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "sokoban_embedde
 
 def cmd_demo(args) -> int:
     if args.generation:
-        from himac_ray.generation_demo import run_generation_demo
         from himac_ray.models import resolve_model
+        from himac_ray.tools.generation_demo import run_generation_demo
 
         run_generation_demo(resolve_model(_load(args).model.path))
         return 0
@@ -65,7 +65,7 @@ def cmd_train(args) -> int:
 def cmd_sft(args) -> int:
     from pathlib import Path
 
-    from himac_ray.sft_train import sft_from_config
+    from himac_ray.sft.trainer import sft_from_config
 
     cfg = _load(args)
     out = Path(args.out) if args.out else Path(cfg.run.dir) / "sft_model"
@@ -147,13 +147,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="output model folder (default: <run.dir>/sft_model)")
     p.set_defaults(func=cmd_sft)
 
-    from himac_ray import sizing
+    from himac_ray.tools import sizing
 
     p = sub.add_parser("plan", parents=[common], help="estimate GPU layout, tokens and iteration time for a config")
     sizing.add_arguments(p, config_args=False)
     p.set_defaults(func=sizing.run)
 
-    from himac_ray import sweep
+    from himac_ray.tools import sweep
 
     p = sub.add_parser("sweep", parents=[common], help="Ray Tune grid over config overrides, one training run per point")
     sweep.add_arguments(p, config_args=False)

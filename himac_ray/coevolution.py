@@ -8,7 +8,7 @@ only the executor trains under the best blueprint). The result feeds
 
 from __future__ import annotations
 
-LEVELS = ("planner", "executor")
+from himac_ray.names import ROLES
 
 
 def trainable_level(
@@ -51,8 +51,8 @@ def trainable_level(
         raise ValueError("planner_iters, executor_iters and executor_warmup must be >= 0")
     if planner_iters + executor_iters == 0:
         raise ValueError("planner_iters + executor_iters must be > 0")
-    if start_with not in LEVELS:
-        raise ValueError(f"start_with must be one of {LEVELS}, got {start_with!r}")
+    if start_with not in ROLES:
+        raise ValueError(f"start_with must be one of {ROLES}, got {start_with!r}")
 
     if iteration < executor_warmup:
         return "executor"

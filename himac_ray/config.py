@@ -18,6 +18,8 @@ from typing import Any
 
 import yaml
 
+from himac_ray.names import ALGORITHMS
+
 
 class ConfigError(ValueError):
     """A config value or key is not acceptable; the message says which and what is allowed."""
@@ -297,7 +299,7 @@ CHOICES = {
     "model.dtype": ("auto", "float32", "bfloat16", "float16"),
     "rollout.prompt_style": ("verl", "compact"),
     "rollout.answer_format": ("think", "action"),
-    "algorithm.name": ("himac", "grpo", "gigpo", "rloo"),
+    "algorithm.name": ALGORITHMS,
     "algorithm.loss_aggregation": ("token-mean", "seq-mean-token-mean"),
     "algorithm.episode_score": ("return", "won"),
     "learner.zero_stage": (2, 3),

@@ -13,9 +13,8 @@ from typing import Callable
 
 from himac_ray.config import TrainConfig, config_from_dict
 from himac_ray.generation import SamplingParams
+from himac_ray.names import FLAT_ALGORITHMS
 from himac_ray.run_state import latest_checkpoint
-
-FLAT_ALGORITHMS = ("grpo", "gigpo", "rloo")
 
 
 def eval_params(cfg: TrainConfig) -> tuple[SamplingParams, SamplingParams]:

@@ -46,8 +46,10 @@ import pyarrow as pa
 import torch
 import torch.distributed as dist
 
+from himac_ray import metrics as M
+from himac_ray.batch import pad_batch
 from himac_ray.config import AlgorithmConfig, LearnerConfig, ModelConfig
-from himac_ray.data import LEVELS, Record, pad_batch, png_image, table_to_records
+from himac_ray.data import LEVELS, Record, png_image, table_to_records
 from himac_ray.loss import (
     APPROX_KL_KEY,
     CLIPFRAC_KEY,
@@ -58,16 +60,16 @@ from himac_ray.loss import (
     token_entropy,
     token_logprobs,
 )
-from himac_ray.models import resolve_model, trainable_parameters
-from himac_ray.vlm import is_vision_model
+from himac_ray.models import is_vision_model, resolve_model, trainable_parameters
+from himac_ray.names import LEVEL_OF, ROLE_OF
+from himac_ray.weight_sync import export_walk
 
-GRAD_NORM_KEY = "grad_norm"
-TOKENS_KEY = "perf/learner_tokens"
-"""real (prompt + response) tokens forwarded by all ranks in the step"""
-SECONDS_KEY = "perf/learner_seconds"
-TOKENS_PER_S_KEY = "perf/learner_tokens_per_s"
-TRAINABLE_LEVEL = {"planner": "plan", "executor": "act"}
-LEVEL_POLICY = {level: policy for policy, level in TRAINABLE_LEVEL.items()}
+GRAD_NORM_KEY = M.GRAD_NORM
+TOKENS_KEY = M.LEARNER_TOKENS
+SECONDS_KEY = M.LEARNER_SECONDS
+TOKENS_PER_S_KEY = M.LEARNER_TOKENS_PER_S
+TRAINABLE_LEVEL = LEVEL_OF
+LEVEL_POLICY = ROLE_OF
 _NOT_SAVED = "__himac_ray_not_saved__"
 _STATE_FILE = "learner_state.json"
 PIXEL_KEYS = ("pixel_values", "pixel_attention_mask")
@@ -185,9 +187,10 @@ class Learner:
         planner = executor if model.planner_path is None else self._build_policy(
             deepspeed, resolve_model(model.planner_path))
         self.policies = {"planner": planner, "executor": executor}
+        """policy name -> (engine, frozen reference or None); shared mode maps both to one pair"""
         self._keeps_logits = all("logits_to_keep" in inspect.signature(e.module.forward).parameters
                                  for e, _ in self.policies.values())
-        """policy name -> (engine, frozen reference or None); shared mode maps both to one pair"""
+        """every policy's forward takes `logits_to_keep` (logits only for the response window)"""
         self.steps = 0
         """train_step calls that ran at least one optimizer step"""
 
@@ -445,15 +448,9 @@ class Learner:
         """
         import deepspeed
 
-        module = self.policies[policy][0].module
-        keys = set(module.state_dict().keys())
-        names: dict[int, list[str]] = {}
-        unique = []
-        for name, p in module.named_parameters(remove_duplicate=False):
-            if name in keys:
-                if id(p) not in names:
-                    unique.append(p)
-                names.setdefault(id(p), []).append(name)
+        params, named_buffers = export_walk(self.policies[policy][0].module)
+        unique = [p for p, _ in params]
+        names = {id(p): aliases for p, aliases in params}
         limit, bucket, size = bucket_mb * 2**20, [], 0
         for i, p in enumerate(unique):
             bucket.append(p)
@@ -469,7 +466,7 @@ class Learner:
                     out.update({alias: out[first].clone() for alias in aliases})  # safetensors refuses shared storage
             yield out
             bucket, size = [], 0
-        buffers = {n: b.detach().to("cpu", copy=True) for n, b in module.named_buffers() if n in keys}
+        buffers = {n: b.detach().to("cpu", copy=True) for n, b in named_buffers}
         if buffers:
             yield buffers
 

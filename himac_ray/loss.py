@@ -1,7 +1,7 @@
 """Clipped policy-gradient loss with a KL penalty, plus per-token logprob / entropy helpers.
 
 Pure torch, no Ray. Every per-token (B, T) tensor uses the predictor alignment of
-`himac_ray.data.pad_batch`: column t describes token `input_ids[:, t+1]` (the logits at
+`himac_ray.batch.pad_batch`: column t describes token `input_ids[:, t+1]` (the logits at
 position t predict it) and the last column is never trained. Formulas: docs/algorithm.md.
 """
 
@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import torch
 
-PG_LOSS_KEY = "losses/pg_loss"
-KL_KEY = "losses/kl"
-ENTROPY_KEY = "losses/entropy"
-CLIPFRAC_KEY = "losses/clipfrac"
-APPROX_KL_KEY = "losses/approx_kl"
+from himac_ray.metrics import APPROX_KL as APPROX_KL_KEY
+from himac_ray.metrics import CLIPFRAC as CLIPFRAC_KEY
+from himac_ray.metrics import ENTROPY as ENTROPY_KEY
+from himac_ray.metrics import KL as KL_KEY
+from himac_ray.metrics import PG_LOSS as PG_LOSS_KEY
+
 AGGREGATIONS = ("token-mean", "seq-mean-token-mean")
 KL_CLAMP = 10.0
 """per-token k3 values are clamped to at most this (as verl's `low_var_kl`)"""

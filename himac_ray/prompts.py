@@ -4,7 +4,7 @@ Owns the text the policy sees and how its answers are read back. Pure Python (nu
 the image type); no Ray, no torch, no env imports.
 
 Prompts are chat message lists `[{"role": "system", ...}, {"role": "user", ...}]`; the
-`Generator` applies the model's chat template. Shapes (DESIGN, see himac-algorithm.md):
+`Generator` applies the model's chat template. Shapes (see docs/algorithm.md):
 
 - planner (macro level): task + initial observation -> `<plan>\\n1. ...\\n2. ...\\n</plan>`
   with at most `max_subgoals` numbered subgoals.

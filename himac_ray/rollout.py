@@ -4,7 +4,7 @@ Runs many episodes at once. Every decision round batches the prompts of all live
 ONE `Generator.generate` call (the planner round is one call too), so a vLLM backend sees the
 whole batch. No Ray here: `actors/sampler.py` wraps `run_rollout`.
 
-Modes (HiMAC, see docs/design himac-algorithm.md):
+Modes (HiMAC, see docs/algorithm.md):
 
 - "macro": per seed, G = `group_size` blueprints are sampled from the planner (one prompt with
   n=G, `planner_params`); G envs reset with that seed each execute one blueprint with the

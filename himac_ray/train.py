@@ -16,6 +16,7 @@ import sys
 import time
 from pathlib import Path
 
+from himac_ray import metrics as M
 from himac_ray.config import TrainConfig, config_to_dict, load_config
 from himac_ray.run_state import latest_checkpoint
 
@@ -85,7 +86,7 @@ def _resolve_models(cfg: TrainConfig, run_dir: Path, resume: bool, log) -> tuple
         from concurrent.futures import ProcessPoolExecutor
         from multiprocessing import get_context
 
-        from himac_ray.sft_train import sft_from_config
+        from himac_ray.sft.trainer import sft_from_config
 
         log(f"[himac-ray] SFT warm start on {cfg.sft.episodes} expert episodes of {cfg.env.id} -> {target}")
         warm = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, path=model_path))
@@ -135,7 +136,7 @@ def _drive(coordinator, total: int, resume: bool, log) -> list[dict]:
         status = ray.get(coordinator.status.remote())
         last = status.get("last") or {}
         if last:
-            done = last["iteration"] + 1
+            done = last[M.ITERATION] + 1
             bar.update(max(0, done - bar.n))
             if done != shown:
                 shown = done
@@ -153,15 +154,14 @@ def _drive(coordinator, total: int, resume: bool, log) -> list[dict]:
 
 def _summary(row: dict) -> str:
     learn = ""
-    if "losses/kl" in row:  # the learner ran (flat or single-level keys)
-        learn = (f" kl_ref {row['losses/kl']:.4f} clip {row.get('losses/clipfrac', 0):.2f}"
-                 f" entropy {row.get('losses/entropy', 0):.2f}")
-    return (f"iter {row['iteration']:3d} [{row['trainable']:>8}] success {row['charts/success_rate']:.2f} "
-            f"return {row['charts/mean_return']:+.2f} invalid {row['charts/invalid_action_rate']:.2f} "
-            f"informative {row.get('groups/informative_fraction', float('nan')):.2f}{learn} "
-            f"tok/s {row['perf/rollout_tokens_per_s']:.0f} steps/s {row['perf/env_steps_per_s']:.2f} "
-            f"sync {row['perf/weight_sync_seconds']:.2f}s"
-            + (f" | held-out {row['eval/success_rate']:.3f}" if "eval/success_rate" in row else ""))
+    if M.KL in row:  # the learner ran (single-level keys)
+        learn = f" kl_ref {row[M.KL]:.4f} clip {row.get(M.CLIPFRAC, 0):.2f} entropy {row.get(M.ENTROPY, 0):.2f}"
+    return (f"iter {row[M.ITERATION]:3d} [{row[M.TRAINABLE]:>8}] success {row[M.SUCCESS_RATE]:.2f} "
+            f"return {row[M.MEAN_RETURN]:+.2f} invalid {row[M.INVALID_RATE]:.2f} "
+            f"informative {row.get(M.GROUPS_INFORMATIVE_FRACTION, float('nan')):.2f}{learn} "
+            f"tok/s {row[M.ROLLOUT_TOKENS_PER_S]:.0f} steps/s {row[M.ENV_STEPS_PER_S]:.2f} "
+            f"sync {row[M.SYNC_SECONDS]:.2f}s"
+            + (f" | held-out {row[M.EVAL_SUCCESS]:.3f}" if M.EVAL_SUCCESS in row else ""))
 
 
 def _resume_hint(run_dir: Path) -> str:

@@ -26,6 +26,7 @@ from himac_ray.config import TrainConfig
 from himac_ray.data import write_parquet
 from himac_ray.evaluate import run_eval
 from himac_ray.generation import SamplingParams
+from himac_ray.names import FLAT_ALGORITHMS, LEVEL_OF
 from himac_ray.rollout import RolloutResult, merge_results
 from himac_ray.run_state import (
     CoordinatorState,
@@ -34,9 +35,6 @@ from himac_ray.run_state import (
     commit_checkpoint,
     latest_checkpoint,
 )
-
-FLAT_ALGORITHMS = ("grpo", "gigpo", "rloo")
-LEVEL_OF = {"planner": "plan", "executor": "act"}
 
 
 @dataclass(frozen=True)
@@ -176,7 +174,7 @@ class Trainer:
         self.metrics.append_eval({M.ITERATION: self.state.iteration, M.ENV_STEPS: self.state.env_steps, **out})
         self.log(f"held-out success after {self.state.iteration} iteration(s): {out['success_rate']:.3f} "
                  f"({out['episodes']} episodes)")
-        return {M.EVAL_SUCCESS: out["success_rate"], "eval/mean_return": out["mean_return"]}
+        return {M.EVAL_SUCCESS: out["success_rate"], M.EVAL_RETURN: out["mean_return"]}
 
     # ------------------------------------------------------------ one iteration
 
@@ -270,11 +268,11 @@ class Trainer:
             batch = [r for r in records if r.level == LEVEL_OF[level]]
             if self.cfg.learner.skip_zero_advantage:
                 kept = [r for r in batch if r.advantage != 0.0]
-                out["learner/skipped_zero_advantage"] = out.get("learner/skipped_zero_advantage", 0) + len(batch) - len(kept)
+                out[M.LEARNER_SKIPPED] = out.get(M.LEARNER_SKIPPED, 0) + len(batch) - len(kept)
                 batch = kept
             metrics = self.learner.train_step(batch, trainable=level)
             out.update({f"{LEVEL_OF[level]}/{k}" if len(levels) > 1 else k: v for k, v in metrics.items()})
-            out["learner/records"] = out.get("learner/records", 0) + len(batch)
+            out[M.LEARNER_RECORDS] = out.get(M.LEARNER_RECORDS, 0) + len(batch)
         return out
 
     def _row(self, i, phase, result, learn, sync, times) -> dict:
@@ -298,8 +296,8 @@ class Trainer:
             M.SUB_DONE_RATE: sum(r.sub_done for r in acts) / max(len(acts), 1),
             M.BLUEPRINT_LEN: m.get("mean_num_subgoals", 0.0),
             M.SYNC_SECONDS: sync.get("seconds", 0.0),
-            "sync_method": sync.get("method", ""),
-            "plan_fallback_rate": m.get("plan_fallback_rate", 0.0),
+            M.SYNC_METHOD: sync.get("method", ""),
+            M.PLAN_FALLBACK_RATE: m.get("plan_fallback_rate", 0.0),
             "records": len(result.records),
             "weights_version": self.state.weights_version,
         }

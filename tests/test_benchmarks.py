@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from benchmarks import BENCHES, QUICK_SET, run_bench
+from benchmarks.rllib_sokoban import SokobanGridEnv, SokobanHierarchy
 from himac_ray.data import Record
-from himac_ray.envs.rllib_sokoban import SokobanGridEnv, SokobanHierarchy
 from himac_ray.envs.sokoban import ACTIONS
 
 

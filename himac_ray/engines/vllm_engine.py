@@ -202,3 +202,22 @@ class VLLMGenerator:
         self._reset_caches()
         self.weights_version = self.weights_version + 1 if version is None else version
         return time.perf_counter() - start
+
+    # vLLM's NCCL weight transfer (GPU clusters; `himac_ray.weight_sync`): the engine side, called
+    # by the sampler actor for learner rank 0's `RayVLLMWeightSyncClient`
+
+    def init_weight_transfer(self, init_info: dict) -> None:
+        """Join the policy's NCCL group with vLLM's worker `init_info` (blocks until all joined)."""
+        self.llm.collective_rpc("init_weight_transfer_engine", kwargs={"init_info": init_info})
+
+    def start_weight_update(self) -> None:
+        self.llm.collective_rpc("start_weight_update")
+
+    def receive_weights(self, update_info) -> None:
+        """Receive the tensors learner rank 0 broadcasts (vLLM's `update_info`)."""
+        self.llm.collective_rpc("update_weights", kwargs={"update_info": update_info})
+
+    def finish_weight_update(self) -> None:
+        """Finalize vLLM's layerwise reload, then drop what the old weights computed."""
+        self.llm.collective_rpc("finish_weight_update")
+        self._reset_caches()

@@ -3,13 +3,13 @@
 Both implement `himac_ray.generation.Generator` for chats whose user content is a list of parts
 (`{"type": "text", "text"}` / `{"type": "image", "image": HxWx3 uint8 array}`, see
 `himac_ray.prompts`); plain-text chats work too. Prompts are rendered with the model's chat
-template (one `<image>` per image part, `himac_ray.vlm.render_vlm_chat`); the processor expands
+template (one `<image>` per image part, `himac_ray.engines.vision_chat.render_vlm_chat`); the processor expands
 each `<image>` into the model's image tokens (for the local Idefics3 VLM:
-`<fake_token_around_image><global-img>` + 9 x `<image>` + `<fake_token_around_image>`).
+`<fake_token_around_image><global-img>` + 36 x `<image>` (one per 16-px tile at the defaults) + `<fake_token_around_image>`).
 
 `Sample.prompt_token_ids` holds the *expanded* prompt, as the model saw it, so a learner can
 recompute logprobs from `prompt_token_ids + token_ids` and the same images
-(`HFVisionGenerator.score`, or `himac_ray.vlm.processor_inputs` for model inputs). Logprobs are
+(`HFVisionGenerator.score`, or `himac_ray.engines.vision_chat.processor_inputs` for model inputs). Logprobs are
 raw (temperature-1) log-softmax values, as in the text backends.
 
 Weight reload (`VLLMVisionGenerator.reload_weights`) is the text backend's (worker extension
@@ -23,9 +23,10 @@ import time
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+from himac_ray.engines.vision_chat import chat_images, processor_inputs, render_vlm_chat, to_pil
 from himac_ray.engines.vllm_engine import VLLMGenerator
 from himac_ray.generation import Chat, Sample, SamplingParams
-from himac_ray.vlm import chat_images, image_seq_len, is_vision_model, processor_inputs, render_vlm_chat, to_pil
+from himac_ray.models.vision import image_seq_len, is_vision_model
 
 
 def vllm_generator(model_path: str | Path, **kwargs) -> VLLMGenerator:
@@ -39,7 +40,7 @@ class VLLMVisionGenerator(VLLMGenerator):
     """A `Generator` over one vLLM engine serving a vision-language model.
 
     Args:
-        model_path: local HF folder of a VLM (`himac_ray.vlm.resolve_vlm("vlm-embedded")`, or
+        model_path: local HF folder of a VLM (`himac_ray.models.vision.resolve_vlm("vlm-embedded")`, or
             e.g. a Qwen2.5-VL folder on GPU machines).
         max_images_per_prompt: vLLM's `limit_mm_per_prompt` for images.
         Other arguments as `VLLMGenerator` (engine seed, KV cache, `in_process`, ...).

@@ -7,11 +7,10 @@ import pyarrow as pa
 import pytest
 import torch
 
+from himac_ray.batch import LEVEL_IDS, pad_batch
 from himac_ray.data import (
-    LEVEL_IDS,
     RECORD_SCHEMA,
     Record,
-    pad_batch,
     read_parquet,
     records_to_table,
     table_to_records,

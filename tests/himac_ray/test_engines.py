@@ -10,8 +10,8 @@ import torch
 from himac_ray.engines.hf_engine import HFGenerator
 from himac_ray.engines.vllm_engine import VLLMGenerator
 from himac_ray.generation import SamplingParams
-from himac_ray.generation_demo import sample_agent_prompts
 from himac_ray.models import build_tiny_llama, prepare_embedded_model
+from himac_ray.tools.generation_demo import sample_agent_prompts
 
 pytestmark = pytest.mark.slow
 LOGPROB_TOL = 1e-3

@@ -5,7 +5,8 @@ import math
 import pytest
 import torch
 
-from himac_ray.data import Record, pad_batch
+from himac_ray.batch import pad_batch
+from himac_ray.data import Record
 from himac_ray.loss import (
     APPROX_KL_KEY,
     CLIPFRAC_KEY,

@@ -14,7 +14,7 @@ import himac_ray.envs  # noqa: F401  (registers env ids)
 from himac_ray import prompts, rollout
 from himac_ray.generation import SamplingParams, ScriptedGenerator
 from himac_ray.rollout import run_rollout
-from himac_ray.sft import ExpertProgress, expert_think
+from himac_ray.sft.expert import ExpertProgress, expert_think
 
 SOKOBAN = "himac/Sokoban-v0"
 SOKOBAN_VISUAL = "himac/SokobanVisual-v0"

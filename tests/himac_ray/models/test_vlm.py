@@ -11,11 +11,13 @@ import pytest
 import torch
 
 import himac_ray.envs  # noqa: F401  (registers the envs)
-from himac_ray import vlm
+from himac_ray.engines import vision_chat
 from himac_ray.generation import SamplingParams
 from himac_ray.models import ModelUnavailableError, is_prepared, prepare_embedded_model
+from himac_ray.models import vision as vlm
 from himac_ray.prompts import executor_prompt, planner_prompt
-from himac_ray.sft import expert_demonstrations
+from himac_ray.sft import vision as sft_vision
+from himac_ray.sft.expert import expert_demonstrations
 
 VISUAL = "himac/SokobanVisual-v0"
 LOGPROB_TOL = 1e-3
@@ -127,15 +129,15 @@ def test_text_chats_render_like_the_text_model(tiny):
     _, processor = tiny
     text_tok = AutoTokenizer.from_pretrained(prepare_embedded_model())
     for chat in ([{"role": "user", "content": "hi"}], [{"role": "system", "content": "s"}, {"role": "user", "content": "u"}]):
-        assert vlm.render_vlm_chat(processor, chat) == text_tok.apply_chat_template(chat, tokenize=False, add_generation_prompt=True)
+        assert vision_chat.render_vlm_chat(processor, chat) == text_tok.apply_chat_template(chat, tokenize=False, add_generation_prompt=True)
 
 
 def test_image_prompt_expands_to_image_tokens(tiny):
     _, processor = tiny
     chat = visual_chats()[0]
-    text = vlm.render_vlm_chat(processor, chat)
+    text = vision_chat.render_vlm_chat(processor, chat)
     assert text.count(vlm.IMAGE_TOKEN) == 1 and text.endswith("<|im_start|>assistant\n")
-    inputs = vlm.processor_inputs(processor, text, vlm.chat_images(chat))
+    inputs = vision_chat.processor_inputs(processor, text, vision_chat.chat_images(chat))
     ids = inputs["input_ids"][0].tolist()
     tok = processor.tokenizer
     fake, glob, image = (tok.convert_tokens_to_ids(t) for t in (vlm.FAKE_IMAGE_TOKEN, vlm.GLOBAL_IMAGE_TOKEN, vlm.IMAGE_TOKEN))
@@ -143,26 +145,26 @@ def test_image_prompt_expands_to_image_tokens(tiny):
     n = processor.image_seq_len  # 36: one token per 16-px tile
     assert ids[start : start + n + 3] == [fake, glob] + [image] * n + [fake]
     assert inputs["pixel_values"].shape == (1, 1, 3, 96, 96)
-    by_ids = vlm.processor_inputs(processor, ids, vlm.chat_images(chat))  # expanded ids + images
+    by_ids = vision_chat.processor_inputs(processor, ids, vision_chat.chat_images(chat))  # expanded ids + images
     assert torch.equal(by_ids["input_ids"], inputs["input_ids"])
     assert torch.equal(by_ids["pixel_values"], inputs["pixel_values"])
 
 
 def test_scaled_images_give_the_same_pixels(tiny):
     _, processor = tiny
-    small = vlm.processor_inputs(processor, "<image>", [room_image(3)])["pixel_values"]
-    big = vlm.processor_inputs(processor, "<image>", [room_image(3, scale=2)])["pixel_values"]
+    small = vision_chat.processor_inputs(processor, "<image>", [room_image(3)])["pixel_values"]
+    big = vision_chat.processor_inputs(processor, "<image>", [room_image(3, scale=2)])["pixel_values"]
     assert torch.equal(small, big)  # nearest-neighbour resize undoes integer scaling exactly
 
 
 def test_the_image_reaches_the_logits(tiny):
     model, processor = tiny
     chat = visual_chats()[0]
-    text = vlm.render_vlm_chat(processor, chat)
+    text = vision_chat.render_vlm_chat(processor, chat)
     outs = []
     for seed in (0, 5):
         with torch.no_grad():
-            outs.append(model(**vlm.processor_inputs(processor, text, [room_image(seed)])).logits[0, -1])
+            outs.append(model(**vision_chat.processor_inputs(processor, text, [room_image(seed)])).logits[0, -1])
     assert not torch.allclose(outs[0], outs[1])
 
 
@@ -172,7 +174,7 @@ def test_the_image_reaches_the_logits(tiny):
 def test_encode_example_masks_the_prompt(tiny):
     _, processor = tiny
     ex = expert_demonstrations(VISUAL, [0])[1]
-    enc = vlm.encode_example(processor, ex)
+    enc = sft_vision.encode_example(processor, ex)
     n = enc["prompt_len"]
     assert (enc["labels"][:n] == -100).all() and enc["labels"][-1].item() == processor.tokenizer.eos_token_id
     assert processor.tokenizer.decode(enc["input_ids"][n:]) == ex["messages"][-1]["content"] + "<|im_end|>"
@@ -180,9 +182,9 @@ def test_encode_example_masks_the_prompt(tiny):
 
 def test_sft_lowers_the_loss(tiny_path):
     examples = [e for e in expert_demonstrations(VISUAL, [0, 1]) if e["level"] == "act"][:4]
-    res = vlm.train_vlm_sft(tiny_path, examples, epochs=6, batch_size=4, lr=1e-3, warmup_steps=1, log_fn=None)
+    res = sft_vision.train_vlm_sft(tiny_path, examples, epochs=6, batch_size=4, lr=1e-3, warmup_steps=1, log_fn=None)
     assert res["steps"] == 6 and res["losses"][-1] < 0.75 * res["losses"][0]
-    acc = vlm.action_choice_accuracy(res["model"], res["processor"], examples)
+    acc = sft_vision.action_choice_accuracy(res["model"], res["processor"], examples)
     assert acc["n"] == 4 and 0.0 <= acc["accuracy"] <= 1.0 and sum(acc["counts"].values()) == 4
 
 
@@ -227,7 +229,7 @@ def test_sampling_logprobs_match_hf_recompute(engines):
         assert len(samples) == 3
         for s in samples:
             assert len(s.logprobs) == len(s.token_ids) > 0
-            ref = hf.score(s.prompt_token_ids, vlm.chat_images(chat), s.token_ids)  # learner-side recompute
+            ref = hf.score(s.prompt_token_ids, vision_chat.chat_images(chat), s.token_ids)  # learner-side recompute
             assert ref == pytest.approx(hf.score(chat, None, s.token_ids), abs=1e-5)
             worst = max(worst, max(abs(a - b) for a, b in zip(ref, s.logprobs)))
     assert worst < LOGPROB_TOL

@@ -10,7 +10,7 @@ import pytest
 
 from himac_ray import prompts
 from himac_ray.rollout import run_rollout
-from himac_ray.sft import MERGE_SEPARATOR, expert_blueprint, expert_demonstrations
+from himac_ray.sft.expert import MERGE_SEPARATOR, expert_blueprint, expert_demonstrations
 from tests.himac_ray.test_rollout import ENVS, SOKOBAN, SOKOBAN2, ExpertGenerator
 
 

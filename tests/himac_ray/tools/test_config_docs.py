@@ -3,10 +3,10 @@
 import dataclasses
 from pathlib import Path
 
-from himac_ray import config_docs
 from himac_ray.config import TrainConfig
+from himac_ray.tools import config_docs
 
-DOC = Path(__file__).resolve().parents[2] / "docs" / "configuration.md"
+DOC = Path(__file__).resolve().parents[3] / "docs" / "configuration.md"
 
 
 def test_every_field_has_a_docstring():
@@ -22,7 +22,7 @@ def test_every_section_has_an_intro():
 def test_configuration_md_is_current():
     expected = config_docs.render_config_docs()
     assert DOC.read_text() == expected, (
-        "docs/configuration.md is stale: run `python -m himac_ray.config_docs > docs/configuration.md`"
+        "docs/configuration.md is stale: run `python -m himac_ray.tools.config_docs > docs/configuration.md`"
     )
 
 

@@ -1,6 +1,6 @@
 """SFT warm start on the tiny random Llama (real torch / transformers, no mocks).
 
-Demonstrations come from the real Sokoban expert (`himac_ray.sft`). The tiny model shares the
+Demonstrations come from the real Sokoban expert (`himac_ray.sft.expert`). The tiny model shares the
 embedded model's tokenizer and chat template, so tokenization checks hold for both.
 """
 
@@ -11,13 +11,13 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from himac_ray import sft_train
 from himac_ray.config import config_from_dict
 from himac_ray.engines.chat import render_chat
 from himac_ray.generation import ScriptedGenerator, text_of
 from himac_ray.models import build_tiny_llama
-from himac_ray.sft import expert_demonstrations
-from himac_ray.sft_train import (
+from himac_ray.sft import trainer as sft_train
+from himac_ray.sft.expert import expert_demonstrations
+from himac_ray.sft.trainer import (
     IGNORE_INDEX,
     action_accuracy,
     sft_from_config,

@@ -1,6 +1,8 @@
-"""Weight-sync paths (learner -> vLLM samplers) and vLLM's native NCCL weight transfer.
+"""Weight sync (learner -> vLLM samplers): every path and the one walk that exports weights.
 
-`sync_paths` picks each sampler's path for `actors.coordinator.Coordinator.sync`:
+`export_walk` is the single parameter/alias walk: `Learner.export_weights` buckets tensors in its
+order and `export_layout` reports the same names without gathering. `sync_paths` picks each
+sampler's path for `actors.coordinator.Coordinator.sync`:
 
 - `shm`: a safetensors file in /dev/shm, reloaded in place, for samplers on learner rank 0's node;
 - `object_store`: weight buckets through Ray's object store, for samplers on other nodes;
@@ -11,16 +13,19 @@
 
 The NCCL path runs on GPU clusters only; on CPU machines only the path choice, the init infos and
 `learner_weight_source`'s metadata/iteration agreement are exercised. vLLM is imported inside the
-functions that need it (importing it takes seconds), so choosing a path does not load it.
+functions that need it (importing it takes seconds), so choosing a path does not load it; torch
+likewise. Pure: no Ray (the actors do the Ray calls).
 """
 
 from __future__ import annotations
 
+import os
+import tempfile
+from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
-import torch
-
 if TYPE_CHECKING:
+    import torch
     from vllm.distributed.weight_transfer.base import TrainerWeightTransferEngine, WeightSource
     from vllm.distributed.weight_transfer.nccl_engine import NCCLTrainerInitInfo
 
@@ -40,6 +45,26 @@ def sync_paths(mode: str, *, learner_node: str, sampler_nodes: Sequence[str], le
     if uses_nccl(mode, learner_gpus=learner_gpus, sampler_gpus=sampler_gpus):
         return ["nccl"] * len(sampler_nodes)
     return ["shm" if node == learner_node else "object_store" for node in sampler_nodes]
+
+
+def shm_dir() -> Path:
+    """Where the `shm` path writes its safetensors files: /dev/shm when it exists, else the temp dir."""
+    return Path("/dev/shm" if os.path.isdir("/dev/shm") else tempfile.gettempdir())
+
+
+def export_walk(module) -> tuple[list[tuple[torch.Tensor, list[str]]], list[tuple[str, torch.Tensor]]]:
+    """The tensors a policy's weights are exported as, named like the HF model's `state_dict()`.
+
+    Returns (params, buffers): each parameter the state dict holds, once, in `named_parameters`
+    order, with every name it goes by (the first, then tied aliases such as `lm_head.weight`, which
+    vLLM's in-place reload needs); then the state dict's buffers as (name, tensor).
+    """
+    keys = set(module.state_dict().keys())
+    names: dict[int, tuple[torch.Tensor, list[str]]] = {}
+    for name, p in module.named_parameters(remove_duplicate=False):
+        if name in keys:
+            names.setdefault(id(p), (p, []))[1].append(name)
+    return list(names.values()), [(n, b) for n, b in module.named_buffers() if n in keys]
 
 
 def trainer_init_info(*, rank: int, master_address: str, master_port: int, engines: int,
@@ -65,15 +90,9 @@ def export_layout(learner: Learner, policy: str) -> list[tuple[str, torch.dtype,
     """(name, dtype, full shape) of every tensor `learner.export_weights(policy=...)` yields, in its
     order, without gathering: ZeRO-3 parameters report `ds_shape`, tied aliases follow their
     parameter, buffers come last (mirrors `Learner.export_weights`)."""
-    module = learner.policies[policy][0].module
-    keys = set(module.state_dict().keys())
-    names: dict[int, tuple[torch.Tensor, list[str]]] = {}
-    for name, p in module.named_parameters(remove_duplicate=False):
-        if name in keys:
-            names.setdefault(id(p), (p, []))[1].append(name)
-    layout = [(name, p.dtype, tuple(getattr(p, "ds_shape", p.shape))) for p, aliases in names.values()
-              for name in aliases]
-    return layout + [(n, b.dtype, tuple(b.shape)) for n, b in module.named_buffers() if n in keys]
+    params, buffers = export_walk(learner.policies[policy][0].module)
+    layout = [(name, p.dtype, tuple(getattr(p, "ds_shape", p.shape))) for p, aliases in params for name in aliases]
+    return layout + [(n, b.dtype, tuple(b.shape)) for n, b in buffers]
 
 
 def learner_weight_source(learner: Learner, *, policy: str, bucket_mb: int,
@@ -100,6 +119,7 @@ def init_trainer(learner: Learner, *, policy: str, samplers: list, rank: int, ma
     """vLLM's NCCL trainer engine sending `policy` to `samplers` (Ray handles of
     `actors.sampler.SamplerActor`); called on every learner rank, rank 0 rendezvous with the
     samplers' workers. GPU clusters only (exercised there, not by this repo's CPU tests)."""
+    import torch
     from vllm.distributed.weight_transfer.clients import RayVLLMWeightSyncClient
     from vllm.distributed.weight_transfer.factory import WeightTransferTrainerFactory
 

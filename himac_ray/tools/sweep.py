@@ -623,7 +623,7 @@ def _run_tune(spec: dict, args, exp_dir: Path) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = add_arguments(argparse.ArgumentParser(prog="python -m himac_ray.sweep", description=__doc__,
+    parser = add_arguments(argparse.ArgumentParser(prog="python -m himac_ray.tools.sweep", description=__doc__,
                                                    formatter_class=argparse.RawDescriptionHelpFormatter))
     return run(parser.parse_args(argv))
 

@@ -3,7 +3,7 @@
 Owns the supervised trainer (`train_sft`, a plain single-process PyTorch AdamW loop), the
 tokenization of chat examples (`tokenize_example`), the config entry point (`sft_from_config`,
 used by `himac-ray sft` and `run.sft_warmup`) and a held-out check (`action_accuracy`). The
-demonstrations themselves come from `himac_ray.sft`. No Ray, no DeepSpeed; torch and
+demonstrations themselves come from `himac_ray.sft.expert`. No Ray, no DeepSpeed; torch and
 transformers are imported lazily.
 
 Prompt tokens are exactly `render_chat(tokenizer, messages[:-1])`, the ids the samplers feed
@@ -79,7 +79,7 @@ MIN_SHARED_PREFIX = 16
 # Tokenization
 # --------------------------------------------------------------------------------------------
 def tokenize_example(tokenizer, example: dict, *, max_len: int | None = None) -> tuple[list[int], list[int]]:
-    """Token ids and labels of one chat example (`himac_ray.sft.expert_demonstrations` format).
+    """Token ids and labels of one chat example (`himac_ray.sft.expert.expert_demonstrations` format).
 
     Args:
         tokenizer: the model's HF tokenizer (with its chat template).
@@ -136,7 +136,7 @@ def train_sft(
 
     Args:
         model_path: local HF folder (see `himac_ray.models.resolve_model`).
-        examples: chat examples (`himac_ray.sft.expert_demonstrations`).
+        examples: chat examples (`himac_ray.sft.expert.expert_demonstrations`).
         out_dir: where the fine-tuned model + tokenizer go (float32 safetensors, plus
             `sft_metrics.json`). Written to a temporary sibling folder and renamed into place,
             so `out_dir` is either absent, the old folder, or complete; an existing `out_dir`
@@ -357,11 +357,11 @@ def sft_from_config(cfg: TrainConfig, out_dir: str | Path) -> Path:
     Hyperparameters from `cfg.sft`; `max_len` and `grad_clip` from `cfg.learner`, seed from
     `cfg.sft.seed`. Weights and optimizer are float32 (bfloat16 autocast where `model.dtype` resolves to
     bfloat16) and the folder is saved in float32. A vision-language
-    model (visual envs) trains with `himac_ray.vlm.train_vlm_sft` on the same demonstrations.
+    model (visual envs) trains with `himac_ray.sft.vision.train_vlm_sft` on the same demonstrations.
     """
-    from himac_ray.models import resolve_model
-    from himac_ray.sft import expert_demonstrations
-    from himac_ray.vlm import is_vision_model, train_vlm_sft
+    from himac_ray.models import is_vision_model, resolve_model
+    from himac_ray.sft.expert import expert_demonstrations
+    from himac_ray.sft.vision import train_vlm_sft
 
     examples = expert_demonstrations(
         cfg.env.id,
@@ -420,7 +420,7 @@ def action_accuracy(
     """Greedy agreement with the expert on held-out demonstration prompts (teacher-forced states).
 
     Builds the expert's demonstrations for `seeds` (same arguments as
-    `himac_ray.sft.expert_demonstrations`) and answers every prompt greedily, one generate call
+    `himac_ray.sft.expert.expert_demonstrations`) and answers every prompt greedily, one generate call
     per level. An executor answer is correct when it parses (`prompts.parse_action`, Sokoban
     direction words canonicalised) to the expert's action; `<sub_done>` is scored separately.
     Planner answers are scored for format validity and for an exact blueprint match.
@@ -432,7 +432,7 @@ def action_accuracy(
         eval/plan_valid_rate, eval/plan_exact_match, eval/act_prompts, eval/plan_prompts (rates are
         NaN for a level without prompts).
     """
-    from himac_ray.sft import expert_demonstrations
+    from himac_ray.sft.expert import expert_demonstrations
 
     examples = expert_demonstrations(
         env_id, seeds, env_kwargs=env_kwargs, max_subgoals=max_subgoals, history_length=history_length,

@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from himac_ray import sizing as S
 from himac_ray.config import load_config
+from himac_ray.tools import sizing as S
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 PAPER = sorted((ROOT / "configs").glob("*_qwen25_*.yaml"))
 H100, A100 = S.GPUS["H100-80GB"], S.GPUS["A100-80GB"]
 A = S.Assumptions()
@@ -161,13 +161,13 @@ def test_paper_rows_and_report():
 
 def test_scaling_doc_embeds_the_current_report():
     text = (ROOT / "docs" / "scaling.md").read_text()
-    begin, end = "<!-- BEGIN GENERATED: python -m himac_ray.sizing --paper -->\n", "<!-- END GENERATED -->"
+    begin, end = "<!-- BEGIN GENERATED: python -m himac_ray.tools.sizing --paper -->\n", "<!-- END GENERATED -->"
     assert begin in text and end in text
     embedded = text.split(begin, 1)[1].split(end, 1)[0]
     assert embedded.strip() == S.paper_report().strip(), (
-        "docs/scaling.md is stale: paste the output of `python -m himac_ray.sizing --paper` between the markers"
+        "docs/scaling.md is stale: paste the output of `python -m himac_ray.tools.sizing --paper` between the markers"
     )
-    figures = text.split("<!-- BEGIN GENERATED: python -m himac_ray.sizing --figures -->\n", 1)[1]
+    figures = text.split("<!-- BEGIN GENERATED: python -m himac_ray.tools.sizing --figures -->\n", 1)[1]
     assert figures.split(end, 1)[0].strip() == S.figures_table().strip()
 
 

@@ -12,7 +12,7 @@ import torch
 
 from himac_ray.config import AlgorithmConfig, ConfigError, LearnerConfig, ModelConfig, load_config
 from himac_ray.learner import Learner
-from himac_ray.nccl_sync import (
+from himac_ray.weight_sync import (
     engine_init_info,
     export_layout,
     learner_weight_source,

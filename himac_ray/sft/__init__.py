@@ -1,0 +1,2 @@
+"""Supervised warm start: expert demonstrations (`expert`), the text SFT trainer (`trainer`) and the
+vision SFT trainer (`vision`). No Ray."""
