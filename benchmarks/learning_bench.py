@@ -1,22 +1,21 @@
-"""Learning: HiMAC vs flat GRPO vs flat GiGPO on Sokoban 6x6 / 1 box, same model, warm start and budget.
+"""Learning: held-out success before and after RL, HiMAC vs flat GRPO vs GiGPO, on the fast CPU recipe.
 
-Setup (every run): the tiny random Llama (`model.path=tiny`, 2 layers) warm-started by SFT on
-expert demonstrations (`himac_ray.sft.trainer.sft_from_config`; one warm start per prompt family,
-HiMAC planner+executor prompts or flat prompts, built once and shared by all RL seeds and by GRPO
-and GiGPO), then RL with the real stack (`benchmarks.harness.Stack`: vLLM sampler, env pool,
-DeepSpeed learner, `Trainer`) until the run has used `budget` env steps (HiMAC's micro-phase
-pre-pass counts). Held-out success: greedy planner / executor on seeds 0..31 (never trained
-on), before RL and after every `eval_every` iterations. Training env seeds are the same
-function of the iteration for every algorithm and RL seed; the RL seed sets torch / vLLM seeds.
+Setup (every run): the demo recipe (`configs/sokoban_embedded_cpu.yaml`: SmolLM2-135M, compact
+prompts, reasoning-free executor answers, dynamic sampling), warm-started by SFT on expert
+demonstrations — one warm start per prompt family (HiMAC planner + executor prompts, or flat
+prompts), from the warm-start cache, shared by every RL seed and by GRPO and GiGPO — then RL with
+the real stack (`benchmarks.harness.Stack`: vLLM sampler, env pool, DeepSpeed learner, `Trainer`)
+until the run has used `budget` env steps (every env step counts: tied groups, dynamic sampling's
+extra groups and HiMAC's micro-phase pre-pass) or `max_minutes` of wall clock.
 
-Per-iteration episodes are held constant: `num_groups = EPISODES_PER_ITER / group_size`.
+Held-out success: greedy planner and executor on env seeds 0..`eval_episodes`-1 (never trained
+on), for the warm start (once per family) and at `eval_points` fractions of the budget. Each run
+reports its final success against its warm start as a paired difference over the same rooms
+with a 95% percentile-bootstrap interval (`himac_ray.evaluate.paired_interval`).
 
-Reported: success vs env steps per algorithm (mean, min, max over RL seeds), the env steps each
-needs to reach the best mean success flat GRPO reaches (goal: HiMAC <= 0.5x GRPO), and HiMAC's
-group-size sensitivity (G = 2, 4, 8). Full mode writes `benchmarks/results/learning_full.json` as
-it goes (finished runs are skipped when restarted) and the PNGs.
-
-Usage: `himac-ray bench learning [--full] [--json]`; full: `python -m benchmarks.learning_bench --full`.
+Usage: `himac-ray bench learning [--size smoke|quick|full] [--algos himac,grpo] [--seeds 0,1,2]
+[--budget N] [--json]`; results go to `benchmarks/results/learning_<size>.json` (finished runs are
+skipped when the same command runs again) and PNGs beside it.
 """
 
 from __future__ import annotations
@@ -28,80 +27,94 @@ from pathlib import Path
 
 from benchmarks.common import RESULTS_DIR, ROOT, local_ray, log, machine, opt, script_main
 
-CONFIG = ROOT / "configs" / "sokoban_tiny.yaml"
+CONFIG = ROOT / "configs" / "sokoban_embedded_cpu.yaml"
 WORK_DIR = ROOT / "bench_out" / "learning"
 ALGOS = ("himac", "grpo", "gigpo")
-EPISODES_PER_ITER = 8
-SFT = {"sft.episodes": 64, "sft.epochs": 3, "sft.lr": 1e-3, "sft.batch_size": 8}
-# token budgets that fit the expert formats (HiMAC executor answers are <= 36 tokens, plans ~60
-# (<= 80), flat answers 22): configs/sokoban_tiny.yaml's 48 / 24 would cut HiMAC's answers off
-RL = {"learner.lr": 1e-4, "algorithm.kl_coef": 0.01, "learner.micro_batch_size": 8,
-      "rollout.executor_temperature": 1.0, "rollout.planner_temperature": 1.0, "rollout.plan_max_tokens": 96,
-      "rollout.action_max_tokens": 48}
-SIZES = {  # env-step budget, eval every (iterations), RL seeds, algorithms, group sizes (sensitivity)
-    "smoke": dict(budget=30, eval_every=1, seeds=[0], algos=("himac",), group_sizes=(), episodes=2, sft_episodes=4,
-                  sft_epochs=1, max_steps=3, eval_episodes=2),
-    "quick": dict(budget=200, eval_every=1, seeds=[0], algos=ALGOS, group_sizes=(), episodes=EPISODES_PER_ITER,
-                  sft_episodes=32, sft_epochs=2, max_steps=15),
-    "full": dict(budget=1500, eval_every=2, seeds=[0, 1, 2], algos=ALGOS, group_sizes=(2, 4, 8), group_size_seeds=[0],
-                 episodes=EPISODES_PER_ITER, sft_episodes=SFT["sft.episodes"], sft_epochs=SFT["sft.epochs"], max_steps=15),
+SIZES = {
+    "smoke": dict(model="tiny", budget=20, eval_points=(1.0,), seeds=[0], algos=("himac",), eval_episodes=2,
+                  sft_episodes=2, sft_epochs=1, max_steps=3, num_groups=1, max_minutes=10),
+    "quick": dict(model="embedded", budget=300, eval_points=(1.0,), seeds=[0], algos=("himac",), eval_episodes=32,
+                  sft_episodes=48, sft_epochs=2, max_steps=10, num_groups=4, max_minutes=20),
+    "full": dict(model="embedded", budget=1200, eval_points=(0.5, 1.0), seeds=[0, 1, 2], algos=ALGOS, eval_episodes=64,
+                 sft_episodes=48, sft_epochs=2, max_steps=10, num_groups=4, max_minutes=60),
 }
 
 
-def make_cfg(run_dir: Path, *, algo: str, group_size: int, seed: int, spec: dict, extra=()):
+def make_cfg(run_dir: Path, *, algo: str, seed: int, spec: dict, extra=()):
     from himac_ray.config import load_config
 
-    overrides = [f"run.dir={run_dir}", f"algorithm.name={algo}", f"algorithm.group_size={group_size}",
-                 f"algorithm.num_groups={max(1, spec['episodes'] // group_size)}", f"run.seed={seed}",
+    overrides = [f"run.dir={run_dir}", f"model.path={spec['model']}", f"algorithm.name={algo}", f"run.seed={seed}",
                  f"sampler.seed={seed}", "run.save_trajectories=false", "run.sft_warmup=false",
-                 f"env.kwargs.max_steps={spec['max_steps']}", f"sft.episodes={spec['sft_episodes']}",
-                 f"sft.epochs={spec['sft_epochs']}", f"sft.lr={SFT['sft.lr']}", f"sft.batch_size={SFT['sft.batch_size']}",
-                 *(f"{k}={v}" for k, v in RL.items()), *extra]
-    overrides.append(f"env.eval_episodes={spec.get('eval_episodes', 32)}")
+                 f"algorithm.num_groups={spec['num_groups']}", f"env.kwargs.max_steps={spec['max_steps']}",
+                 f"sft.episodes={spec['sft_episodes']}", f"sft.epochs={spec['sft_epochs']}",
+                 f"env.eval_episodes={spec['eval_episodes']}", *spec.get("overrides", ()), *extra]
     return load_config(CONFIG, overrides)
 
 
-def warm_start(family: str, spec: dict, size: str) -> str:
-    """SFT model folder for 'himac' or 'flat' prompts (built once per size)."""
+def warm_start(algo: str, spec: dict) -> str:
+    """The cached SFT warm start of `algo`'s prompt family (built on first use)."""
+    from himac_ray.models import resolve_model
     from himac_ray.sft.trainer import sft_from_config
+    from himac_ray.warm_start import is_built, warm_start_dir, write_key
 
-    out = WORK_DIR / f"sft_{family}_{size}"
-    if (out / "config.json").exists():
-        return str(out)
-    cfg = make_cfg(WORK_DIR / "sft_cfg", algo="himac" if family == "himac" else "grpo", group_size=4, seed=0, spec=spec)
-    t0 = time.perf_counter()
-    log(f"learning: SFT warm start ({family} prompts, {cfg.sft.episodes} expert episodes, {cfg.sft.epochs} epochs)")
-    sft_from_config(cfg, out)
-    log(f"learning: SFT {family} done in {time.perf_counter() - t0:.0f}s")
+    cfg = make_cfg(WORK_DIR / "sft_cfg", algo=algo, seed=0, spec=spec)
+    base = resolve_model(cfg.model.path)
+    out = warm_start_dir(cfg, base)
+    if not is_built(out):
+        t0 = time.perf_counter()
+        log(f"learning: SFT warm start for {algo} ({cfg.sft.episodes} expert episodes x {cfg.sft.epochs} epochs) -> {out}")
+        sft_from_config(cfg, out)
+        write_key(cfg, base, out)
+        log(f"learning: SFT done in {time.perf_counter() - t0:.0f}s")
     return str(out)
 
 
-def run_one(algo: str, group_size: int, seed: int, spec: dict, model_path: str, run_dir: Path) -> dict:
-    """RL from the warm start until `budget` env steps; the held-out success curve."""
-    from benchmarks.harness import Stack
+def evaluate(stack, cfg) -> dict:
+    from himac_ray.evaluate import run_eval
 
-    cfg = make_cfg(run_dir, algo=algo, group_size=group_size, seed=seed, spec=spec)
+    t0 = time.perf_counter()
+    out = run_eval(cfg, stack.rollout)
+    return {"success": out["success_rate"], "won_by_seed": out["won_by_seed"], "seconds": time.perf_counter() - t0}
+
+
+def run_one(algo: str, seed: int, spec: dict, model_path: str, run_dir: Path, start: dict | None) -> dict:
+    """RL from the warm start until the budget; held-out evaluations at the spec's points."""
+    from benchmarks.harness import Stack
+    from himac_ray.evaluate import paired_interval
+
+    cfg = make_cfg(run_dir, algo=algo, seed=seed, spec=spec)
     stack = Stack(cfg, model_path=model_path)
     t0 = time.perf_counter()
-    curve, iters = [], []
+    iters = []
     try:
-        ev = stack.trainer.evaluate()
-        curve.append({"iteration": 0, "env_steps": 0, "success": ev["eval/success_rate"]})
-        while stack.trainer.state.env_steps < spec["budget"]:
+        start = start or evaluate(stack, cfg)
+        curve = [{"iteration": 0, "env_steps": 0, "success": start["success"]}]
+        evals = [{"env_steps": 0, **start}]
+        points = [p * spec["budget"] for p in spec["eval_points"]]
+        while points:
             it = stack.iteration()
             row = it["row"]
-            iters.append({k: row[k] for k in row if isinstance(row[k], (int, float, str))} | {"wall": it["wall"]})
-            done = stack.trainer.state.iteration
-            if done % spec["eval_every"] == 0 or stack.trainer.state.env_steps >= spec["budget"]:
-                ev = stack.trainer.evaluate()
-                curve.append({"iteration": done, "env_steps": stack.trainer.state.env_steps,
-                              "success": ev["eval/success_rate"]})
-                log(f"learning: {algo} G={group_size} seed {seed}: iter {done}, {stack.trainer.state.env_steps} env steps, "
-                    f"held-out success {ev['eval/success_rate']:.3f}, train success {row['charts/success_rate']:.2f}")
+            iters.append({k: v for k, v in row.items() if isinstance(v, (int, float, str))} | {"wall": it["wall"]})
+            steps = stack.trainer.state.env_steps
+            out_of_time = time.perf_counter() - t0 > 60 * spec["max_minutes"]
+            if steps >= points[0] or out_of_time:
+                while points and steps >= points[0]:
+                    points.pop(0)
+                ev = evaluate(stack, cfg)
+                evals.append({"env_steps": steps, **ev})
+                curve.append({"iteration": stack.trainer.state.iteration, "env_steps": steps, "success": ev["success"]})
+                log(f"learning: {algo} seed {seed}: iter {stack.trainer.state.iteration}, {steps} env steps, "
+                    f"held-out {ev['success']:.3f} (warm start {start['success']:.3f})")
+                if out_of_time:
+                    log(f"learning: {algo} seed {seed}: stopped at the {spec['max_minutes']}-minute cap")
+                    break
     finally:
         stack.shutdown()
-    return {"algo": algo, "group_size": group_size, "seed": seed, "curve": curve, "iterations": iters,
-            "seconds": time.perf_counter() - t0}
+    mean, lo, hi = paired_interval(start["won_by_seed"], evals[-1]["won_by_seed"])
+    return {"algo": algo, "seed": seed, "curve": curve, "evals": evals, "iterations": iters,
+            "start_success": start["success"], "final_success": evals[-1]["success"],
+            "rise": mean, "rise_ci95": [lo, hi], "env_steps": stack.trainer.state.env_steps,
+            "seconds": time.perf_counter() - t0, "start_eval": start}
 
 
 def success_at(curve: list[dict], steps: float) -> float:
@@ -132,108 +145,106 @@ def steps_to_reach(agg: list[dict], target: float) -> float | None:
 
 def summarize(out: dict) -> None:
     spec = out["spec"]
-    runs = out["runs"]
-    out["curves"] = {}
+    out["curves"], out["by_algo"] = {}, {}
     for algo in spec["algos"]:
-        rs = [r for r in runs.values() if r["algo"] == algo and r["group_size"] == 4]
-        if rs:
-            out["curves"][algo] = aggregate(rs, spec["budget"])
+        rs = [r for r in out["runs"].values() if r["algo"] == algo]
+        if not rs:
+            continue
+        out["curves"][algo] = aggregate(rs, spec["budget"])
+        out["by_algo"][algo] = {
+            "seeds": [r["seed"] for r in rs], "start": statistics.mean(r["start_success"] for r in rs),
+            "final": statistics.mean(r["final_success"] for r in rs), "rise": statistics.mean(r["rise"] for r in rs),
+            "every_interval_above_0": all(r["rise_ci95"][0] > 0 for r in rs)}
     if "grpo" in out["curves"]:
         best = max(p["mean"] for p in out["curves"]["grpo"])
         out["grpo_best_success"] = best
         out["steps_to_grpo_best"] = {a: steps_to_reach(c, best) for a, c in out["curves"].items()}
-        g, h = out["steps_to_grpo_best"].get("grpo"), out["steps_to_grpo_best"].get("himac")
-        out["himac_vs_grpo_steps_ratio"] = (h / g) if (g and h is not None) else None
-    out["final_success"] = {a: c[-1]["mean"] for a, c in out["curves"].items()}
-    out["group_size_curves"] = {}
-    for g in spec["group_sizes"]:
-        seeds = spec.get("group_size_seeds", spec["seeds"])
-        rs = [r for r in runs.values() if r["algo"] == "himac" and r["group_size"] == g and r["seed"] in seeds]
-        if rs:
-            out["group_size_curves"][str(g)] = aggregate(rs, spec["budget"])
 
 
 def run(args=None, quick: bool = True) -> dict:
-    """`himac-ray bench learning`: option `size` (smoke | quick | full)."""
-    from himac_ray.models import resolve_model
-
+    """`himac-ray bench learning`: options `size` (smoke | quick | full), `algos`, `seeds`, `budget`."""
     size = opt(args, "size", "quick" if quick else "full")
     spec = dict(SIZES[size])
+    if opt(args, "algos"):
+        spec["algos"] = tuple(opt(args, "algos").split(","))
+    if opt(args, "seeds"):
+        spec["seeds"] = [int(s) for s in str(opt(args, "seeds")).split(",")]
+    if opt(args, "budget"):
+        spec["budget"] = int(opt(args, "budget"))
     WORK_DIR.mkdir(parents=True, exist_ok=True)
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
     result_path = RESULTS_DIR / f"learning_{size}.json"
-    out = {"bench": "learning", "size": size, "machine": machine(), "spec": spec, "sft": SFT, "rl": RL,
-           "config": str(CONFIG.relative_to(ROOT)), "runs": {}}
-    if size == "full" and result_path.exists():
-        out["runs"] = json.loads(result_path.read_text()).get("runs", {})
-    resolve_model("tiny")
-    models = {}
-    jobs = [(a, 4, s) for a in spec["algos"] for s in spec["seeds"]]
-    jobs += [("himac", g, s) for g in spec["group_sizes"] if g != 4 for s in spec.get("group_size_seeds", spec["seeds"])]
-    for algo, g, seed in jobs:
-        key = f"{algo}-G{g}-seed{seed}"
-        if key in out["runs"]:
-            continue
-        family = "himac" if algo == "himac" else "flat"
-        if family not in models:
-            models[family] = warm_start(family, spec, size)
-        with local_ray():
-            out["runs"][key] = run_one(algo, g, seed, spec, models[family], WORK_DIR / size / key)
-        summarize(out)
-        if size != "smoke":
-            result_path.write_text(json.dumps(out, indent=1))
+    out = {"bench": "learning", "size": size, "machine": machine(), "config": str(CONFIG.relative_to(ROOT)),
+           "runs": {}, "start_evals": {}}
+    if size != "smoke" and result_path.exists():
+        saved = json.loads(result_path.read_text())
+        out["runs"], out["start_evals"] = saved.get("runs", {}), saved.get("start_evals", {})
+    out["spec"] = spec
+    for algo in spec["algos"]:
+        for seed in spec["seeds"]:
+            key = f"{algo}-seed{seed}-budget{spec['budget']}"
+            if key in out["runs"]:
+                continue
+            model = warm_start(algo, spec)
+            family = "himac" if algo == "himac" else "flat"
+            with local_ray():
+                res = run_one(algo, seed, spec, model, WORK_DIR / size / key, out["start_evals"].get(family))
+            out["start_evals"].setdefault(family, res.pop("start_eval"))
+            res.pop("start_eval", None)
+            out["runs"][key] = res
+            log(f"learning: {key}: {res['start_success']:.3f} -> {res['final_success']:.3f}, rise {res['rise']:+.3f} "
+                f"[{res['rise_ci95'][0]:+.3f}, {res['rise_ci95'][1]:+.3f}] in {res['seconds'] / 60:.1f} min")
+            summarize(out)
+            if size != "smoke":
+                result_path.write_text(json.dumps(out, indent=1))
     summarize(out)
     if size != "smoke":
         result_path.write_text(json.dumps(out, indent=1))
-        plot(out, RESULTS_DIR / f"learning_{size}.png", RESULTS_DIR / f"learning_group_size_{size}.png")
+        plot(out, RESULTS_DIR / f"learning_{size}.png")
     print(format_table(out), flush=True)
     return out
 
 
 def format_table(out: dict) -> str:
     spec = out["spec"]
-    lines = [f"learning bench ({out['size']}): tiny model + SFT warm start, Sokoban 6x6/1 box, budget {spec['budget']} env "
-             f"steps, {len(spec['seeds'])} RL seed(s), held-out success (greedy, 32 seeds)"]
-    for algo, c in out["curves"].items():
-        pts = "  ".join(f"{p['env_steps']}:{p['mean']:.2f}" for p in c[:: max(1, len(c) // 5)])
-        lines.append(f"  {algo:<6} start {c[0]['mean']:.3f} final {c[-1]['mean']:.3f} "
-                     f"(min {c[-1]['min']:.3f} max {c[-1]['max']:.3f})   {pts}")
+    lines = [f"learning bench ({out['size']}): {spec['model']} + SFT warm start, Sokoban 6x6/1 box, budget "
+             f"{spec['budget']} env steps, held-out greedy success on {spec['eval_episodes']} rooms"]
+    for key, r in sorted(out["runs"].items()):
+        lines.append(f"  {key:<28} {r['start_success']:.3f} -> {r['final_success']:.3f}  rise {r['rise']:+.3f} "
+                     f"95% [{r['rise_ci95'][0]:+.3f}, {r['rise_ci95'][1]:+.3f}]  {r['env_steps']} env steps, "
+                     f"{r['seconds'] / 60:.1f} min")
+    for algo, a in out.get("by_algo", {}).items():
+        lines.append(f"  {algo:<6} mean of seeds {a['seeds']}: {a['start']:.3f} -> {a['final']:.3f} "
+                     f"(rise {a['rise']:+.3f}; every seed's interval above 0: {a['every_interval_above_0']})")
     if "steps_to_grpo_best" in out:
         lines.append(f"  best GRPO mean success {out['grpo_best_success']:.3f}; env steps to reach it: "
                      + ", ".join(f"{a} {s if s is not None else 'never'}" for a, s in out["steps_to_grpo_best"].items()))
-        r = out.get("himac_vs_grpo_steps_ratio")
-        lines.append(f"  HiMAC / GRPO env steps = {r:.2f} (goal <= 0.5)" if r is not None else
-                     "  HiMAC / GRPO env steps: undefined (GRPO reached its best at 0 steps or HiMAC never did)")
-    for g, c in out.get("group_size_curves", {}).items():
-        lines.append(f"  HiMAC G={g}: start {c[0]['mean']:.3f} final {c[-1]['mean']:.3f}")
     return "\n".join(lines)
 
 
-def plot(out: dict, path: Path, path_g: Path) -> None:
+def plot(out: dict, path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    for curves, p, title, fmt in ((out["curves"], path, "HiMAC vs flat GRPO / GiGPO", "{}"),
-                                  (out.get("group_size_curves", {}), path_g, "HiMAC group size", "G={}")):
-        if not curves:
-            continue
-        fig, ax = plt.subplots(figsize=(6.5, 4))
-        for name, c in curves.items():
-            xs = [q["env_steps"] for q in c]
-            ax.step(xs, [q["mean"] for q in c], where="post", label=fmt.format(name))
-            ax.fill_between(xs, [q["min"] for q in c], [q["max"] for q in c], step="post", alpha=0.15)
-        ax.set_xlabel("training env steps")
-        ax.set_ylabel("held-out success (32 seeds)")
-        ax.set_ylim(0, 1)
-        ax.set_title(f"{title}: tiny Llama + SFT, Sokoban 6x6/1 box ({len(out['spec']['seeds'])} seeds, min-max band)",
-                     fontsize=9)
-        ax.legend()
-        fig.tight_layout()
-        fig.savefig(p, dpi=100)
-        plt.close(fig)
+    if not out["curves"]:
+        return
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    for name, c in out["curves"].items():
+        xs = [q["env_steps"] for q in c]
+        ax.step(xs, [q["mean"] for q in c], where="post", label=name)
+        ax.fill_between(xs, [q["min"] for q in c], [q["max"] for q in c], step="post", alpha=0.15)
+    spec = out["spec"]
+    ax.set_xlabel("training env steps")
+    ax.set_ylabel(f"held-out success ({spec['eval_episodes']} rooms)")
+    ax.set_ylim(0, 1)
+    ax.set_title(f"{spec['model']} + SFT, Sokoban 6x6/1 box ({len(spec['seeds'])} seed(s), min-max band)", fontsize=9)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
 
 
 if __name__ == "__main__":
-    script_main(run, __doc__.split("\n")[0])
+    script_main(run, __doc__.split("\n")[0], algos={}, seeds={}, budget={"type": int})

@@ -36,8 +36,10 @@ def load_cfg(run_dir: str, overrides):
 
     # no SFT warm start: it does not change the cost; but without it every group scores the same,
     # so zero-advantage records must still be trained or the learner would be skipped entirely
+    # dynamic sampling off: with an untrained model every group ties and it would only add rollouts
     return load_config(CONFIG, [f"run.dir={run_dir}", "run.sft_warmup=false", "run.save_trajectories=false",
-                                "run.eval_every=0", "learner.skip_zero_advantage=false", *overrides])
+                                "run.eval_every=0", "learner.skip_zero_advantage=false",
+                                "algorithm.min_informative_groups=0", *overrides])
 
 
 def collect(overrides, measured: int, extra_syncs: int = 0) -> dict:

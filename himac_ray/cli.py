@@ -176,6 +176,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seconds", type=float, help="time per measurement (env bench)")
     p.add_argument("--compare", action="store_true",
                    help="profile bench: also profile the recipe before the fast CPU recipe, in the same run")
+    p.add_argument("--algos", help="learning bench: comma-separated algorithms (default: the size's)")
+    p.add_argument("--seeds", help="learning bench: comma-separated RL seeds (default: the size's)")
+    p.add_argument("--budget", type=int, help="learning bench: env steps per run (default: the size's)")
     p.set_defaults(func=cmd_bench)
     return parser
 

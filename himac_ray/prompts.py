@@ -24,7 +24,8 @@ HF multimodal processors). Text-only backends keep the text parts only
 The env descriptions paraphrase verl-agent's prompt templates (Apache-2.0,
 agent_system/environments/prompts/) and keep their formats (`PromptFormat.style` "verl", the
 paper setting). `PromptFormat.style` "compact" is the small-model recipe: short rules, the
-board (with the player's, boxes' and targets' coordinates on Sokoban), the current subgoal, the
+board (on Sokoban with the player's, boxes' and targets' coordinates and what each move does from
+the player's cell, both read off the board text), the current subgoal, the
 last actions and the admissible actions, at about a third of the tokens. `PromptFormat.answer`
 "action" drops the `<think>` part of executor / flat answers (`<action>a</action>` plus an
 optional `<sub_done>`), for models too small to reason usefully.
@@ -77,6 +78,9 @@ def env_kind(env_id: str) -> str:
 
 
 PROMPT_STYLES = ("verl", "compact")
+PROMPT_VERSION = 2
+"""bumped whenever a prompt's text changes: cached warm starts (`himac_ray.warm_start`) of another
+version are not reused"""
 ANSWER_FORMATS = ("think", "action")
 
 
@@ -385,6 +389,36 @@ def sokoban_positions(board: str) -> str:
     return " ".join(parts)
 
 
+_MOVES = (("up", -1, 0), ("down", 1, 0), ("left", 0, -1), ("right", 0, 1))
+
+
+def sokoban_moves(board: str) -> str:
+    """What each move does from the player's cell of a text board, e.g.
+    `"up: wall, down: push box onto target, left: floor, right: push box (blocked)"`; "" when the
+    board has no player. Derived from the observation only (the env's rules, one step ahead)."""
+    rows = str(board).splitlines()[:64]
+    player = next(((r, c) for r, line in enumerate(rows) for c, ch in enumerate(line[:64]) if ch in "PS"), None)
+    if player is None:
+        return ""
+
+    def cell(r: int, c: int) -> str:
+        return rows[r][c] if 0 <= r < len(rows) and 0 <= c < len(rows[r]) else "#"
+
+    out = []
+    for name, dr, dc in _MOVES:
+        ahead = cell(player[0] + dr, player[1] + dc)
+        if ahead == "#":
+            what = "wall"
+        elif ahead in "X√":
+            beyond = cell(player[0] + 2 * dr, player[1] + 2 * dc)
+            what = ("push box (blocked)" if beyond in "#X√" else
+                    "push box onto target" if beyond in "OS" else "push box")
+        else:
+            what = "target" if ahead in "OS" else "floor"
+        out.append(f"{name}: {what}")
+    return ", ".join(out)
+
+
 def _compact_task(kind: str, task: str) -> str:
     # Sokoban's task text is its rules, which the compact system message already states
     return "" if kind in (SOKOBAN, SOKOBAN_VISUAL) else f"Task: {_clip(task, MAX_HISTORY_OBS_CHARS)}\n"
@@ -394,7 +428,8 @@ def _compact_state(kind: str, observation: str, image: Any, task: str) -> str:
     if image is not None:
         return f"Board: {_IMAGE_SLOT}\n"
     if kind == SOKOBAN:
-        return f"Board:\n{_clip(observation, MAX_OBS_CHARS)}\n{sokoban_positions(observation)}\n"
+        board = _clip(observation, MAX_OBS_CHARS).rstrip("\n")
+        return f"Board:\n{board}\n{sokoban_positions(observation)}\nMoves: {sokoban_moves(observation)}\n"
     return f"Observation: {_clip(_obs_text(observation, task), MAX_OBS_CHARS)}\n"
 
 

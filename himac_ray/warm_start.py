@@ -15,6 +15,7 @@ from pathlib import Path
 
 from himac_ray.config import TrainConfig
 from himac_ray.models import cache_dir
+from himac_ray.prompts import PROMPT_VERSION
 
 KEY_FILE = "warm_start_key.json"
 """written next to the weights: the key's fields in plain text"""
@@ -30,7 +31,7 @@ def warm_start_key(cfg: TrainConfig, model_path: str | Path) -> dict:
         "model": str(Path(model_path).resolve()), "weights": stamp,
         "env": cfg.env.id, "env_kwargs": cfg.env.kwargs,
         "family": "hierarchical" if cfg.algorithm.name in HIERARCHICAL_ALGORITHMS else "flat",
-        "prompt_style": r.prompt_style, "answer_format": r.answer_format,
+        "prompt_style": r.prompt_style, "answer_format": r.answer_format, "prompt_version": PROMPT_VERSION,
         "max_subgoals": r.max_subgoals, "history_length": r.history_length,
         "subgoal_step_budget": r.subgoal_step_budget,
         "episodes": s.episodes, "epochs": s.epochs, "lr": s.lr, "batch_size": s.batch_size,
