@@ -33,10 +33,11 @@ ALGOS = ("himac", "grpo", "gigpo")
 SIZES = {
     "smoke": dict(model="tiny", budget=20, eval_points=(1.0,), seeds=[0], algos=("himac",), eval_episodes=2,
                   sft_episodes=2, sft_epochs=1, max_steps=3, num_groups=1, max_minutes=10),
+    # quick / full: the demo config's SFT settings, so the demo and the bench share one cached warm start
     "quick": dict(model="embedded", budget=300, eval_points=(1.0,), seeds=[0], algos=("himac",), eval_episodes=32,
-                  sft_episodes=48, sft_epochs=2, max_steps=10, num_groups=4, max_minutes=20),
-    "full": dict(model="embedded", budget=1200, eval_points=(0.5, 1.0), seeds=[0, 1, 2], algos=ALGOS, eval_episodes=64,
-                 sft_episodes=48, sft_epochs=2, max_steps=10, num_groups=4, max_minutes=60),
+                  max_steps=10, num_groups=4, max_minutes=20),
+    "full": dict(model="embedded", budget=1500, eval_points=(0.5, 1.0), seeds=[0, 1, 2], algos=ALGOS, eval_episodes=64,
+                 max_steps=10, num_groups=4, max_minutes=60),
 }
 
 
@@ -46,8 +47,9 @@ def make_cfg(run_dir: Path, *, algo: str, seed: int, spec: dict, extra=()):
     overrides = [f"run.dir={run_dir}", f"model.path={spec['model']}", f"algorithm.name={algo}", f"run.seed={seed}",
                  f"sampler.seed={seed}", "run.save_trajectories=false", "run.sft_warmup=false",
                  f"algorithm.num_groups={spec['num_groups']}", f"env.kwargs.max_steps={spec['max_steps']}",
-                 f"sft.episodes={spec['sft_episodes']}", f"sft.epochs={spec['sft_epochs']}",
                  f"env.eval_episodes={spec['eval_episodes']}", *spec.get("overrides", ()), *extra]
+    if "sft_episodes" in spec:
+        overrides += [f"sft.episodes={spec['sft_episodes']}", f"sft.epochs={spec['sft_epochs']}"]
     return load_config(CONFIG, overrides)
 
 

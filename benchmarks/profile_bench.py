@@ -42,8 +42,11 @@ def load_cfg(run_dir: str, overrides):
                                 "algorithm.min_informative_groups=0", *overrides])
 
 
-def collect(overrides, measured: int, extra_syncs: int = 0) -> dict:
-    """Warm-up + `measured` iterations; per-iteration detail; then `extra_syncs` more timed syncs."""
+def collect(overrides, measured: int, extra_syncs: int = 0, warmup_iteration: bool = True) -> dict:
+    """Warm-up + `measured` iterations; per-iteration detail; then `extra_syncs` more timed syncs.
+
+    `warmup_iteration=False` replaces the untimed warm-up iteration by the short warm-up rollout
+    alone, so the measured iterations start at iteration 0 (a planner phase)."""
     from benchmarks.harness import Stack
     from himac_ray.models import resolve_model
 
@@ -56,8 +59,9 @@ def collect(overrides, measured: int, extra_syncs: int = 0) -> dict:
         try:
             out["startup_seconds"] = stack.startup
             stack.warm_up()
-            log("profile: warm-up iteration")
-            out["warmup"] = detail(stack.iteration())
+            if warmup_iteration:
+                log("profile: warm-up iteration")
+                out["warmup"] = detail(stack.iteration())
             for _ in range(measured):
                 d = detail(stack.iteration())
                 out["iterations"].append(d)
@@ -100,9 +104,10 @@ def detail(it: dict) -> dict:
 
 BEFORE = ("model.dtype=float32", "rollout.prompt_style=verl", "rollout.answer_format=think", "sampler.threads=1",
           "sampler.prefix_caching=false", "rollout.plan_max_tokens=96", "rollout.action_max_tokens=48",
-          "learner.skip_zero_advantage=false")
-"""the demo recipe before the fast CPU recipe (issue #14): float32, verl-agent prompts with reasoning,
-one engine thread, no prefix caching, the old token caps"""
+          "algorithm.num_groups=2", "model.max_model_len=2048", "learner.max_len=1536", "learner.mini_batches=1",
+          "learner.micro_batch_size=2")
+"""the demo config before the fast CPU recipe (issue #14, code e12ca09): float32, verl-agent prompts
+with reasoning, one engine thread, no prefix caching, its token caps, 2 groups x G=4"""
 
 
 def run(args=None, quick: bool = True) -> dict:
@@ -115,7 +120,9 @@ def run(args=None, quick: bool = True) -> dict:
     measured = int(opt(args, "iterations", {"smoke": 1, "quick": 2, "full": 2}[size]))
     out = {"bench": "profile", "size": size, "machine": machine(), **collect(overrides, measured)}
     if opt(args, "compare", False):
-        before = collect([*overrides, *BEFORE], measured)
+        # the slow recipe's warm-up iteration alone would take ~10 min here: its measured iterations
+        # start right after the warm-up rollout (iteration 0 = planner, 1 = executor: the same phases)
+        before = collect([*overrides, *BEFORE], measured, warmup_iteration=False)
         out["before"] = {"overrides": before["overrides"], "iterations": before["iterations"],
                          "env_steps_per_s": env_steps_per_s(before["iterations"])}
         out["env_steps_per_s"] = env_steps_per_s(out["iterations"])

@@ -32,7 +32,7 @@ def ray_session():
 def make_group(num_ranks: int, zero_stage: int, **kw) -> LearnerGroup:
     learner = LearnerConfig(num_ranks=num_ranks, zero_stage=zero_stage, lr=1e-3, micro_batch_size=1,
                             mini_batches=2, max_len=256, **kw)
-    return LearnerGroup(model=ModelConfig(path="tiny"), learner=learner, algorithm=AlgorithmConfig(kl_coef=0.01))
+    return LearnerGroup(model=ModelConfig(path="tiny", dtype="float32"), learner=learner, algorithm=AlgorithmConfig(kl_coef=0.01))
 
 
 def batch():

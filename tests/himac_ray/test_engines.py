@@ -25,7 +25,7 @@ PROMPTS = [
 @pytest.fixture(scope="module", params=["tiny", "embedded"])
 def engines(request):
     path = build_tiny_llama() if request.param == "tiny" else prepare_embedded_model()
-    vllm = VLLMGenerator(path, seed=0, max_model_len=2048)
+    vllm = VLLMGenerator(path, seed=0, max_model_len=2048, dtype="float32")  # the HF reference is float32
     hf = HFGenerator(path)
     yield request.param, vllm, hf
     del vllm

@@ -189,3 +189,26 @@ def test_warm_start_key_covers_the_recipe_not_the_rl_seed(tmp_path, monkeypatch)
         assert key(change) != base, change
     (model / "model.safetensors").write_bytes(b"1" * 11)  # the base model changed
     assert key() != base
+
+
+def test_paired_interval_and_run_summary(tmp_path):
+    from himac_ray.evaluate import paired_interval
+    from himac_ray.metrics import MetricsLog
+    from himac_ray.train import eval_summary
+
+    before = {str(s): 0 for s in range(40)}
+    assert paired_interval(before, {str(s): 1 for s in range(40)}) == (1.0, 1.0, 1.0)
+    after = {str(s): int(s < 10) for s in range(40)}  # 10 of 40 rooms newly solved
+    mean, lo, hi = paired_interval(before, after)
+    assert mean == 0.25 and 0.1 < lo < 0.25 < hi < 0.4
+    mixed = {str(s): int(s % 2) for s in range(40)}
+    mean, lo, hi = paired_interval(mixed, {s: 1 - v for s, v in mixed.items()})
+    assert mean == 0.0 and lo < 0 < hi
+    with pytest.raises(ValueError, match="share no room"):
+        paired_interval({"1": 0}, {"2": 1})
+    log = MetricsLog(tmp_path)
+    assert eval_summary(tmp_path) == ""
+    log.append_eval({"iteration": 0, "charts/env_steps_total": 0, "success_rate": 0.0, "won_by_seed": before})
+    log.append_eval({"iteration": 6, "charts/env_steps_total": 900, "success_rate": 0.25, "won_by_seed": after})
+    text = eval_summary(tmp_path)
+    assert "0/40 after 0 iteration(s) -> 10/40 after 6 (900 env steps)" in text and "difference +0.250" in text

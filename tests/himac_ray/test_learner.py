@@ -44,8 +44,9 @@ def on_policy(learner_or_group, records):
     return records
 
 
-def make_learner(*, zero_stage=2, lr=1e-3, kl_coef=0.01, micro=2, planner_path=None, **kw) -> Learner:
-    return Learner(model=ModelConfig(path="tiny", planner_path=planner_path),
+def make_learner(*, zero_stage=2, lr=1e-3, kl_coef=0.01, micro=2, planner_path=None, dtype="float32", **kw) -> Learner:
+    # float32 (not auto): these tests compare updates, exports and logprobs exactly
+    return Learner(model=ModelConfig(path="tiny", planner_path=planner_path, dtype=dtype),
                    learner=LearnerConfig(zero_stage=zero_stage, lr=lr, micro_batch_size=micro, max_len=256, **kw),
                    algorithm=AlgorithmConfig(kl_coef=kl_coef), seed=0)
 
@@ -178,6 +179,12 @@ def test_save_weights_writes_hf_names_and_the_model_weights(tmp_path, zero_stage
         ref.train_step(on_policy(ref, make_records(ref.tokenizer, 4)), trainable="executor")
         for k, v in exported(ref).items():
             torch.testing.assert_close(saved[k], v, rtol=0, atol=1e-5)  # 1% of one lr=1e-3 Adam step
+    # a bfloat16-serving policy syncs bfloat16 tensors (half the bytes): the float32 weights, rounded
+    half = make_learner(zero_stage=zero_stage, dtype="bfloat16")
+    path = half.save_weights(tmp_path / "half.safetensors", policy="executor")
+    saved_half = load_file(str(path))
+    assert all(v.dtype == torch.bfloat16 for v in saved_half.values())
+    assert all(torch.equal(saved_half[k], v.to(torch.bfloat16)) for k, v in exported(half).items())
 
 
 @pytest.mark.slow
@@ -206,7 +213,7 @@ def test_vllm_reloads_saved_weights_and_agrees_with_learner(tmp_path):
     from himac_ray.engines.vllm_engine import VLLMGenerator
     from himac_ray.generation import SamplingParams
 
-    vllm = VLLMGenerator(resolve_model("tiny"), seed=0, max_model_len=512)
+    vllm = VLLMGenerator(resolve_model("tiny"), seed=0, max_model_len=512, dtype="float32")
     learner = make_learner(lr=1e-2)
     learner.train_step(on_policy(learner, make_records(learner.tokenizer, 6)), trainable="executor")
     chat = [[{"role": "user", "content": p}] for p in PROMPTS]

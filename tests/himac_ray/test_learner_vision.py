@@ -23,7 +23,7 @@ def visual_records():
     from himac_ray.engines.vlm_engine import VLLMVisionGenerator
     from himac_ray.rollout import run_rollout
 
-    gen = VLLMVisionGenerator(resolve_model("vlm-tiny"), seed=0, max_model_len=2048)
+    gen = VLLMVisionGenerator(resolve_model("vlm-tiny"), seed=0, max_model_len=2048, dtype="float32")
     result = run_rollout(generator=gen, env_id="himac/SokobanVisual-v0", env_kwargs={"max_steps": 3}, seeds=[0, 1],
                          mode="macro", group_size=2, planner_params=SamplingParams(temperature=1.0, max_tokens=32),
                          executor_params=SamplingParams(temperature=1.0, max_tokens=16), max_subgoals=2)
@@ -31,7 +31,7 @@ def visual_records():
 
 
 def test_learner_recomputes_the_samplers_logprobs_from_the_record_images(visual_records):
-    learner = Learner(model=ModelConfig(path="vlm-tiny"),
+    learner = Learner(model=ModelConfig(path="vlm-tiny", dtype="float32"),
                       learner=LearnerConfig(zero_stage=2, lr=1e-3, micro_batch_size=3, max_len=1024),
                       algorithm=AlgorithmConfig(kl_coef=0.01), seed=0)
     records = visual_records

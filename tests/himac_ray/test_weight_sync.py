@@ -71,7 +71,7 @@ def test_init_infos_give_every_worker_its_own_rank():
 
 @pytest.fixture(scope="module", params=[2, 3], ids=["zero2", "zero3"])
 def learner(request):
-    return Learner(model=ModelConfig(path="tiny"),
+    return Learner(model=ModelConfig(path="tiny", dtype="float32"),
                    learner=LearnerConfig(zero_stage=request.param, micro_batch_size=2, max_len=256),
                    algorithm=AlgorithmConfig(kl_coef=0.0), seed=0)
 

@@ -195,7 +195,7 @@ def test_sft_lowers_the_loss(tiny_path):
 def engines(tiny_path):
     from himac_ray.engines.vlm_engine import HFVisionGenerator, VLLMVisionGenerator
 
-    vllm = VLLMVisionGenerator(tiny_path, seed=0, max_model_len=2048)
+    vllm = VLLMVisionGenerator(tiny_path, seed=0, max_model_len=2048, dtype="float32")
     hf = HFVisionGenerator(tiny_path)
     yield vllm, hf
     del vllm
@@ -258,7 +258,9 @@ def test_weight_reload_changes_output_and_restores_it(engines):
     vllm.reload_weights(original, version=7)
     restored = vllm.generate(chats, GREEDY16)[0][0]
     assert restored.token_ids == before.token_ids
-    assert restored.logprobs == before.logprobs
+    # the same weights again: the same tokens, logprobs equal up to kernel rounding (seen: 3e-6 on
+    # an AVX2 CPU, 0 on AVX-512 ones), not bit-exact on every CPU
+    assert restored.logprobs == pytest.approx(before.logprobs, abs=1e-4)
     assert vllm.weights_version == 7
 
 
@@ -267,7 +269,7 @@ def test_embedded_vlm_vllm_matches_hf():
     from himac_ray.engines.vlm_engine import HFVisionGenerator, VLLMVisionGenerator
 
     path = vlm.build_local_vlm(text_model="embedded")
-    vllm = VLLMVisionGenerator(path, seed=0, max_model_len=2048)
+    vllm = VLLMVisionGenerator(path, seed=0, max_model_len=2048, dtype="float32")
     hf = HFVisionGenerator(path)
     chats = visual_chats(seeds=(0,))[:1] + [[{"role": "user", "content": "What is the capital of France? Answer briefly."}]]
     out = _greedy_agree(vllm, hf, chats)
