@@ -276,7 +276,11 @@ class RunConfig:
     ray_address: str | None = None
     """Ray cluster address; None = $RAY_ADDRESS or a new local head (dashboard on 127.0.0.1)"""
     dashboard_host: str = "127.0.0.1"
-    """host the local Ray dashboard binds to (it runs submitted jobs without auth: keep it local)"""
+    """host the local Ray dashboard binds to (it runs submitted jobs: keep it local)"""
+    node_ip_address: str = "127.0.0.1"
+    """address of a new local Ray head: its GCS, raylet, dashboard agent and metrics endpoints bind
+    to it. 127.0.0.1 keeps all of them off the network; the machine's IP lets other nodes join and
+    remote Prometheus scrape (then also set RAY_AUTH_MODE=token, deploy/README.md)"""
 
 
 @dataclass(frozen=True)

@@ -1,9 +1,10 @@
 """Training entry point: `himac-ray train ...` and `python -m himac_ray.train ...` (for `ray job submit`).
 
 Connects to `run.ray_address` / `$RAY_ADDRESS`, or starts a local Ray head whose dashboard binds
-to `run.dashboard_host` (127.0.0.1 by default: the dashboard runs submitted jobs without auth),
-optionally warm-starts the policy by SFT on the envs' experts, then drives the `Coordinator`
-actor with a progress bar. Imports Ray and the actors lazily.
+to `run.dashboard_host` and every other endpoint to `run.node_ip_address` (both 127.0.0.1 by
+default: the dashboard runs submitted jobs). Every input is checked (`check_inputs`) before an
+earlier run is moved aside or Ray starts. Optionally warm-starts the policy by SFT on the envs'
+experts, then drives the `Coordinator` actor with a progress bar. Imports Ray and the actors lazily.
 """
 
 from __future__ import annotations
@@ -33,23 +34,32 @@ def add_train_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     return parser
 
 
+RAY_ENV = {"env_vars": {"TOKENIZERS_PARALLELISM": "false", "VLLM_CONFIGURE_LOGGING": "0"}}
+
+
+def local_ray_options(cfg: TrainConfig) -> dict:
+    """`ray.init` arguments of a new local head: the dashboard on `run.dashboard_host`, every other
+    endpoint (GCS, raylet, dashboard agent, metrics export) on `run.node_ip_address` (Ray binds
+    them to loopback when the node address is loopback; both default to 127.0.0.1)."""
+    needed = cfg.sampler.num_engines * cfg.sampler.cpus_per_engine * (2 if cfg.model.planner_path else 1)
+    needed += cfg.learner.num_ranks * cfg.learner.cpus_per_rank
+    return {"num_cpus": max(os.cpu_count() or 1, int(needed + 0.999)), "include_dashboard": True,
+            "dashboard_host": cfg.run.dashboard_host, "_node_ip_address": cfg.run.node_ip_address,
+            "runtime_env": RAY_ENV}
+
+
 def init_ray(cfg: TrainConfig, *, log=print):
-    """Connect to an existing cluster or start a local head bound to `run.dashboard_host`."""
+    """Connect to an existing cluster or start a local head (`local_ray_options`)."""
     import ray
 
     if ray.is_initialized():
         return ray.get_runtime_context()
     address = cfg.run.ray_address or os.environ.get("RAY_ADDRESS")
-    env = {"env_vars": {"TOKENIZERS_PARALLELISM": "false", "VLLM_CONFIGURE_LOGGING": "0"}}
     if address:
-        ctx = ray.init(address=address, runtime_env=env, log_to_driver=True)
+        ctx = ray.init(address=address, runtime_env=RAY_ENV, log_to_driver=True)
         log(f"[himac-ray] connected to Ray at {address}")
     else:
-        needed = cfg.sampler.num_engines * cfg.sampler.cpus_per_engine * (2 if cfg.model.planner_path else 1)
-        needed += cfg.learner.num_ranks * cfg.learner.cpus_per_rank
-        num_cpus = max(os.cpu_count() or 1, int(needed + 0.999))
-        ctx = ray.init(num_cpus=num_cpus, include_dashboard=True, dashboard_host=cfg.run.dashboard_host,
-                       runtime_env=env)
+        ctx = ray.init(**local_ray_options(cfg))
         url = getattr(ctx, "dashboard_url", "") or ""
         log(f"[himac-ray] local Ray started; dashboard: http://{url}" if url else "[himac-ray] local Ray started")
     return ctx
