@@ -207,8 +207,12 @@ class LearnerConfig:
     """longest prompt + response trained on; longer prompts are cut from the left"""
     skip_zero_advantage: bool = True
     """leave records whose advantage is exactly 0 out of the update (e.g. every member of a group
-    scored the same): their policy-gradient term is zero, so this only drops their KL/entropy
-    terms and saves their forward/backward (DAPO's dynamic sampling, without resampling)"""
+    scored the same) and save their forward/backward. Not neutral: their KL and entropy terms are
+    dropped, and the loss is normalised over the kept records only (token-mean: kept tokens;
+    seq-mean-token-mean: kept sequences), so every remaining token's policy-gradient term is
+    scaled up by all / kept, i.e. the step grows as fewer groups are informative (DAPO's dynamic
+    sampling filter without resampling; grad_clip bounds it). false = the same normalisation as
+    the full batch (docs/algorithm.md)"""
     sync_bucket_mb: int = 256
     """weight-sync bucket size: tensors are exported in buckets of about this many MB"""
     weight_sync: str = "auto"
