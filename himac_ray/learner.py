@@ -140,6 +140,13 @@ def _from_plain(saved, template):
     return saved
 
 
+def apply_hyperparams(param_groups: list[dict], *, lr: float, weight_decay: float) -> None:
+    """Set every optimizer param group's lr and weight decay (after restoring an optimizer state)."""
+    for group in param_groups:
+        group["lr"] = lr
+        group["weight_decay"] = weight_decay
+
+
 def _dummy(level: str, pad_token_id: int) -> Record:
     return Record(group_id="", traj_id="", level=level, env_id="", seed=0, step=0, subgoal_index=0,
                   prompt_ids=[pad_token_id], response_ids=[pad_token_id], logprobs=[0.0])
@@ -559,6 +566,9 @@ class Learner:
             engine.optimizer.load_state_dict(sd_list, load_optimizer_states=True, load_from_fp32_weights=True)
             engine.global_steps = saved["global_steps"]
             engine.global_samples = saved["global_samples"]
+            # the saved param groups carry the old run's lr / weight decay: this run's config wins
+            # (a resume with --allow-config-change must really train with the new values)
+            apply_hyperparams(engine.optimizer.param_groups, lr=self.cfg.lr, weight_decay=self.cfg.weight_decay)
         rng = torch.load(directory / f"rng_rank{self.rank}.pt", weights_only=True)
         torch.set_rng_state(rng["torch_rng"])
         self.steps = meta["steps"]

@@ -58,9 +58,18 @@ class MetricsLog:
 
     @staticmethod
     def _read(path: Path) -> list[dict]:
+        """The rows of a JSON-lines file; a partial last line (a crash mid-append) is dropped."""
         if not path.exists():
             return []
-        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        lines = [line for line in path.read_text(encoding="utf-8", errors="replace").splitlines() if line.strip()]
+        rows = []
+        for n, line in enumerate(lines):
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                if n < len(lines) - 1:
+                    raise ValueError(f"{path} line {n + 1} is not JSON (only a partial last line is tolerated)") from None
+        return rows
 
     @staticmethod
     def _write(path: Path, rows: list[dict]) -> None:

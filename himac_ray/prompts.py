@@ -500,8 +500,11 @@ def _clip(text: Any, limit: int) -> str:
 # --------------------------------------------------------------------------------------------
 # Parsers
 # --------------------------------------------------------------------------------------------
-_TAG_RE = re.compile(r"<\s*(/?)\s*(think|action|plan|sub_done)\s*(/?)\s*>", re.IGNORECASE)
-_NUMBERED_RE = re.compile(r"^\s*(?:step\s*)?(\d{1,3})\s*[.):\-]\s*(.*?)\s*$", re.IGNORECASE)
+# Every pattern is linear in the text: no two whitespace runs may be split between each other on
+# a failed match (`<\s*/?\s*x` backtracks quadratically over `<` + many spaces), so an optional
+# `/` takes its own trailing whitespace and numbered lines are stripped in Python, not by `\s*$`.
+_TAG_RE = re.compile(r"<\s*(?:(/)\s*)?(think|action|plan|sub_done)\s*(?:(/)\s*)?>", re.IGNORECASE)
+_NUMBERED_RE = re.compile(r"\s*(?:step\s*)?(\d{1,3})\s*[.):\-](.*)", re.IGNORECASE)
 _CJK_RE = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af]")
 _CONTROL_RE = re.compile(r"[\x00-\x08\x0b-\x1f\x7f\ufffd]")
 _PLACEHOLDER_RE = re.compile(r"^(\w+)\[<[^>]*>\]$")
@@ -560,8 +563,9 @@ def parse_plan(text: Any, max_subgoals: int, *, task: str = "") -> tuple[list[st
         subgoals = []
         for line in text[span[0] : span[1]].splitlines():
             m = _NUMBERED_RE.match(line)
-            if m and m.group(2) and not _CONTROL_RE.search(m.group(2)):
-                subgoals.append(_clip(m.group(2), MAX_SUBGOAL_CHARS))
+            subgoal = m.group(2).strip() if m else ""
+            if subgoal and not _CONTROL_RE.search(subgoal):
+                subgoals.append(_clip(subgoal, MAX_SUBGOAL_CHARS))
         if not subgoals:
             return fallback, False
         k = max(int(max_subgoals), 1)

@@ -2,7 +2,9 @@
 
 ```
 run.dir/
+  .himac-ray-run              marker: only a directory holding it is ever moved aside by a new run
   config.json                 the validated config of the run
+  config_changes.jsonl        keys changed by `--resume --allow-config-change`, one row per resume
   metrics.jsonl               one row per iteration
   curve.png                   learning curve
   trajectories/iter_00003.parquet
@@ -11,8 +13,10 @@ run.dir/
     coordinator.json          CoordinatorState
     learner/                  learner state (HF weights as safetensors + optimizer tensors)
 ```
-A checkpoint directory is built under a temporary name and renamed into place only after every
-file is written, so a crash never leaves a half-written checkpoint that `latest_checkpoint` picks.
+A checkpoint directory is built under a temporary name, its files and directories fsync'd, marked
+COMPLETE and renamed into place, so a crash never leaves a half-written checkpoint that
+`latest_checkpoint` picks; older checkpoints are pruned only after that, and an existing complete
+checkpoint of the same iteration is kept rather than replaced. Iteration directories sort by number.
 """
 
 from __future__ import annotations
@@ -20,11 +24,79 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import struct
 import tempfile
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 COMPLETE = "COMPLETE"
+RUN_MARKER = ".himac-ray-run"
+"""written into every run directory himac-ray creates: the licence to move it aside later"""
+RUN_FILES = frozenset({
+    RUN_MARKER, "config.json", "config_changes.jsonl", "metrics.jsonl", "eval.jsonl", "metrics.jsonl.tmp",
+    "eval.jsonl.tmp", "curve.png", "trajectories", "checkpoints", "sft_model", "warm_start.json",
+})
+"""everything a run writes: a directory holding only these (and config.json) is a run from before the marker"""
+
+
+class RunStateError(ValueError):
+    """A run directory or checkpoint cannot be used as asked; the message says why and what to do."""
+
+
+def is_run_dir(path: str | Path) -> bool:
+    """Whether `path` is a directory himac-ray created as a run directory (marker, or an older run's
+    layout: config.json and nothing but the files a run writes)."""
+    path = Path(path)
+    if not path.is_dir() or path.is_symlink():
+        return False
+    names = {p.name for p in path.iterdir()}
+    return RUN_MARKER in names or ("config.json" in names and names <= RUN_FILES)
+
+
+def check_run_dir(run_dir: str | Path, *, resume: bool) -> None:
+    """Raise RunStateError unless a run may start in `run_dir` (nothing is touched).
+
+    A fresh run needs `run_dir` absent, empty, or a himac-ray run directory (which `prepare_run_dir`
+    then moves aside); anything else (a file, `.`, `$HOME`, `/`, a project folder) is refused.
+    `--resume` continues only in a run directory.
+    """
+    path = Path(run_dir).expanduser()
+    if path.exists() and not path.is_dir():
+        raise RunStateError(f"run.dir={str(run_dir)!r} exists and is not a directory; choose another run.dir")
+    if not path.exists() or not any(path.iterdir()):
+        return
+    if resume and latest_checkpoint(path) is not None:
+        return
+    if not is_run_dir(path):
+        raise RunStateError(
+            f"run.dir={str(run_dir)!r} ({path.absolute()}) is not empty and is not a himac-ray run directory "
+            f"(no {RUN_MARKER} file), so a new run will not move it aside; choose a new or empty run.dir")
+    if path.absolute() in (Path("/"), Path.home().absolute()) or path.resolve() == Path.cwd().resolve():
+        raise RunStateError(f"run.dir={str(run_dir)!r} is / , $HOME or the current directory; choose a subdirectory")
+
+
+def prepare_run_dir(run_dir: str | Path, *, resume: bool) -> Path | None:
+    """Create `run_dir` (with its marker) for a run; a fresh run moves an earlier run aside first.
+
+    Call `check_run_dir` before anything else starts. Returns where an earlier run was moved, or None.
+    """
+    path = Path(run_dir).expanduser()
+    check_run_dir(path, resume=resume)
+    aside = None
+    if not resume and path.exists() and any(path.iterdir()):
+        path = path.absolute()
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        aside = path.with_name(f"{path.name}.old-{stamp}")
+        n = 1
+        while aside.exists():
+            aside, n = path.with_name(f"{path.name}.old-{stamp}-{n}"), n + 1
+        path.rename(aside)
+    path.mkdir(parents=True, exist_ok=True)
+    marker = path / RUN_MARKER
+    if not marker.exists():
+        marker.write_text("a run directory written by himac-ray; a new run may move it aside\n")
+    return aside
 
 
 @dataclass
@@ -60,6 +132,35 @@ def checkpoint_name(iteration: int) -> str:
     return f"iter_{iteration:05d}"
 
 
+def checkpoint_iteration(path: str | Path) -> int | None:
+    """The iteration of a checkpoint directory `iter_N` (None for other names)."""
+    prefix, _, number = Path(path).name.partition("_")
+    return int(number) if prefix == "iter" and number.isdigit() else None
+
+
+def fsync_tree(root: Path) -> None:
+    """fsync every file under `root`, then every directory bottom-up (their entries), `root` last."""
+    dirs = []
+    for top, _, files in os.walk(root):
+        dirs.append(top)
+        for name in files:
+            fd = os.open(os.path.join(top, name), os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+    for top in reversed(dirs):
+        _fsync_dir(Path(top))
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def begin_checkpoint(run_dir: str | Path) -> Path:
     """A fresh temporary directory to write a checkpoint into."""
     root = checkpoints_root(run_dir)
@@ -68,28 +169,90 @@ def begin_checkpoint(run_dir: str | Path) -> Path:
 
 
 def commit_checkpoint(tmp: Path, run_dir: str | Path, iteration: int, *, keep: int) -> Path:
-    """Mark `tmp` complete, move it to its final name, and prune old checkpoints."""
-    (tmp / COMPLETE).write_text("ok\n")
-    final = checkpoints_root(run_dir) / checkpoint_name(iteration)
-    if final.exists():
-        shutil.rmtree(final)
-    os.replace(tmp, final)
+    """fsync `tmp`, mark it complete, move it to its final name, and only then prune old checkpoints.
+
+    A loadable complete checkpoint of the same iteration already on disk describes the same state
+    (the trainer checkpoints only at iteration boundaries) and is kept: `tmp` is dropped instead of
+    deleting a good checkpoint before its replacement is in place. A corrupt one is replaced.
+    """
+    root = checkpoints_root(run_dir)
+    final = root / checkpoint_name(iteration)
+    if (final / COMPLETE).exists() and checkpoint_problem(final) is None:
+        shutil.rmtree(tmp, ignore_errors=True)
+    else:
+        fsync_tree(tmp)  # every file and directory is on disk before the marker says so
+        with open(tmp / COMPLETE, "w") as f:
+            f.write("ok\n")
+            f.flush()
+            os.fsync(f.fileno())
+        _fsync_dir(tmp)
+        if final.exists():  # corrupt or incomplete, so never loaded: out of the way (removed as .tmp-*)
+            os.replace(final, root / f".tmp-replaced-{final.name}-{os.getpid()}")
+        os.replace(tmp, final)
+        _fsync_dir(root)
+        clean_partial_checkpoints(run_dir)
     for old in complete_checkpoints(run_dir)[:-keep]:
-        shutil.rmtree(old, ignore_errors=True)
+        if old != final:
+            shutil.rmtree(old, ignore_errors=True)
     return final
 
 
 def complete_checkpoints(run_dir: str | Path) -> list[Path]:
+    """Complete checkpoint directories, oldest first (by iteration number: 100000 after 99999)."""
     root = checkpoints_root(run_dir)
     if not root.exists():
         return []
-    return sorted(p for p in root.glob("iter_*") if (p / COMPLETE).exists())
+    found = [p for p in root.glob("iter_*") if checkpoint_iteration(p) is not None and (p / COMPLETE).exists()]
+    return sorted(found, key=checkpoint_iteration)
 
 
 def latest_checkpoint(run_dir: str | Path) -> Path | None:
     """The newest complete checkpoint, or None."""
     found = complete_checkpoints(run_dir)
     return found[-1] if found else None
+
+
+def checkpoint_problem(ckpt: str | Path) -> str | None:
+    """Why a complete checkpoint cannot be loaded (missing / unreadable / truncated files), or None.
+
+    Cheap: reads the JSON files and the safetensors headers, checks that every file the learner
+    state names is there and that no weights file is shorter than its header says.
+    """
+    ckpt = Path(ckpt)
+    try:
+        CoordinatorState.load(ckpt / "coordinator.json")
+        meta = json.loads((ckpt / "learner" / "learner_state.json").read_text())
+        for policy in meta["policies"]:
+            sub = ckpt / "learner" / policy
+            for rank in range(int(meta["world_size"])):
+                if not (sub / f"optim_rank{rank}.pt").is_file() or (sub / f"optim_rank{rank}.pt").stat().st_size == 0:
+                    return f"{sub / f'optim_rank{rank}.pt'} is missing or empty"
+            problem = safetensors_problem(sub / "model.safetensors")
+            if problem:
+                return problem
+        for rank in range(int(meta["world_size"])):
+            if not (ckpt / "learner" / f"rng_rank{rank}.pt").is_file():
+                return f"{ckpt / 'learner' / f'rng_rank{rank}.pt'} is missing"
+    except (OSError, ValueError, TypeError, KeyError) as err:
+        return f"{type(err).__name__}: {err}"
+    return None
+
+
+def safetensors_problem(path: Path) -> str | None:
+    """Why `path` is not a complete safetensors file (None when its header and size agree); may raise
+    OSError / ValueError for an unreadable file or a header that is not JSON."""
+    with open(path, "rb") as f:
+        head = f.read(8)
+        if len(head) < 8:
+            return f"{path} is truncated (no header)"
+        (size,) = struct.unpack("<Q", head)
+        if size > os.path.getsize(path) - 8:
+            return f"{path} is truncated (header)"
+        header = json.loads(f.read(size))
+    end = max((t["data_offsets"][1] for k, t in header.items() if k != "__metadata__"), default=0)
+    if 8 + size + end > os.path.getsize(path):
+        return f"{path} is truncated ({os.path.getsize(path)} bytes, the header needs {8 + size + end})"
+    return None
 
 
 def clean_partial_checkpoints(run_dir: str | Path) -> None:

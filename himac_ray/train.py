@@ -1,9 +1,10 @@
 """Training entry point: `himac-ray train ...` and `python -m himac_ray.train ...` (for `ray job submit`).
 
 Connects to `run.ray_address` / `$RAY_ADDRESS`, or starts a local Ray head whose dashboard binds
-to `run.dashboard_host` (127.0.0.1 by default: the dashboard runs submitted jobs without auth),
-optionally warm-starts the policy by SFT on the envs' experts, then drives the `Coordinator`
-actor with a progress bar. Imports Ray and the actors lazily.
+to `run.dashboard_host` and every other endpoint to `run.node_ip_address` (both 127.0.0.1 by
+default: the dashboard runs submitted jobs). Every input is checked (`check_inputs`) before an
+earlier run is moved aside or Ray starts. Optionally warm-starts the policy by SFT on the envs'
+experts, then drives the `Coordinator` actor with a progress bar. Imports Ray and the actors lazily.
 """
 
 from __future__ import annotations
@@ -17,8 +18,15 @@ import time
 from pathlib import Path
 
 from himac_ray import metrics as M
-from himac_ray.config import TrainConfig, config_to_dict, load_config
-from himac_ray.run_state import latest_checkpoint
+from himac_ray.config import ConfigError, TrainConfig, config_changes, config_to_dict, load_config
+from himac_ray.run_state import (
+    RunStateError,
+    check_run_dir,
+    checkpoint_problem,
+    complete_checkpoints,
+    latest_checkpoint,
+    prepare_run_dir,
+)
 
 SFT_DIR = "sft_model"
 WARM_START_POINTER = "warm_start.json"
@@ -30,26 +38,37 @@ def add_train_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override one config key (repeatable)")
     parser.add_argument("--resume", action="store_true", help="continue from the latest complete checkpoint")
+    parser.add_argument("--allow-config-change", action="store_true",
+                        help="with --resume: continue although the config differs from the run's config.json")
     return parser
 
 
+RAY_ENV = {"env_vars": {"TOKENIZERS_PARALLELISM": "false", "VLLM_CONFIGURE_LOGGING": "0"}}
+
+
+def local_ray_options(cfg: TrainConfig) -> dict:
+    """`ray.init` arguments of a new local head: the dashboard on `run.dashboard_host`, every other
+    endpoint (GCS, raylet, dashboard agent, metrics export) on `run.node_ip_address` (Ray binds
+    them to loopback when the node address is loopback; both default to 127.0.0.1)."""
+    needed = cfg.sampler.num_engines * cfg.sampler.cpus_per_engine * (2 if cfg.model.planner_path else 1)
+    needed += cfg.learner.num_ranks * cfg.learner.cpus_per_rank
+    return {"num_cpus": max(os.cpu_count() or 1, int(needed + 0.999)), "include_dashboard": True,
+            "dashboard_host": cfg.run.dashboard_host, "_node_ip_address": cfg.run.node_ip_address,
+            "runtime_env": RAY_ENV}
+
+
 def init_ray(cfg: TrainConfig, *, log=print):
-    """Connect to an existing cluster or start a local head bound to `run.dashboard_host`."""
+    """Connect to an existing cluster or start a local head (`local_ray_options`)."""
     import ray
 
     if ray.is_initialized():
         return ray.get_runtime_context()
     address = cfg.run.ray_address or os.environ.get("RAY_ADDRESS")
-    env = {"env_vars": {"TOKENIZERS_PARALLELISM": "false", "VLLM_CONFIGURE_LOGGING": "0"}}
     if address:
-        ctx = ray.init(address=address, runtime_env=env, log_to_driver=True)
+        ctx = ray.init(address=address, runtime_env=RAY_ENV, log_to_driver=True)
         log(f"[himac-ray] connected to Ray at {address}")
     else:
-        needed = cfg.sampler.num_engines * cfg.sampler.cpus_per_engine * (2 if cfg.model.planner_path else 1)
-        needed += cfg.learner.num_ranks * cfg.learner.cpus_per_rank
-        num_cpus = max(os.cpu_count() or 1, int(needed + 0.999))
-        ctx = ray.init(num_cpus=num_cpus, include_dashboard=True, dashboard_host=cfg.run.dashboard_host,
-                       runtime_env=env)
+        ctx = ray.init(**local_ray_options(cfg))
         url = getattr(ctx, "dashboard_url", "") or ""
         log(f"[himac-ray] local Ray started; dashboard: http://{url}" if url else "[himac-ray] local Ray started")
     return ctx
@@ -169,22 +188,72 @@ def _resume_hint(run_dir: Path) -> str:
     return f"latest complete checkpoint: {ckpt}; continue with --resume" if ckpt else "no checkpoint was written"
 
 
-def train(cfg: TrainConfig, *, resume: bool = False, log=print) -> list[dict]:
-    """Run (or resume) training as configured; returns the new metrics rows."""
-    import ray
+def check_inputs(cfg: TrainConfig, *, resume: bool, allow_config_change: bool = False) -> dict:
+    """Everything a run needs, checked before it touches the disk or starts Ray: the run directory
+    (`run_state.check_run_dir`), the model folders / names, and on `--resume` the saved config.
+    Returns the changed keys of a resume (`config.config_changes`). Raises ConfigError or RunStateError."""
+    from himac_ray.models import ModelUnavailableError, resolve_model
 
-    from actors.coordinator import Coordinator
+    run_dir = Path(cfg.run.dir)
+    check_run_dir(run_dir, resume=resume)
+    for key in ("model.path", "model.planner_path"):
+        name = getattr(cfg.model, key.split(".")[1])
+        if name is None:
+            continue
+        try:
+            resolve_model(name)
+        except ModelUnavailableError as err:
+            raise ConfigError(f"{key}={name!r}: {err}") from None
+    if not resume:
+        return {}
+    problems = {ckpt.name: checkpoint_problem(ckpt) for ckpt in complete_checkpoints(run_dir)}
+    if problems and all(problems.values()):
+        listed = "; ".join(f"{name}: {problem}" for name, problem in problems.items())
+        raise RunStateError(f"--resume: no checkpoint in {run_dir / 'checkpoints'} can be loaded ({listed})")
+    try:
+        saved = json.loads((run_dir / "config.json").read_text())
+    except (OSError, ValueError) as err:
+        raise RunStateError(f"--resume: cannot read the run's config ({run_dir / 'config.json'}): {err}") from None
+    changes = config_changes(saved, cfg)
+    if changes and not allow_config_change:
+        listed = "; ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in changes.items())
+        raise ConfigError(f"--resume: the config differs from the run's ({run_dir / 'config.json'}) in {listed}. "
+                          "Resume with the same config, or pass --allow-config-change to continue with the new values")
+    return changes
 
+
+def _record_config(cfg: TrainConfig, run_dir: Path, changes: dict, log) -> None:
+    """Write the run's config.json; a resume that changed keys also appends them to config_changes.jsonl."""
+    if changes:
+        ckpt = latest_checkpoint(run_dir)
+        row = {"time": time.strftime("%Y-%m-%dT%H:%M:%S"), "checkpoint": ckpt.name if ckpt else None,
+               "changed": {k: [old, new] for k, (old, new) in changes.items()}}
+        with (run_dir / "config_changes.jsonl").open("a") as f:
+            f.write(json.dumps(row) + "\n")
+        log(f"[himac-ray] --allow-config-change: resuming with {', '.join(f'{k}={new!r} (was {old!r})' for k, (old, new) in changes.items())}"
+            f"; recorded in {run_dir / 'config_changes.jsonl'}")
+    (run_dir / "config.json").write_text(json.dumps(config_to_dict(cfg), indent=2))
+
+
+def train(cfg: TrainConfig, *, resume: bool = False, allow_config_change: bool = False, log=print) -> list[dict]:
+    """Run (or resume) training as configured; returns the new metrics rows.
+
+    Inputs are checked first (`check_inputs`); only then is an earlier run moved aside and Ray started.
+    """
     run_dir = Path(cfg.run.dir)
     if resume and latest_checkpoint(run_dir) is None:
         log(f"[himac-ray] --resume: no complete checkpoint in {run_dir}; starting from scratch")
         resume = False
-    if not resume and run_dir.exists() and any(run_dir.iterdir()):
-        aside = run_dir.with_name(f"{run_dir.name}.old-{time.strftime('%Y%m%d-%H%M%S')}")
-        run_dir.rename(aside)
+    changes = check_inputs(cfg, resume=resume, allow_config_change=allow_config_change)
+    aside = prepare_run_dir(run_dir, resume=resume)
+    if aside is not None:
         log(f"[himac-ray] {run_dir} held an earlier run: moved it to {aside} (use --resume to continue a run)")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.json").write_text(json.dumps(config_to_dict(cfg), indent=2))
+    _record_config(cfg, run_dir, changes, log)
+
+    import ray
+
+    from actors.coordinator import Coordinator
+
     init_ray(cfg, log=log)
     model_path, planner_path = _resolve_models(cfg, run_dir, resume, log)
     coordinator = Coordinator.remote(config_to_dict(cfg), model_path=model_path, planner_path=planner_path)
@@ -235,8 +304,15 @@ def eval_summary(run_dir: Path) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = add_train_args(argparse.ArgumentParser(prog="python -m himac_ray.train", description=__doc__))
     args = parser.parse_args(argv)
-    cfg = load_config(args.config, args.overrides)
-    train(cfg, resume=args.resume)
+    from himac_ray.models import ModelUnavailableError
+    from himac_ray.models.store import ModelDirError
+
+    try:
+        cfg = load_config(args.config, args.overrides)
+        train(cfg, resume=args.resume, allow_config_change=args.allow_config_change)
+    except (ConfigError, RunStateError, ModelUnavailableError, ModelDirError) as err:
+        print(f"himac-ray: {err}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -12,6 +12,7 @@ Pure Python: the loop talks to duck-typed services, so the same code runs agains
 
 from __future__ import annotations
 
+import copy
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,9 +31,12 @@ from himac_ray.names import FLAT_ALGORITHMS, LEVEL_OF
 from himac_ray.rollout import RolloutResult, merge_results
 from himac_ray.run_state import (
     CoordinatorState,
+    RunStateError,
     begin_checkpoint,
+    checkpoint_problem,
     clean_partial_checkpoints,
     commit_checkpoint,
+    complete_checkpoints,
     latest_checkpoint,
 )
 
@@ -106,17 +110,37 @@ class Trainer:
         self.state = CoordinatorState()
         self.rng = np.random.default_rng(cfg.run.seed)
         self.status = {"iteration": 0, "phase": "starting"}
+        self._iteration_start: tuple[CoordinatorState, dict] | None = None
+        """(state, rng state) at the start of the running iteration; None between iterations"""
+        self._learner_stepped = False
+        """the running iteration reached the learner: its weights no longer match `state`"""
 
     # ------------------------------------------------------------ lifecycle
 
     def restore(self) -> bool:
-        """Load the latest complete checkpoint, if any; returns whether one was found."""
+        """Load the newest loadable complete checkpoint; returns whether there was any checkpoint.
+
+        A corrupt or truncated checkpoint is skipped with a warning naming it, and the next older
+        one is tried; when checkpoints exist but none loads, RunStateError (never a silent fresh start).
+        """
         clean_partial_checkpoints(self.run_dir)
-        ckpt = latest_checkpoint(self.run_dir)
-        if ckpt is None:
+        found = complete_checkpoints(self.run_dir)
+        for ckpt in reversed(found):
+            problem = checkpoint_problem(ckpt)
+            if problem is None:
+                try:
+                    self.learner.load_checkpoint(str(ckpt / "learner"))
+                    self.state = CoordinatorState.load(ckpt / "coordinator.json")
+                except Exception as err:  # noqa: BLE001  (any load failure: try the next older one)
+                    problem = f"{type(err).__name__}: {err}"
+            if problem is None:
+                break
+            self.log(f"WARNING: skipping checkpoint {ckpt}, it cannot be loaded ({problem}); trying an older one")
+        else:
+            if found:
+                raise RunStateError(f"none of the {len(found)} checkpoint(s) in {self.run_dir / 'checkpoints'} "
+                                    "can be loaded (see the warnings above)")
             return False
-        self.learner.load_checkpoint(str(ckpt / "learner"))
-        self.state = CoordinatorState.load(ckpt / "coordinator.json")
         if self.state.rng:
             self.rng.bit_generator.state = self.state.rng
         self.metrics.truncate_from(self.state.iteration)
@@ -160,6 +184,16 @@ class Trainer:
         return rows
 
     def _final_checkpoint(self) -> None:
+        """Checkpoint at exit, only ever a consistent state: after a failure inside an iteration
+        the state at its start (while the learner has not stepped), else nothing."""
+        if self._iteration_start is not None:
+            if self._learner_stepped:
+                self.log(f"not checkpointing at exit: iteration {self.state.iteration} failed after its learner "
+                         f"step, so the weights match no iteration boundary; latest complete checkpoint: "
+                         f"{latest_checkpoint(self.run_dir)}")
+                return
+            self.state, rng = copy.deepcopy(self._iteration_start)
+            self.rng.bit_generator.state = rng
         try:
             self.checkpoint()
         except Exception as err:  # e.g. the learner died: keep the last complete checkpoint
@@ -183,6 +217,8 @@ class Trainer:
         phase = phase_of(self.cfg, i)
         self.status.update(iteration=i, trainable=phase.trainable or "both")
         times = {}
+        self._iteration_start = copy.deepcopy((self.state, self.rng.bit_generator.state))
+        self._learner_stepped = False
 
         self.status["phase"] = "rollout"
         start = time.perf_counter()
@@ -196,6 +232,7 @@ class Trainer:
 
         self.status["phase"] = "learn"
         start = time.perf_counter()
+        self._learner_stepped = True
         learn = self._learn(records, phase.trainable)
         times["learn"] = time.perf_counter() - start
 
@@ -219,6 +256,7 @@ class Trainer:
         self.metrics.append(row)
         self.state.iteration = i + 1
         self.state.trainable = phase.trainable or "both"
+        self._iteration_start, self._learner_stepped = None, False
         return row
 
     def _collect(self, i: int, phase: Phase) -> tuple[RolloutResult, dict]:

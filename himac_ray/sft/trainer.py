@@ -38,6 +38,7 @@ from himac_ray import prompts
 from himac_ray.engines.chat import render_chat
 from himac_ray.generation import SamplingParams, text_of
 from himac_ray.models import trainable_parameters
+from himac_ray.models.store import MODEL_MARKER, check_replaceable
 
 if TYPE_CHECKING:
     from himac_ray.config import TrainConfig
@@ -325,7 +326,7 @@ def _loss_sum(model, mb_rows, pad_id: int, share_prefix: bool):
 
 def _save_atomic(model, tokenizer, out_dir: Path, metrics: dict) -> Path:
     """Save model + tokenizer (+ metrics) into a temporary sibling folder, then rename it to `out_dir`."""
-    out_dir = out_dir.expanduser().absolute()
+    out_dir = check_replaceable(out_dir)  # never replace a folder himac-ray did not write
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}-tmp-", dir=out_dir.parent))
     old = None
@@ -333,6 +334,7 @@ def _save_atomic(model, tokenizer, out_dir: Path, metrics: dict) -> Path:
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
         (tmp / METRICS_FILE).write_text(json.dumps(metrics, indent=1, sort_keys=True) + "\n")
+        (tmp / MODEL_MARKER).write_text("a model folder written by himac-ray; it may replace it\n")
         if out_dir.exists():
             old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}-old-", dir=out_dir.parent))
             os.replace(out_dir, old / "model")
@@ -363,6 +365,8 @@ def sft_from_config(cfg: TrainConfig, out_dir: str | Path) -> Path:
     from himac_ray.sft.expert import expert_demonstrations
     from himac_ray.sft.vision import train_vlm_sft
 
+    check_replaceable(out_dir)  # before minutes of training, not after
+    model_path = resolve_model(cfg.model.path)
     examples = expert_demonstrations(
         cfg.env.id,
         range(cfg.sft.seed_start, cfg.sft.seed_start + cfg.sft.episodes),
@@ -375,7 +379,6 @@ def sft_from_config(cfg: TrainConfig, out_dir: str | Path) -> Path:
     )
     if not examples:
         raise RuntimeError(f"the expert won none of {cfg.sft.episodes} episodes of {cfg.env.id}: no demonstrations")
-    model_path = resolve_model(cfg.model.path)
     if is_vision_model(model_path):  # visual envs: the examples' user turns hold the board image
         train_vlm_sft(model_path, examples, out_path=out_dir, epochs=cfg.sft.epochs, lr=cfg.sft.lr,
                       batch_size=cfg.sft.batch_size, max_len=cfg.learner.max_len, grad_clip=cfg.learner.grad_clip,

@@ -19,7 +19,8 @@ pytestmark = [pytest.mark.slow, pytest.mark.ray]
 ROOT = Path(__file__).parents[2]
 BIN = Path(sys.executable).parent
 GCS_PORT, DASHBOARD_PORT = "6391", "8271"  # not Ray's defaults (6379, 8265)
-# Ray 2.60 heads enable token auth (token in ~/.ray/auth_token); the job client must opt in too
+# token auth on, as in deploy/: `ray start` in Ray 2.60 does not turn it on by itself (only a local
+# ray.init does); head and job client both set RAY_AUTH_MODE=token (token in ~/.ray/auth_token)
 AUTH = {"RAY_ADDRESS": "", "RAY_AUTH_MODE": "token"}
 
 

@@ -209,6 +209,20 @@ def test_checkpoint_round_trip_restores_training_exactly(tmp_path, zero_stage):
 
 
 @pytest.mark.slow
+def test_a_new_lr_reaches_the_optimizer_after_load_checkpoint(tmp_path):
+    """`--resume --allow-config-change` with a new learner.lr: DeepSpeed restores the saved param
+    groups (old lr), then the config's lr and weight decay are put back."""
+    learner = make_learner(lr=1e-3)
+    learner.train_step(on_policy(learner, make_records(learner.tokenizer, 3)), trainable="executor")
+    learner.save_checkpoint(tmp_path / "ckpt")
+    resumed = make_learner(lr=5e-4, weight_decay=0.1)
+    resumed.load_checkpoint(tmp_path / "ckpt")
+    engine = resumed.policies["executor"][0]
+    assert {(g["lr"], g["weight_decay"]) for g in engine.optimizer.param_groups} == {(5e-4, 0.1)}
+    assert resumed.steps == 1
+
+
+@pytest.mark.slow
 def test_vllm_reloads_saved_weights_and_agrees_with_learner(tmp_path):
     from himac_ray.engines.vllm_engine import VLLMGenerator
     from himac_ray.generation import SamplingParams

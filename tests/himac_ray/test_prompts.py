@@ -135,3 +135,45 @@ def test_parsers_never_raise_on_garbage(garbage):
 def test_format_round_trip():
     text = format_action("take mug 1 from desk 1", think="the mug is here", sub_done=True)
     assert parse_action(text, ["take mug 1 from desk 1"], env_id="alfworld") == ("take mug 1 from desk 1", True, True)
+
+
+WHITESPACE_ATTACKS = [
+    "<" + " " * 8000,
+    "<" + " " * 4000 + "/" + " " * 4000,
+    "<action" + " " * 8000,
+    "<action" + " " * 4000 + "/" + " " * 4000,
+    "<plan>1." + " " * 8000 + "x",
+    "<plan>\n" + "1. a" + " \t" * 4000 + "b\n</plan>",
+    "<plan>\n" + " " * 8000 + "\n</plan>",
+    "<think>" + "< " * 4000,
+]
+
+
+@pytest.mark.parametrize("text", WHITESPACE_ATTACKS, ids=range(len(WHITESPACE_ATTACKS)))
+def test_parsers_are_linear_on_whitespace_runs(text):
+    import time
+
+    start = time.perf_counter()
+    parse_plan(text, 4, task="t")
+    parse_action(text, ["up"], env_id="himac/Sokoban-v0")
+    parse_action(text, require_think=False)
+    # a quadratic pattern takes seconds on these 8k-character answers; a linear one milliseconds
+    assert time.perf_counter() - start < 0.25
+
+
+def test_linear_patterns_match_the_original_ones():
+    """The rewritten tag / numbered-line patterns read every answer as the original regexes did."""
+    import re
+
+    old_tag = re.compile(r"<\s*(/?)\s*(think|action|plan|sub_done)\s*(/?)\s*>", re.IGNORECASE)
+    old_numbered = re.compile(r"^\s*(?:step\s*)?(\d{1,3})\s*[.):\-]\s*(.*?)\s*$", re.IGNORECASE)
+    rng = np.random.default_rng(0)
+    pieces = ["<", ">", "/", " ", "\t", "\u00a0", "think", "ACTION", "plan", "sub_done", "1", "12", "1234",
+              ".", ")", ":", "-", "step", "x", "\u3000"]
+    for _ in range(3000):
+        text = "".join(rng.choice(pieces, size=int(rng.integers(1, 14))))
+        old = [(m.group(2).lower(), "close" if m.group(1) else ("self" if m.group(3) else "open"), m.start(), m.end())
+               for m in old_tag.finditer(text)]
+        assert prompts._tags(text) == old, text
+        m_old, m_new = old_numbered.match(text), prompts._NUMBERED_RE.match(text)
+        assert (m_old.group(2) if m_old else None) == (m_new.group(2).strip() if m_new else None), text

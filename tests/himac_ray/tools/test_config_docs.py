@@ -83,3 +83,12 @@ def test_new_environment_example_runs():
         env.reset(seed=seed)
         _, _, _, _, info = env.step("\x00" * 10_000)
         assert info["action_is_valid"] is False
+
+
+def test_skip_zero_advantage_states_its_real_effect():
+    """Leaving zero-advantage records out rescales the kept tokens' gradient, not only the KL."""
+    row = next(line for line in DOC.read_text().splitlines() if "`learner.skip_zero_advantage`" in line)
+    assert "only drops their KL" not in row
+    assert "normalised over the kept records only" in row and "scaled up" in row
+    algorithm = (DOC.parent / "algorithm.md").read_text()
+    assert "skip_zero_advantage" in algorithm and "T_all / T_kept" in algorithm
