@@ -264,20 +264,10 @@ def executor_prompt(
     k = min(max(subgoal_index, 0), max(len(subgoals) - 1, 0))
     current = subgoals[k] if subgoals else PLAN_FALLBACK
     if fmt.style == "compact":
-        kind = env_kind(env_id)
-        user = (
-            f"{_compact_task(kind, task)}{_compact_state(kind, observation, image, task)}"
-            f"Subgoal {k + 1} of {max(len(subgoals), 1)}: {current}\n"
-            f"{_compact_history(history, history_length)}"
-            f"Actions: {_compact_actions(admissible_actions)}\n"
-            f"{_compact_answer(fmt, sub_done=True)}"
-        )
-        return _messages(COMPACT_INTRO[kind], user, image)
+        return _compact_step_prompt(env_id, task, observation, image, history, history_length, admissible_actions, fmt,
+                                    subgoal=f"Subgoal {k + 1} of {max(len(subgoals), 1)}: {current}\n")
     text = ENV_TEXT[env_kind(env_id)]
-    answer = (
-        f"First reason step by step about {text.think_hint}, inside <think> </think> tags. Then give "
-        if fmt.require_think else "Give "
-    )
+    answer = _verl_answer(text, fmt)
     user = (
         f"Your task is to: {_clip(task, MAX_OBS_CHARS)}\n\n"
         f"Your blueprint (subgoals, completed in order):\n{format_subgoals(subgoals)}\n\n"
@@ -309,19 +299,10 @@ def flat_prompt(
     Args are as in `executor_prompt`, with the history and `steps_taken` covering the episode.
     """
     if fmt.style == "compact":
-        kind = env_kind(env_id)
-        user = (
-            f"{_compact_task(kind, task)}{_compact_state(kind, observation, image, task)}"
-            f"{_compact_history(history, history_length)}"
-            f"Actions: {_compact_actions(admissible_actions)}\n"
-            f"{_compact_answer(fmt, sub_done=False)}"
-        )
-        return _messages(COMPACT_INTRO[kind], user, image)
+        return _compact_step_prompt(env_id, task, observation, image, history, history_length, admissible_actions, fmt,
+                                    subgoal="")
     text = ENV_TEXT[env_kind(env_id)]
-    answer = (
-        f"First reason step by step about {text.think_hint}, inside <think> </think> tags. Then give "
-        if fmt.require_think else "Give "
-    )
+    answer = _verl_answer(text, fmt)
     user = (
         f"Your task is to: {_clip(task, MAX_OBS_CHARS)}\n\n"
         f"{_history_block(history, steps_taken, history_length, 'so far', task)}\n"
@@ -417,6 +398,26 @@ def sokoban_moves(board: str) -> str:
             what = "target" if ahead in "OS" else "floor"
         out.append(f"{name}: {what}")
     return ", ".join(out)
+
+
+def _verl_answer(text: EnvText, fmt: PromptFormat) -> str:
+    """The start of verl-agent's answer instruction: with reasoning, or straight to the action."""
+    if not fmt.require_think:
+        return "Give "
+    return f"First reason step by step about {text.think_hint}, inside <think> </think> tags. Then give "
+
+
+def _compact_step_prompt(env_id, task, observation, image, history, history_length, admissible_actions, fmt,
+                         *, subgoal: str) -> Messages:
+    """An executor (with its `subgoal` line) or flat (`subgoal` "") prompt in the compact style."""
+    kind = env_kind(env_id)
+    user = (
+        f"{_compact_task(kind, task)}{_compact_state(kind, observation, image, task)}{subgoal}"
+        f"{_compact_history(history, history_length)}"
+        f"Actions: {_compact_actions(admissible_actions)}\n"
+        f"{_compact_answer(fmt, sub_done=bool(subgoal))}"
+    )
+    return _messages(COMPACT_INTRO[kind], user, image)
 
 
 def _compact_task(kind: str, task: str) -> str:
