@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import tempfile
 
-from benchmarks.common import OUT_DIR, ROOT, local_ray, log, machine, opt, script_main
+from benchmarks.common import RESULTS_DIR, ROOT, local_ray, log, machine, opt, script_main
 
 CONFIG = ROOT / "configs" / "sokoban_embedded_cpu.yaml"
 PARTS = ("generation", "sampler calls", "env", "rollout driver", "advantage", "learner compute", "learner transfer",
@@ -141,7 +141,7 @@ def run(args=None, quick: bool = True) -> dict:
     out["largest"] = max(out["share"], key=out["share"].get)
     out["sync_share"] = out["share"]["sync"]
     if size != "smoke":
-        plot(out, OUT_DIR / f"profile_{size}.png")
+        plot(out, RESULTS_DIR / f"profile{'_compare' if 'before' in out else ''}_{size}.png")
     print(format_table(out), flush=True)
     return out
 
@@ -167,12 +167,17 @@ def plot(out: dict, path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    phases = list(out["by_phase"])
+    rows = {p: v["parts"] for p, v in out["by_phase"].items()}
+    if "before" in out:  # the recipe before, same phases, for the side-by-side picture
+        rows = {f"{p} (fast recipe)": parts for p, parts in rows.items()}
+        for d in out["before"]["iterations"]:
+            rows[f"{d['trainable']} (before)"] = d["parts"]
+    phases = list(rows)
     fig, ax = plt.subplots(figsize=(7, 1.2 + 0.8 * len(phases)))
     left = [0.0] * len(phases)
     colors = plt.get_cmap("tab10").colors
     for i, k in enumerate(PARTS):
-        vals = [out["by_phase"][p]["parts"][k] for p in phases]
+        vals = [rows[p][k] for p in phases]
         ax.barh(phases, vals, left=left, color=colors[i % 10], label=k)
         left = [a + b for a, b in zip(left, vals)]
     ax.set_xlabel("seconds per iteration")
