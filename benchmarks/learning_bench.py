@@ -98,6 +98,9 @@ def run_one(algo: str, seed: int, spec: dict, model_path: str, run_dir: Path, st
             row = it["row"]
             iters.append({k: v for k, v in row.items() if isinstance(v, (int, float, str))} | {"wall": it["wall"]})
             steps = stack.trainer.state.env_steps
+            log(f"learning: {algo} seed {seed}: iter {row['iteration']} [{row['trainable']}] train success "
+                f"{row['charts/success_rate']:.2f}, informative {row.get('groups/informative_fraction', 0):.2f}, "
+                f"{steps} env steps, {it['wall']:.0f}s")
             out_of_time = time.perf_counter() - t0 > 60 * spec["max_minutes"]
             if steps >= points[0] or out_of_time:
                 while points and steps >= points[0]:
@@ -146,14 +149,15 @@ def steps_to_reach(agg: list[dict], target: float) -> float | None:
 
 
 def summarize(out: dict) -> None:
+    """Curves and means per algorithm and recipe variant (`--set` overrides), over their seeds."""
     spec = out["spec"]
     out["curves"], out["by_algo"] = {}, {}
-    for algo in spec["algos"]:
-        rs = [r for r in out["runs"].values() if r["algo"] == algo]
-        if not rs:
-            continue
-        out["curves"][algo] = aggregate(rs, spec["budget"])
-        out["by_algo"][algo] = {
+    groups: dict[str, list[dict]] = {}
+    for r in out["runs"].values():
+        groups.setdefault(r["algo"] + (f"[{r['variant']}]" if r.get("variant") else ""), []).append(r)
+    for name, rs in sorted(groups.items()):
+        out["curves"][name] = aggregate(rs, spec["budget"])
+        out["by_algo"][name] = {
             "seeds": [r["seed"] for r in rs], "start": statistics.mean(r["start_success"] for r in rs),
             "final": statistics.mean(r["final_success"] for r in rs), "rise": statistics.mean(r["rise"] for r in rs),
             "every_interval_above_0": all(r["rise_ci95"][0] > 0 for r in rs)}
@@ -173,9 +177,12 @@ def run(args=None, quick: bool = True) -> dict:
         spec["seeds"] = [int(s) for s in str(opt(args, "seeds")).split(",")]
     if opt(args, "budget"):
         spec["budget"] = int(opt(args, "budget"))
+    if opt(args, "overrides"):  # `--set key=value`: a variant of the recipe, tagged in the run keys
+        spec["overrides"] = tuple(opt(args, "overrides"))
     WORK_DIR.mkdir(parents=True, exist_ok=True)
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-    result_path = RESULTS_DIR / f"learning_{size}.json"
+    # learning_<size>.json holds session 3's runs of the earlier recipe (RESULTS.md section 5)
+    result_path = RESULTS_DIR / f"learning_recipe_{size}.json"
     out = {"bench": "learning", "size": size, "machine": machine(), "config": str(CONFIG.relative_to(ROOT)),
            "runs": {}, "start_evals": {}}
     if size != "smoke" and result_path.exists():
@@ -184,7 +191,8 @@ def run(args=None, quick: bool = True) -> dict:
     out["spec"] = spec
     for algo in spec["algos"]:
         for seed in spec["seeds"]:
-            key = f"{algo}-seed{seed}-budget{spec['budget']}"
+            tag = ",".join(spec.get("overrides", ()))
+            key = f"{algo}-seed{seed}-budget{spec['budget']}" + (f"[{tag}]" if tag else "")
             if key in out["runs"]:
                 continue
             model = warm_start(algo, spec)
@@ -193,6 +201,7 @@ def run(args=None, quick: bool = True) -> dict:
                 res = run_one(algo, seed, spec, model, WORK_DIR / size / key, out["start_evals"].get(family))
             out["start_evals"].setdefault(family, res.pop("start_eval"))
             res.pop("start_eval", None)
+            res["variant"] = tag
             out["runs"][key] = res
             log(f"learning: {key}: {res['start_success']:.3f} -> {res['final_success']:.3f}, rise {res['rise']:+.3f} "
                 f"[{res['rise_ci95'][0]:+.3f}, {res['rise_ci95'][1]:+.3f}] in {res['seconds'] / 60:.1f} min")
@@ -202,7 +211,7 @@ def run(args=None, quick: bool = True) -> dict:
     summarize(out)
     if size != "smoke":
         result_path.write_text(json.dumps(out, indent=1))
-        plot(out, RESULTS_DIR / f"learning_{size}.png")
+        plot(out, RESULTS_DIR / f"learning_recipe_{size}.png")
     print(format_table(out), flush=True)
     return out
 

@@ -244,7 +244,7 @@ def _fit(
             optimizer.zero_grad(set_to_none=True)
             losses.append((b_loss, b_targets))
             bar.update(1)
-            bar.set_postfix(loss=f"{b_loss / b_targets:.4f}")
+            bar.set_postfix(loss=f"{b_loss / b_targets:.4f}", refresh=False)  # redrawn at the bar's own pace
     bar.close()
     return losses
 
