@@ -36,9 +36,11 @@ def tiny_cfg(run_dir, *extra):
 def test_two_iterations_sync_weights_into_the_samplers(local_ray, tmp_path):
     from actors.coordinator import Coordinator
 
-    # an entropy bonus moves the weights even when every group has equal returns (zero advantages)
+    # an entropy bonus moves the weights even when every group has equal returns (zero advantages);
+    # float32, not auto: the check compares sampler and learner logprobs to 2e-3 (the bfloat16 export
+    # is checked exactly in tests/himac_ray/test_learner.py)
     cfg = tiny_cfg(tmp_path / "run", "learner.lr=1e-3", "algorithm.entropy_coef=0.01", "run.iterations=2",
-                   "learner.skip_zero_advantage=false")
+                   "learner.skip_zero_advantage=false", "model.dtype=float32")
     coord = Coordinator.remote(config_to_dict(cfg), model_path=str(resolve_model(cfg.model.path)))
     ray.get(coord.setup.remote())
     rows = ray.get(coord.run.remote())

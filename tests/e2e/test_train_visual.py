@@ -30,7 +30,7 @@ def test_one_himac_iteration_on_visual_sokoban(local_ray, tmp_path):
     cfg = load_config(ROOT / "configs" / "sokoban_visual_cpu.yaml", [
         f"run.dir={run}", "model.path=vlm-tiny", "run.iterations=1", "sft.episodes=2", "algorithm.num_groups=2",
         "algorithm.group_size=2", "env.kwargs.max_steps=4", "learner.lr=1e-3",
-        "learner.skip_zero_advantage=false"])
+        "learner.skip_zero_advantage=false", "sft.cache=false"])  # the warm start goes to run/sft_model
     rows = train(cfg)
     assert [(r["iteration"], r["trainable"]) for r in rows] == [(0, "planner")]
     assert rows[0]["records"] > 0 and rows[0]["perf/weight_sync_seconds"] > 0
