@@ -50,6 +50,7 @@ from himac_ray import metrics as M
 from himac_ray.batch import pad_batch
 from himac_ray.config import AlgorithmConfig, LearnerConfig, ModelConfig
 from himac_ray.data import LEVELS, Record, png_image, table_to_records
+from himac_ray.hardware import resolve_dtype
 from himac_ray.loss import (
     APPROX_KL_KEY,
     CLIPFRAC_KEY,
@@ -172,8 +173,6 @@ class Learner:
         self._init_distributed(deepspeed)
         if learner.torch_threads:
             torch.set_num_threads(learner.torch_threads)
-        from himac_ray.hardware import resolve_dtype
-
         self.serve_dtype = getattr(torch, resolve_dtype(model.dtype)[0])
         """dtype the samplers serve in (`model.dtype`, auto resolved): weight sync exports it"""
         self.cpu_autocast = self.backend != "nccl" and self.serve_dtype == torch.bfloat16
