@@ -29,7 +29,6 @@ own state dict, which supplies those objects.
 
 from __future__ import annotations
 
-import enum
 import inspect
 import json
 import logging
@@ -63,6 +62,7 @@ from himac_ray.loss import (
 )
 from himac_ray.models import is_vision_model, resolve_model, trainable_parameters
 from himac_ray.names import LEVEL_OF, ROLE_OF
+from himac_ray.optim_state import apply_hyperparams, from_plain, to_plain
 from himac_ray.weight_sync import export_walk
 
 GRAD_NORM_KEY = M.GRAD_NORM
@@ -71,7 +71,6 @@ SECONDS_KEY = M.LEARNER_SECONDS
 TOKENS_PER_S_KEY = M.LEARNER_TOKENS_PER_S
 TRAINABLE_LEVEL = LEVEL_OF
 LEVEL_POLICY = ROLE_OF
-_NOT_SAVED = "__himac_ray_not_saved__"
 _STATE_FILE = "learner_state.json"
 PIXEL_KEYS = ("pixel_values", "pixel_attention_mask")
 """image-processor outputs a vision-language forward takes"""
@@ -111,41 +110,6 @@ def _free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("", 0))
         return s.getsockname()[1]
-
-
-def _to_plain(obj):
-    """Tensors and plain Python values kept (tensors cloned to CPU); any other object -> marker."""
-    if torch.is_tensor(obj):
-        return obj.detach().cpu().clone()
-    if isinstance(obj, enum.Enum):
-        return _NOT_SAVED
-    if obj is None or isinstance(obj, (bool, int, float, str)):
-        return obj
-    if isinstance(obj, dict):
-        return {k: _to_plain(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return (tuple if isinstance(obj, tuple) else list)(_to_plain(v) for v in obj)
-    return _NOT_SAVED
-
-
-def _from_plain(saved, template):
-    """Inverse of `_to_plain`: markers take the value at the same place in `template`."""
-    if isinstance(saved, str) and saved == _NOT_SAVED:
-        return template
-    if isinstance(saved, dict):
-        get = template.get if isinstance(template, dict) else (lambda k: None)
-        return {k: _from_plain(v, get(k)) for k, v in saved.items()}
-    if isinstance(saved, (list, tuple)):
-        same = isinstance(template, (list, tuple)) and len(template) == len(saved)
-        return type(saved)(_from_plain(v, template[i] if same else None) for i, v in enumerate(saved))
-    return saved
-
-
-def apply_hyperparams(param_groups: list[dict], *, lr: float, weight_decay: float) -> None:
-    """Set every optimizer param group's lr and weight decay (after restoring an optimizer state)."""
-    for group in param_groups:
-        group["lr"] = lr
-        group["weight_decay"] = weight_decay
 
 
 def _dummy(level: str, pad_token_id: int) -> Record:
@@ -526,7 +490,7 @@ class Learner:
                     engine.module.generation_config.save_pretrained(sub)
                 (self.processor or self.tokenizer).save_pretrained(sub)
             dist.barrier()
-            torch.save({"optimizer": _to_plain(engine.optimizer.state_dict()), "global_steps": engine.global_steps,
+            torch.save({"optimizer": to_plain(engine.optimizer.state_dict()), "global_steps": engine.global_steps,
                         "global_samples": engine.global_samples}, sub / f"optim_rank{self.rank}.pt")
         torch.save({"torch_rng": torch.get_rng_state()}, tmp / f"rng_rank{self.rank}.pt")
         dist.barrier()
@@ -559,7 +523,7 @@ class Learner:
             if self.cfg.zero_stage < 3:  # ZeRO-2 restores only the fp32 masters: load the module's copy too
                 engine.module.load_state_dict(load_file(str(directory / name / "model.safetensors")))
             saved = torch.load(directory / name / f"optim_rank{self.rank}.pt", weights_only=True)
-            state = _from_plain(saved["optimizer"], engine.optimizer.state_dict())
+            state = from_plain(saved["optimizer"], engine.optimizer.state_dict())
             sd_list = [None] * self.world_size
             sd_list[self.rank] = state
             engine.optimizer.load_state_dict(sd_list, load_optimizer_states=True, load_from_fp32_weights=True)

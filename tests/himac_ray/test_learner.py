@@ -15,9 +15,10 @@ from safetensors.torch import load_file
 
 from himac_ray.config import AlgorithmConfig, LearnerConfig, ModelConfig
 from himac_ray.data import Record
-from himac_ray.learner import GRAD_NORM_KEY, TOKENS_KEY, Learner, _from_plain, _split, _to_plain, stable_order
+from himac_ray.learner import GRAD_NORM_KEY, TOKENS_KEY, Learner, _split, stable_order
 from himac_ray.loss import APPROX_KL_KEY, CLIPFRAC_KEY, KL_KEY, PG_LOSS_KEY
 from himac_ray.models import resolve_model
+from himac_ray.optim_state import from_plain, to_plain
 
 PROMPTS = ["Push the box onto the target.", "Go to the kitchen and find a mug.", "Buy a red shirt under $20."]
 
@@ -70,8 +71,8 @@ def test_optimizer_state_round_trips_without_pickled_objects(tmp_path):
 
     marker = Opaque()
     state = {"t": torch.arange(3.0), "groups": [{"lr": 1e-3, "betas": (0.9, 0.99)}], "obj": marker, "n": None}
-    torch.save(_to_plain(state), tmp_path / "s.pt")
-    back = _from_plain(torch.load(tmp_path / "s.pt", weights_only=True), state)
+    torch.save(to_plain(state), tmp_path / "s.pt")
+    back = from_plain(torch.load(tmp_path / "s.pt", weights_only=True), state)
     assert back["obj"] is marker and torch.equal(back["t"], state["t"]) and back["groups"] == state["groups"]
 
 

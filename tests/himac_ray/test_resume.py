@@ -170,7 +170,7 @@ def test_resume_refuses_a_changed_config_unless_allowed(tmp_path, monkeypatch):
 def test_a_restored_optimizer_takes_the_new_lr():
     import torch
 
-    from himac_ray.learner import apply_hyperparams
+    from himac_ray.optim_state import apply_hyperparams
 
     param = torch.nn.Parameter(torch.ones(2))
     old = torch.optim.AdamW([param], lr=1e-3, weight_decay=0.0)
