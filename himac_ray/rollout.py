@@ -25,7 +25,7 @@ steps were spent on it (default ceil(max_steps / number of subgoals in the episo
 the history shown resets at each advance. On the last subgoal it keeps acting (neither
 `<sub_done>` nor the budget advance it) until the episode ends.
 
-Invalid responses (see `prompts.parse_action`): the step's reward gets `invalid_penalty`
+Invalid responses (see `parsers.parse_action`): the step's reward gets `invalid_penalty`
 (default -0.1) added and the episode goes on. The env still receives a command, so it answers as
 the original env would: the parsed `<action>` text when there is one (a non-admissible command:
 ALFWorld answers "Nothing happens.", WebShop and Sokoban do nothing), else "" (same effect).
@@ -54,7 +54,7 @@ from typing import Any
 
 import numpy as np
 
-from himac_ray import prompts
+from himac_ray import parsers, prompts
 from himac_ray.data import Record, png_bytes
 from himac_ray.generation import Generator, SamplingParams
 
@@ -247,7 +247,7 @@ def _run_groups(
         for g in groups:
             if g[0].seed not in blueprints:
                 raise KeyError(f"micro mode: no blueprint for seed {g[0].seed}")
-            subgoals = [str(s) for s in blueprints[g[0].seed]][:max_subgoals] or prompts.fallback_plan(g[0].task)
+            subgoals = [str(s) for s in blueprints[g[0].seed]][:max_subgoals] or parsers.fallback_plan(g[0].task)
             for e in g:
                 e.subgoals = list(subgoals)
     if mode != "flat":
@@ -292,9 +292,9 @@ def _plan_round(generator, env_id, groups, params, max_subgoals, invalid_penalty
     samples = _generate(generator, chats, dataclasses.replace(params, n=len(groups[0])), stats)
     for g, group_samples in zip(groups, samples):
         for e, sample in zip(g, group_samples):
-            subgoals, valid = prompts.parse_plan(sample.text, max_subgoals, task=e.task)
+            subgoals, valid = parsers.parse_plan(sample.text, max_subgoals, task=e.task)
             e.subgoals, e.plan_valid = subgoals, valid
-            e.plan_fallback = not valid and subgoals == prompts.fallback_plan(e.task)
+            e.plan_fallback = not valid and subgoals == parsers.fallback_plan(e.task)
             reward = 0.0 if valid else float(invalid_penalty)
             e.ret += reward
             e.records.append(
@@ -342,7 +342,7 @@ def episode_prompt(e: Episode, env_id: str, mode: str, history_length: int, fmt:
 
 def _act_step(e: Episode, sample, env_id, mode, invalid_penalty, stats, fmt) -> None:
     """Parse one response, step the env, write the record, advance the subgoal."""
-    action, valid, sub_done = prompts.parse_action(
+    action, valid, sub_done = parsers.parse_action(
         sample.text, e.info.get("admissible_actions"), env_id=env_id, require_think=fmt.require_think)
     if mode == "flat":
         sub_done = False

@@ -28,7 +28,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from himac_ray import prompts, rollout
+from himac_ray import parsers, prompts, rollout
 
 MERGE_SEPARATOR = "; then "
 """joins the expert subgoals merged into the last blueprint line"""
@@ -56,7 +56,7 @@ class ExpertProgress:
         self.env = env.unwrapped
         full = list(self.env.expert_subgoals())
         self.total = len(full)
-        self.blueprint = expert_blueprint(full, max_subgoals) or prompts.fallback_plan(task)
+        self.blueprint = expert_blueprint(full, max_subgoals) or parsers.fallback_plan(task)
         self.completed = 0
         """expert subgoals (of S0) completed so far"""
 

@@ -34,7 +34,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from himac_ray import prompts
+from himac_ray import parsers, prompts
 from himac_ray.engines.chat import render_chat
 from himac_ray.generation import SamplingParams, text_of
 from himac_ray.models import trainable_parameters
@@ -424,7 +424,7 @@ def action_accuracy(
 
     Builds the expert's demonstrations for `seeds` (same arguments as
     `himac_ray.sft.expert.expert_demonstrations`) and answers every prompt greedily, one generate call
-    per level. An executor answer is correct when it parses (`prompts.parse_action`, Sokoban
+    per level. An executor answer is correct when it parses (`parsers.parse_action`, Sokoban
     direction words canonicalised) to the expert's action; `<sub_done>` is scored separately.
     Planner answers are scored for format validity and for an exact blueprint match.
 
@@ -454,8 +454,8 @@ def action_accuracy(
         correct = valid = sub_ok = 0
         for ex, (sample,) in zip(acts, samples):
             think = prompt_format.require_think
-            want, _, want_done = prompts.parse_action(ex["messages"][-1]["content"], env_id=env_id, require_think=think)
-            got, ok, got_done = prompts.parse_action(sample.text, env_id=env_id, require_think=think)
+            want, _, want_done = parsers.parse_action(ex["messages"][-1]["content"], env_id=env_id, require_think=think)
+            got, ok, got_done = parsers.parse_action(sample.text, env_id=env_id, require_think=think)
             valid += ok
             correct += ok and _norm(got) == _norm(want)
             sub_ok += got_done == want_done
@@ -465,8 +465,8 @@ def action_accuracy(
         samples = generator.generate([ex["messages"][:-1] for ex in plans], params)
         valid = exact = 0
         for ex, (sample,) in zip(plans, samples):
-            want, _ = prompts.parse_plan(ex["messages"][-1]["content"], max_subgoals)
-            got, ok = prompts.parse_plan(sample.text, max_subgoals)
+            want, _ = parsers.parse_plan(ex["messages"][-1]["content"], max_subgoals)
+            got, ok = parsers.parse_plan(sample.text, max_subgoals)
             valid += ok
             exact += ok and [_norm(s) for s in got] == [_norm(s) for s in want]
         metrics.update({PLAN_VALID_RATE: valid / len(plans), PLAN_EXACT_MATCH: exact / len(plans)})

@@ -229,7 +229,7 @@ def train_vlm_sft(
 
 def expert_action(example: dict) -> str:
     """The action the expert took in an "act" example (from its `<action>` tag)."""
-    from himac_ray.prompts import parse_action
+    from himac_ray.parsers import parse_action
 
     action, _, _ = parse_action(example["messages"][-1]["content"], ACTION_WORDS, env_id="sokoban")
     return action

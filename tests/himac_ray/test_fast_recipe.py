@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from himac_ray import prompts
+from himac_ray import parsers, prompts
 from himac_ray.advantage import group_informative
 from himac_ray.config import ConfigError, load_config
 from himac_ray.generation import ScriptedGenerator
@@ -126,7 +126,7 @@ def test_separate_planner_and_executor_group_sizes(tmp_path):
 ])
 def test_reasoning_free_answers_parse(text, expected):
     fmt = prompts.PromptFormat(answer="action")
-    got = prompts.parse_action(text, ["up", "down", "left", "right"], env_id=SOKOBAN, require_think=fmt.require_think)
+    got = parsers.parse_action(text, ["up", "down", "left", "right"], env_id=SOKOBAN, require_think=fmt.require_think)
     assert got == expected
 
 
@@ -134,9 +134,9 @@ def test_action_answer_round_trips_and_verl_default_is_unchanged():
     fmt = prompts.PromptFormat(style="compact", answer="action")
     answer = prompts.format_action("right", think="ignored", sub_done=True, fmt=fmt)
     assert answer == "<action>right</action><sub_done>"
-    assert prompts.parse_action(answer, ["right"], env_id=SOKOBAN, require_think=False) == ("right", True, True)
+    assert parsers.parse_action(answer, ["right"], env_id=SOKOBAN, require_think=False) == ("right", True, True)
     # without reasoning the default (think) parser rejects it: the format must match the parser
-    assert prompts.parse_action(answer, ["right"], env_id=SOKOBAN)[1] is False
+    assert parsers.parse_action(answer, ["right"], env_id=SOKOBAN)[1] is False
     assert prompts.format_action("up", think="t") == "<think>t</think><action>up</action>"
     with pytest.raises(ValueError, match="answer format"):
         prompts.PromptFormat(answer="free")

@@ -1,17 +1,16 @@
-"""Prompt builders and the never-raising parsers of himac_ray.prompts."""
+"""Prompt builders (himac_ray.prompts) and the never-raising parsers (himac_ray.parsers)."""
 
 import numpy as np
 import pytest
 
-from himac_ray import prompts
+from himac_ray import parsers, prompts
+from himac_ray.parsers import parse_action, parse_plan
 from himac_ray.prompts import (
     env_kind,
     executor_prompt,
     flat_prompt,
     format_action,
     format_plan,
-    parse_action,
-    parse_plan,
     planner_prompt,
 )
 
@@ -174,6 +173,6 @@ def test_linear_patterns_match_the_original_ones():
         text = "".join(rng.choice(pieces, size=int(rng.integers(1, 14))))
         old = [(m.group(2).lower(), "close" if m.group(1) else ("self" if m.group(3) else "open"), m.start(), m.end())
                for m in old_tag.finditer(text)]
-        assert prompts._tags(text) == old, text
-        m_old, m_new = old_numbered.match(text), prompts._NUMBERED_RE.match(text)
+        assert parsers._tags(text) == old, text
+        m_old, m_new = old_numbered.match(text), parsers._NUMBERED_RE.match(text)
         assert (m_old.group(2) if m_old else None) == (m_new.group(2).strip() if m_new else None), text

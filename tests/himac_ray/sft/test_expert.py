@@ -8,7 +8,7 @@ import itertools
 import numpy as np
 import pytest
 
-from himac_ray import prompts
+from himac_ray import parsers, prompts
 from himac_ray.rollout import run_rollout
 from himac_ray.sft.expert import MERGE_SEPARATOR, expert_blueprint, expert_demonstrations
 from tests.himac_ray.test_rollout import ENVS, SOKOBAN, SOKOBAN2, ExpertGenerator
@@ -33,7 +33,7 @@ def test_expert_blueprint_fits_k():
     assert expert_blueprint(["a", "b", "c"], 5) == ["a", "b", "c"]
     assert expert_blueprint(["a", "b", "c", "d"], 2) == ["a", f"b{MERGE_SEPARATOR}c{MERGE_SEPARATOR}d"]
     assert expert_blueprint(["  a  b ", ""], 1) == ["a b"]
-    assert prompts.parse_plan(prompts.format_plan(expert_blueprint(["x" * 400] * 3, 2)), 2)[1]
+    assert parsers.parse_plan(prompts.format_plan(expert_blueprint(["x" * 400] * 3, 2)), 2)[1]
 
 
 @pytest.mark.parametrize("env_id, env_kwargs", ENVS)
@@ -69,10 +69,10 @@ def test_demonstration_format_and_alignment():
         assert roles == ["system", "user", "assistant"]
     for ex in episodes.values():
         plan, acts = ex[0], ex[1:]
-        subgoals, valid = prompts.parse_plan(plan["messages"][-1]["content"], 4)
+        subgoals, valid = parsers.parse_plan(plan["messages"][-1]["content"], 4)
         assert valid and 1 <= len(subgoals) <= 4
         for a, b in itertools.pairwise(acts):
-            _, valid, sub_done = prompts.parse_action(a["messages"][-1]["content"], ["up", "down", "left", "right"], env_id=SOKOBAN)
+            _, valid, sub_done = parsers.parse_action(a["messages"][-1]["content"], ["up", "down", "left", "right"], env_id=SOKOBAN)
             assert valid
             assert b["subgoal_index"] == a["subgoal_index"] + (sub_done and a["subgoal_index"] < len(subgoals) - 1)
             assert a["messages"][1]["content"].count("[Observation") <= 1
@@ -87,5 +87,5 @@ def test_flat_demonstrations_and_merged_blueprint():
     assert flat and all(x["level"] == "act" and x["subgoal_index"] == -1 for x in flat)
     assert all("<sub_done>" not in x["messages"][-1]["content"] and "blueprint" not in x["messages"][1]["content"] for x in flat)
     one = expert_demonstrations(SOKOBAN, [1], env_kwargs=SOKOBAN2, max_subgoals=1)
-    assert prompts.parse_plan(one[0]["messages"][-1]["content"], 1)[0][0].count(MERGE_SEPARATOR) >= 1
+    assert parsers.parse_plan(one[0]["messages"][-1]["content"], 1)[0][0].count(MERGE_SEPARATOR) >= 1
     assert {x["subgoal_index"] for x in one[1:]} == {0}
