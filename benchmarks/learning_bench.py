@@ -72,11 +72,30 @@ def warm_start(algo: str, spec: dict) -> str:
 
 
 def evaluate(stack, cfg) -> dict:
-    from himac_ray.evaluate import run_eval
+    """Greedy held-out success (and the sampled one under "sampled" when the recipe sets
+    `env.eval_temperature`)."""
+    from himac_ray.evaluate import SAMPLED, run_eval
 
     t0 = time.perf_counter()
     out = run_eval(cfg, stack.rollout)
-    return {"success": out["success_rate"], "won_by_seed": out["won_by_seed"], "seconds": time.perf_counter() - t0}
+    ev = {"success": out["success_rate"], "won_by_seed": out["won_by_seed"], "seconds": time.perf_counter() - t0}
+    if SAMPLED in out:
+        s = out[SAMPLED]
+        ev[SAMPLED] = {"success": s["success_rate"], "won_by_seed": s["won_by_seed"],
+                       "temperature": s["temperature"], "samples": s["samples"]}
+    return ev
+
+
+def sampled_rise(start: dict, final: dict) -> dict:
+    """The sampled evaluation's paired difference, final vs warm start ({} when not evaluated)."""
+    from himac_ray.evaluate import SAMPLED, paired_interval
+
+    if SAMPLED not in start or SAMPLED not in final:
+        return {}
+    mean, lo, hi = paired_interval(start[SAMPLED]["won_by_seed"], final[SAMPLED]["won_by_seed"])
+    return {"start_success": start[SAMPLED]["success"], "final_success": final[SAMPLED]["success"],
+            "rise": mean, "rise_ci95": [lo, hi], "temperature": final[SAMPLED]["temperature"],
+            "samples": final[SAMPLED]["samples"]}
 
 
 def run_one(algo: str, seed: int, spec: dict, model_path: str, run_dir: Path, start: dict | None) -> dict:
@@ -90,7 +109,8 @@ def run_one(algo: str, seed: int, spec: dict, model_path: str, run_dir: Path, st
     iters = []
     try:
         start = start or evaluate(stack, cfg)
-        curve = [{"iteration": 0, "env_steps": 0, "success": start["success"]}]
+        curve = [{"iteration": 0, "env_steps": 0, "success": start["success"],
+                  "sampled_success": start.get("sampled", {}).get("success")}]
         evals = [{"env_steps": 0, **start}]
         points = [p * spec["budget"] for p in spec["eval_points"]]
         while points:
@@ -107,9 +127,12 @@ def run_one(algo: str, seed: int, spec: dict, model_path: str, run_dir: Path, st
                     points.pop(0)
                 ev = evaluate(stack, cfg)
                 evals.append({"env_steps": steps, **ev})
-                curve.append({"iteration": stack.trainer.state.iteration, "env_steps": steps, "success": ev["success"]})
+                curve.append({"iteration": stack.trainer.state.iteration, "env_steps": steps, "success": ev["success"],
+                              "sampled_success": ev.get("sampled", {}).get("success")})
+                sampled = (f"; sampled {ev['sampled']['success']:.3f} (warm start {start['sampled']['success']:.3f})"
+                           if "sampled" in ev and "sampled" in start else "")
                 log(f"learning: {algo} seed {seed}: iter {stack.trainer.state.iteration}, {steps} env steps, "
-                    f"held-out {ev['success']:.3f} (warm start {start['success']:.3f})")
+                    f"held-out greedy {ev['success']:.3f} (warm start {start['success']:.3f}){sampled}")
                 if out_of_time:
                     log(f"learning: {algo} seed {seed}: stopped at the {spec['max_minutes']}-minute cap")
                     break
@@ -118,7 +141,8 @@ def run_one(algo: str, seed: int, spec: dict, model_path: str, run_dir: Path, st
     mean, lo, hi = paired_interval(start["won_by_seed"], evals[-1]["won_by_seed"])
     return {"algo": algo, "seed": seed, "curve": curve, "evals": evals, "iterations": iters,
             "start_success": start["success"], "final_success": evals[-1]["success"],
-            "rise": mean, "rise_ci95": [lo, hi], "env_steps": stack.trainer.state.env_steps,
+            "rise": mean, "rise_ci95": [lo, hi], "sampled": sampled_rise(start, evals[-1]),
+            "env_steps": stack.trainer.state.env_steps,
             "seconds": time.perf_counter() - t0, "start_eval": start}
 
 
@@ -161,6 +185,12 @@ def summarize(out: dict) -> None:
             "seeds": [r["seed"] for r in rs], "start": statistics.mean(r["start_success"] for r in rs),
             "final": statistics.mean(r["final_success"] for r in rs), "rise": statistics.mean(r["rise"] for r in rs),
             "every_interval_above_0": all(r["rise_ci95"][0] > 0 for r in rs)}
+        if all(r.get("sampled") for r in rs):
+            out["by_algo"][name]["sampled"] = {
+                "start": statistics.mean(r["sampled"]["start_success"] for r in rs),
+                "final": statistics.mean(r["sampled"]["final_success"] for r in rs),
+                "rise": statistics.mean(r["sampled"]["rise"] for r in rs),
+                "every_interval_above_0": all(r["sampled"]["rise_ci95"][0] > 0 for r in rs)}
     if "grpo" in out["curves"]:
         best = max(p["mean"] for p in out["curves"]["grpo"])
         out["grpo_best_success"] = best
@@ -224,9 +254,18 @@ def format_table(out: dict) -> str:
         lines.append(f"  {key:<28} {r['start_success']:.3f} -> {r['final_success']:.3f}  rise {r['rise']:+.3f} "
                      f"95% [{r['rise_ci95'][0]:+.3f}, {r['rise_ci95'][1]:+.3f}]  {r['env_steps']} env steps, "
                      f"{r['seconds'] / 60:.1f} min")
+        if r.get("sampled"):
+            sr = r["sampled"]
+            lines.append(f"  {'':<28} sampled (T={sr['temperature']:g}, {sr['samples']}/room) {sr['start_success']:.3f} -> "
+                         f"{sr['final_success']:.3f}  rise {sr['rise']:+.3f} 95% [{sr['rise_ci95'][0]:+.3f}, "
+                         f"{sr['rise_ci95'][1]:+.3f}]")
     for algo, a in out.get("by_algo", {}).items():
-        lines.append(f"  {algo:<6} mean of seeds {a['seeds']}: {a['start']:.3f} -> {a['final']:.3f} "
+        lines.append(f"  {algo:<6} mean of seeds {a['seeds']}: greedy {a['start']:.3f} -> {a['final']:.3f} "
                      f"(rise {a['rise']:+.3f}; every seed's interval above 0: {a['every_interval_above_0']})")
+        if a.get("sampled"):
+            sa = a["sampled"]
+            lines.append(f"  {'':<6} sampled {sa['start']:.3f} -> {sa['final']:.3f} (rise {sa['rise']:+.3f}; every "
+                         f"seed's interval above 0: {sa['every_interval_above_0']})")
     if "steps_to_grpo_best" in out:
         lines.append(f"  best GRPO mean success {out['grpo_best_success']:.3f}; env steps to reach it: "
                      + ", ".join(f"{a} {s if s is not None else 'never'}" for a, s in out["steps_to_grpo_best"].items()))

@@ -80,10 +80,14 @@ def cmd_eval(args) -> int:
 
     cfg = _load(args) if args.config or args.overrides else None
     out = evaluate_checkpoint(args.checkpoint, episodes=args.episodes, cfg=cfg)
-    print(f"checkpoint {out['checkpoint']}: success {out['success_rate']:.3f} "
+    print(f"checkpoint {out['checkpoint']}: greedy success {out['success_rate']:.3f} "
           f"mean return {out['mean_return']:+.2f} over {out['episodes']} held-out episodes")
     for task_type, t in out["by_task_type"].items():
         print(f"  {task_type:<32} success {t['success_rate']:.3f} ({t['episodes']} episodes)")
+    sampled = out.get("sampled")
+    if sampled:
+        print(f"sampled at temperature {sampled['temperature']:g}: success {sampled['success_rate']:.3f} over "
+              f"{sampled['episodes']} episodes ({sampled['samples']} per held-out task)")
     if args.json:
         print(json.dumps(out))
     return 0

@@ -51,7 +51,13 @@ class EnvConfig:
     eval_seed_start: int = 0
     """first held-out seed for evaluation (disjoint from training seeds)"""
     eval_episodes: int = 32
-    """episodes per evaluation"""
+    """held-out rooms / tasks per evaluation (greedy planner and executor: one episode each)"""
+    eval_temperature: float = 0.0
+    """0 = greedy evaluation only; > 0 adds a sampled evaluation at this temperature (planner and
+    executor) beside the greedy one, `eval_samples` episodes per held-out task (verl-agent validates
+    at 0.4): what the RL objective optimises is the sampling policy's success"""
+    eval_samples: int = 4
+    """sampled episodes per held-out task when eval_temperature > 0"""
 
 
 @dataclass(frozen=True)
@@ -324,6 +330,7 @@ POSITIVE = (
     "sampler.tensor_parallel_size", "learner.num_ranks", "learner.micro_batch_size",
     "learner.mini_batches", "learner.max_len", "learner.sync_bucket_mb", "run.iterations",
     "run.checkpoint_every", "run.keep_checkpoints", "sft.episodes", "sft.batch_size", "env.eval_episodes",
+    "env.eval_samples",
 )
 NON_NEGATIVE = (
     "algorithm.min_informative_groups", "algorithm.max_extra_groups", "sampler.threads",
@@ -335,6 +342,7 @@ NON_NEGATIVE = (
     "learner.weight_decay", "learner.grad_clip", "coevolution.planner_iters",
     "coevolution.executor_iters", "coevolution.executor_warmup", "run.eval_every", "sft.epochs", "sft.lr",
     "run.seed", "sampler.seed", "sft.seed", "sft.seed_start", "env.train_seed_start", "env.eval_seed_start",
+    "env.eval_temperature",
 )
 
 

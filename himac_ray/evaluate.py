@@ -1,4 +1,5 @@
-"""Held-out evaluation: greedy planner and executor on seeds disjoint from training.
+"""Held-out evaluation: greedy planner and executor on seeds disjoint from training, and optionally
+a sampled evaluation beside it (`env.eval_temperature` > 0, `env.eval_samples` episodes per task).
 
 Used by the trainer (`run.eval_every`) through its rollout service and by `himac-ray eval
 --checkpoint DIR`, which loads a checkpoint's HF weights into a local vLLM engine.
@@ -16,13 +17,16 @@ from himac_ray.generation import SamplingParams
 from himac_ray.names import FLAT_ALGORITHMS
 from himac_ray.run_state import RunStateError, latest_checkpoint, safetensors_problem
 
+SAMPLED = "sampled"
+"""key of the sampled evaluation's summary inside `run_eval`'s result"""
 
-def eval_params(cfg: TrainConfig) -> tuple[SamplingParams, SamplingParams]:
-    """Greedy (planner, executor) sampling."""
+
+def eval_params(cfg: TrainConfig, temperature: float = 0.0) -> tuple[SamplingParams, SamplingParams]:
+    """(planner, executor) sampling for evaluation: greedy by default."""
     r = cfg.rollout
     return (
-        SamplingParams(temperature=0.0, max_tokens=r.plan_max_tokens, stop=("</plan>",)),
-        SamplingParams(temperature=0.0, max_tokens=r.action_max_tokens, stop=("<sub_done>",)),
+        SamplingParams(temperature=temperature, max_tokens=r.plan_max_tokens, stop=("</plan>",)),
+        SamplingParams(temperature=temperature, max_tokens=r.action_max_tokens, stop=("<sub_done>",)),
     )
 
 
@@ -32,15 +36,21 @@ def eval_seeds(cfg: TrainConfig, episodes: int | None = None) -> list[int]:
 
 
 def summarize(result) -> dict:
-    """Success and return overall and by task type (from the records' `extra["task_type"]`)."""
+    """Success and return overall and by task type (from the records' `extra["task_type"]`).
+
+    `won_by_seed`: task seed (str) -> 1 / 0 with one episode per task, else the fraction of its
+    episodes won (several sampled episodes per task)."""
     task_type = {r.traj_id: r.extra.get("task_type", "all") for r in result.records}
     by_type = defaultdict(list)
+    by_seed = defaultdict(list)
     for e in result.episodes:
         by_type[task_type.get(e["traj_id"], "all")].append(e)
+        by_seed[e["seed"]].append(int(e["won"]))
     n = max(len(result.episodes), 1)
     return {
         "success_rate": sum(e["won"] for e in result.episodes) / n,
-        "won_by_seed": {str(e["seed"]): int(e["won"]) for e in sorted(result.episodes, key=lambda e: e["seed"])},
+        "won_by_seed": {str(seed): won[0] if len(won) == 1 else sum(won) / len(won)
+                        for seed, won in sorted(by_seed.items())},
         "mean_return": sum(e["return"] for e in result.episodes) / n,
         "episodes": len(result.episodes),
         "by_task_type": {
@@ -56,7 +66,8 @@ def paired_interval(before: dict[str, int], after: dict[str, int], *, level: flo
     percentile-bootstrap `level` interval (rooms resampled with replacement; seeded).
 
     Args:
-        before, after: room (env seed, as str) -> 1 if solved else 0 (`won_by_seed` of two evaluations).
+        before, after: room (env seed, as str) -> 1 if solved else 0, or the fraction of its sampled
+            episodes solved (`won_by_seed` of two evaluations).
 
     Returns:
         (mean difference, lower bound, upper bound).
@@ -74,12 +85,21 @@ def paired_interval(before: dict[str, int], after: dict[str, int], *, level: flo
 
 
 def run_eval(cfg: TrainConfig, rollout: Callable, *, episodes: int | None = None) -> dict:
-    """Evaluate through a rollout service (`rollout(*, seeds, mode, group_size, planner_params, executor_params)`)."""
-    planner, executor = eval_params(cfg)
+    """Evaluate through a rollout service (`rollout(*, seeds, mode, group_size, planner_params, executor_params)`).
+
+    Returns the greedy evaluation's `summarize` dict; with `env.eval_temperature` > 0 it also holds
+    the sampled one under `SAMPLED` (plus its `temperature` and `samples` per task)."""
     mode = "flat" if cfg.algorithm.name in FLAT_ALGORITHMS else "macro"
-    result = rollout(seeds=eval_seeds(cfg, episodes), mode=mode, group_size=1,
-                     planner_params=planner, executor_params=executor)
-    return summarize(result)
+    seeds = eval_seeds(cfg, episodes)
+    planner, executor = eval_params(cfg)
+    out = summarize(rollout(seeds=seeds, mode=mode, group_size=1, planner_params=planner, executor_params=executor))
+    temperature = cfg.env.eval_temperature
+    if temperature > 0:
+        planner, executor = eval_params(cfg, temperature)
+        sampled = rollout(seeds=seeds, mode=mode, group_size=cfg.env.eval_samples,
+                          planner_params=planner, executor_params=executor)
+        out[SAMPLED] = {**summarize(sampled), "temperature": temperature, "samples": cfg.env.eval_samples}
+    return out
 
 
 def find_policy_folder(checkpoint: str | Path) -> tuple[Path, Path | None]:

@@ -285,20 +285,31 @@ def train(cfg: TrainConfig, *, resume: bool = False, allow_config_change: bool =
 
 def eval_summary(run_dir: Path) -> str:
     """The first and the last held-out evaluation of a run side by side, with the paired 95%
-    interval of the difference over the rooms both evaluated ("" with fewer than two)."""
-    from himac_ray.evaluate import paired_interval
+    interval of the difference over the rooms both evaluated, greedy and (when the run evaluated
+    it) sampled ("" with fewer than two evaluations)."""
+    from himac_ray.evaluate import SAMPLED, paired_interval
     from himac_ray.metrics import MetricsLog
 
     evals = [e for e in MetricsLog(run_dir).eval_rows() if e.get("won_by_seed")]
     if len(evals) < 2:
         return ""
     first, last = evals[0], evals[-1]
-    n = len(last["won_by_seed"])
-    mean, lo, hi = paired_interval(first["won_by_seed"], last["won_by_seed"])
-    return (f"[himac-ray] held-out success on {n} rooms: {sum(first['won_by_seed'].values())}/{n} "
-            f"after {first['iteration']} iteration(s) -> {sum(last['won_by_seed'].values())}/{n} after "
-            f"{last['iteration']} ({last.get('charts/env_steps_total', 0)} env steps); difference {mean:+.3f}, "
-            f"paired 95% interval [{lo:+.3f}, {hi:+.3f}]")
+    lines = [f"[himac-ray] held-out success, iteration {first['iteration']} -> {last['iteration']} "
+             f"({last.get('charts/env_steps_total', 0)} env steps):"]
+    for name, a, b in (("greedy", first, last), ("sampled", first.get(SAMPLED), last.get(SAMPLED))):
+        if not (a and b and a.get("won_by_seed") and b.get("won_by_seed")):
+            continue
+        n = len(b["won_by_seed"])
+        mean, lo, hi = paired_interval(a["won_by_seed"], b["won_by_seed"])
+        if name == "greedy":
+            won = [f"{sum(x['won_by_seed'].values()):g}/{n}" for x in (a, b)]
+            how = ""
+        else:
+            won = [f"{x['success_rate']:.3f}" for x in (a, b)]
+            how = f" (temperature {b['temperature']:g}, {b['samples']} episodes per room)"
+        lines.append(f"  {name}{how}: {won[0]} -> {won[1]} on {n} rooms; difference {mean:+.3f}, "
+                     f"paired 95% interval [{lo:+.3f}, {hi:+.3f}]")
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:

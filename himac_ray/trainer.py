@@ -25,7 +25,7 @@ from himac_ray.advantage import compute_advantages, group_informative
 from himac_ray.coevolution import trainable_level
 from himac_ray.config import TrainConfig
 from himac_ray.data import write_parquet
-from himac_ray.evaluate import run_eval
+from himac_ray.evaluate import SAMPLED, run_eval
 from himac_ray.generation import SamplingParams
 from himac_ray.names import FLAT_ALGORITHMS, LEVEL_OF
 from himac_ray.rollout import RolloutResult, merge_results
@@ -202,13 +202,21 @@ class Trainer:
                      f"latest complete checkpoint: {ckpt}")
 
     def evaluate(self) -> dict:
-        """Held-out greedy evaluation; logged to eval.jsonl and returned as eval/* metrics."""
+        """Held-out evaluation (greedy, and sampled with `env.eval_temperature` > 0); logged to
+        eval.jsonl and returned as eval/* metrics."""
         self.status["phase"] = "eval"
         out = run_eval(self.cfg, self.rollout)
         self.metrics.append_eval({M.ITERATION: self.state.iteration, M.ENV_STEPS: self.state.env_steps, **out})
+        row = {M.EVAL_SUCCESS: out["success_rate"], M.EVAL_RETURN: out["mean_return"]}
+        sampled = out.get(SAMPLED)
+        note = ""
+        if sampled:
+            row[M.EVAL_SAMPLED_SUCCESS] = sampled["success_rate"]
+            note = (f"; sampled at temperature {sampled['temperature']:g}: {sampled['success_rate']:.3f} "
+                    f"({sampled['samples']} per room)")
         self.log(f"held-out success after {self.state.iteration} iteration(s): {out['success_rate']:.3f} "
-                 f"({out['episodes']} episodes)")
-        return {M.EVAL_SUCCESS: out["success_rate"], M.EVAL_RETURN: out["mean_return"]}
+                 f"greedy ({out['episodes']} episodes){note}")
+        return row
 
     # ------------------------------------------------------------ one iteration
 

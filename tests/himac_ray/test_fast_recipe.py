@@ -211,4 +211,46 @@ def test_paired_interval_and_run_summary(tmp_path):
     log.append_eval({"iteration": 0, "charts/env_steps_total": 0, "success_rate": 0.0, "won_by_seed": before})
     log.append_eval({"iteration": 6, "charts/env_steps_total": 900, "success_rate": 0.25, "won_by_seed": after})
     text = eval_summary(tmp_path)
-    assert "0/40 after 0 iteration(s) -> 10/40 after 6 (900 env steps)" in text and "difference +0.250" in text
+    assert "iteration 0 -> 6 (900 env steps)" in text and "greedy: 0/40 -> 10/40 on 40 rooms; difference +0.250" in text
+    assert "sampled" not in text
+    # a sampled evaluation beside the greedy one: per-room fractions, its own paired interval
+    sampled = {"temperature": 0.4, "samples": 4, "success_rate": 0.25, "won_by_seed": {str(s): 0.25 for s in range(40)}}
+    log = MetricsLog(tmp_path / "with_sampled")
+    log.append_eval({"iteration": 0, "success_rate": 0.0, "won_by_seed": before,
+                     "sampled": {**sampled, "success_rate": 0.0, "won_by_seed": before}})
+    log.append_eval({"iteration": 8, "success_rate": 0.25, "won_by_seed": after, "sampled": sampled})
+    text = eval_summary(tmp_path / "with_sampled")
+    assert "sampled (temperature 0.4, 4 episodes per room): 0.000 -> 0.250 on 40 rooms; difference +0.250, " \
+           "paired 95% interval [+0.250, +0.250]" in text
+
+
+def test_sampled_evaluation_beside_the_greedy_one():
+    import random
+
+    from himac_ray.evaluate import SAMPLED, run_eval
+
+    rng = random.Random(0)
+    gen = ScriptedGenerator(lambda chat, i: "<plan>\n1. push the box\n</plan>" if "<plan>" in chat[-1]["content"]
+                            else f"<action>{rng.choice(['up', 'down', 'left', 'right'])}</action>")
+    seen = []
+
+    def rollout(**kw):
+        seen.append((kw["group_size"], kw["planner_params"].temperature, kw["executor_params"].temperature))
+        return run_rollout(generator=gen, env_id=SOKOBAN, env_kwargs=KWARGS, max_subgoals=2, **kw)
+
+    greedy_only = load_config(None, ["env.eval_episodes=5"])
+    out = run_eval(greedy_only, rollout)
+    assert SAMPLED not in out and seen == [(1, 0.0, 0.0)] and len(out["won_by_seed"]) == 5
+    seen.clear()
+    cfg = load_config(None, ["env.eval_episodes=5", "env.eval_temperature=0.4", "env.eval_samples=3"])
+    out = run_eval(cfg, rollout)
+    assert seen == [(1, 0.0, 0.0), (3, 0.4, 0.4)]
+    sampled = out[SAMPLED]
+    assert sampled["episodes"] == 15 and sampled["temperature"] == 0.4 and sampled["samples"] == 3
+    assert sorted(sampled["won_by_seed"]) == sorted(out["won_by_seed"])  # the same rooms, paired
+    assert all(v in (0, 1 / 3, 2 / 3, 1) for v in sampled["won_by_seed"].values())
+    assert sampled["success_rate"] == pytest.approx(sum(sampled["won_by_seed"].values()) / 5)
+    with pytest.raises(ConfigError, match="env.eval_samples"):
+        load_config(None, ["env.eval_samples=0"])
+    with pytest.raises(ConfigError, match="env.eval_temperature"):
+        load_config(None, ["env.eval_temperature=-1"])
