@@ -40,13 +40,13 @@ import dataclasses
 import io
 import json
 import os
-import uuid
 from dataclasses import dataclass, field
 from typing import Sequence
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from himac_ray.atomic import publish_file
 from himac_ray.names import LEVELS  # record levels: `plan` = planner / macro, `act` = executor or flat / micro
 
 SCHEMA_VERSION = "1"
@@ -175,23 +175,16 @@ def table_to_records(table: pa.Table) -> list[Record]:
 
 
 def write_parquet(table_or_records: pa.Table | Sequence[Record], path: str | os.PathLike) -> None:
-    """Write records (or a table) to one Parquet file, atomically.
-
-    The file is written under a temporary name in the same directory and then renamed with
-    `os.replace`, so a reader never sees a half-written file.
+    """Write records (or a table) to one Parquet file, atomically (`atomic.publish_file`: written
+    under a temporary name in the same directory, then renamed), so a reader never sees a
+    half-written file.
     """
     table = table_or_records
     if not isinstance(table, pa.Table):
         table = records_to_table(table_or_records)
     path = os.fspath(path)
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    tmp = f"{path}.tmp-{os.getpid()}-{uuid.uuid4().hex}"
-    try:
-        pq.write_table(table, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    publish_file(path, lambda tmp: pq.write_table(table, os.fspath(tmp)))
 
 
 def read_parquet(path: str | os.PathLike) -> pa.Table:

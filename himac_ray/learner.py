@@ -46,6 +46,7 @@ import torch
 import torch.distributed as dist
 
 from himac_ray import metrics as M
+from himac_ray.atomic import publish_file
 from himac_ray.batch import pad_batch
 from himac_ray.config import AlgorithmConfig, LearnerConfig, ModelConfig
 from himac_ray.data import LEVELS, Record, png_image, table_to_records
@@ -456,9 +457,7 @@ class Learner:
         state = self._full_state_dict(policy, dtype=self.serve_dtype)
         if self.rank == 0:
             path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-            save_file(state, str(tmp), metadata={"format": "pt"})
-            os.replace(tmp, path)
+            publish_file(path, lambda tmp: save_file(state, str(tmp), metadata={"format": "pt"}))
         dist.barrier()
         return path
 

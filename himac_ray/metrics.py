@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from himac_ray.atomic import publish_file
+
 ITERATION = "iteration"
 TRAINABLE = "trainable"
 SUCCESS_RATE = "charts/success_rate"
@@ -74,9 +76,9 @@ class MetricsLog:
 
     @staticmethod
     def _write(path: Path, rows: list[dict]) -> None:
-        tmp = path.with_suffix(".jsonl.tmp")
-        tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
-        tmp.replace(path)
+        # the fixed temporary name is one of run_state.RUN_FILES (a run dir may hold it after a crash)
+        text = "".join(json.dumps(r) + "\n" for r in rows)
+        publish_file(path, lambda tmp: tmp.write_text(text), tmp=path.with_suffix(".jsonl.tmp"))
 
     def rows(self) -> list[dict]:
         return self._read(self.path)

@@ -30,6 +30,8 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from himac_ray.atomic import fsync_dir, fsync_tree
+
 COMPLETE = "COMPLETE"
 RUN_MARKER = ".himac-ray-run"
 """written into every run directory himac-ray creates: the licence to move it aside later"""
@@ -138,29 +140,6 @@ def checkpoint_iteration(path: str | Path) -> int | None:
     return int(number) if prefix == "iter" and number.isdigit() else None
 
 
-def fsync_tree(root: Path) -> None:
-    """fsync every file under `root`, then every directory bottom-up (their entries), `root` last."""
-    dirs = []
-    for top, _, files in os.walk(root):
-        dirs.append(top)
-        for name in files:
-            fd = os.open(os.path.join(top, name), os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-    for top in reversed(dirs):
-        _fsync_dir(Path(top))
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def begin_checkpoint(run_dir: str | Path) -> Path:
     """A fresh temporary directory to write a checkpoint into."""
     root = checkpoints_root(run_dir)
@@ -185,11 +164,11 @@ def commit_checkpoint(tmp: Path, run_dir: str | Path, iteration: int, *, keep: i
             f.write("ok\n")
             f.flush()
             os.fsync(f.fileno())
-        _fsync_dir(tmp)
+        fsync_dir(tmp)
         if final.exists():  # corrupt or incomplete, so never loaded: out of the way (removed as .tmp-*)
             os.replace(final, root / f".tmp-replaced-{final.name}-{os.getpid()}")
         os.replace(tmp, final)
-        _fsync_dir(root)
+        fsync_dir(root)
         clean_partial_checkpoints(run_dir)
     for old in complete_checkpoints(run_dir)[:-keep]:
         if old != final:

@@ -1,4 +1,5 @@
-"""`himac-ray sweep` without Ray: grid parsing, trial configs, summaries, table and plot."""
+"""`himac-ray sweep` without Ray (tools/sweep.py, sweep_grid.py, sweep_trial.py): grid parsing, trial configs,
+summaries, table and plot, the trial's hand-over to Tune."""
 
 import argparse
 import subprocess
@@ -8,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from himac_ray.config import ConfigError
-from himac_ray.tools import sweep
+from himac_ray.tools import sweep, sweep_grid, sweep_trial
 
 ROOT = Path(__file__).parents[3]
 CONFIG = str(ROOT / "configs" / "sweep_tiny_cpu.yaml")
@@ -19,19 +20,19 @@ def args(*argv):
 
 
 def test_parse_grid_values_and_brackets():
-    grid = sweep.parse_grid(["algorithm.group_size=2,4,8", "learner.lr=1e-6, 3e-6",
-                             "env.kwargs.dim_room=[6,6],[7,7]", "coevolution.enabled=true,false"])
+    grid = sweep_grid.parse_grid(["algorithm.group_size=2,4,8", "learner.lr=1e-6, 3e-6",
+                                  "env.kwargs.dim_room=[6,6],[7,7]", "coevolution.enabled=true,false"])
     assert grid["algorithm.group_size"] == [2, 4, 8]
     assert [float(v) for v in grid["learner.lr"]] == [1e-6, 3e-6]
     assert grid["env.kwargs.dim_room"] == [[6, 6], [7, 7]]
     assert grid["coevolution.enabled"] == [True, False]
     for bad in (["algorithm.group_size"], ["a.b=1", "a.b=2"], ["run.dir=a,b"], ["a.b=1,,2"]):
         with pytest.raises(ConfigError):
-            sweep.parse_grid(bad)
+            sweep_grid.parse_grid(bad)
 
 
 def test_grid_points_cover_every_combination():
-    points = sweep.grid_points({"a": [1, 2], "b": ["x", "y", "z"]})
+    points = sweep_grid.grid_points({"a": [1, 2], "b": ["x", "y", "z"]})
     assert len(points) == 6 and points[0] == {"a": 1, "b": "x"} and points[-1] == {"a": 2, "b": "z"}
 
 
@@ -52,7 +53,7 @@ def test_build_spec_validates_every_point_and_samples_add_seeds():
 def test_trial_config_sets_overrides_and_run_dir(tmp_path):
     spec = sweep.build_spec(args("--config", CONFIG, "--grid", "algorithm.group_size=2,8",
                                  "--grid", "env.kwargs.max_steps=10"))
-    cfg = sweep.trial_config_dict(spec["base"], spec["points"][1], tmp_path / "t1" / "run")
+    cfg = sweep_grid.trial_config_dict(spec["base"], spec["points"][1], tmp_path / "t1" / "run")
     assert cfg["algorithm"]["group_size"] == 8 and cfg["env"]["kwargs"]["max_steps"] == 10
     assert cfg["env"]["kwargs"]["dim_room"] == [6, 6] and cfg["run"]["dir"] == str(tmp_path / "t1" / "run")
     assert spec["base"]["algorithm"]["group_size"] == 4  # the base is not modified
@@ -76,33 +77,33 @@ def rows(successes, steps_per_iter=100):
 
 
 def test_summary_table_and_plot(tmp_path):
-    s = sweep.summarize_rows(rows([0.0, 0.5, 0.25, 0.5]))
+    s = sweep_grid.summarize_rows(rows([0.0, 0.5, 0.25, 0.5]))
     assert (s["best_success"], s["env_steps_to_best"], s["iteration_of_best"]) == (0.5, 200, 1)
     assert s["final_success"] == 0.5 and s["iterations"] == 4
     # a resumed trial may repeat iterations: the last copy wins
-    assert sweep.summarize_rows(rows([0.0, 0.5]) + rows([0.0, 0.75]))["best_success"] == 0.75
-    assert sweep.summarize_rows([])["best_success"] is None
+    assert sweep_grid.summarize_rows(rows([0.0, 0.5]) + rows([0.0, 0.75]))["best_success"] == 0.75
+    assert sweep_grid.summarize_rows([])["best_success"] is None
 
     keys = ["algorithm.group_size"]
     trials = [
         {"trial": f"abc_0000{i}_group_size={g}", "params": {"algorithm.group_size": g}, "status": "OK",
-         "error": None, "run_dir": "", **sweep.summarize_rows(r), "rows": r}
+         "error": None, "run_dir": "", **sweep_grid.summarize_rows(r), "rows": r}
         for i, (g, r) in enumerate([(2, rows([0.0, 0.25])), (4, rows([0.5, 0.5], 200)), (8, [])])
     ]
     trials[2].update(status="ERROR", error="RuntimeError: boom")
-    table = sweep.write_results(trials, tmp_path, keys, title="t")
+    table = sweep_grid.write_results(trials, tmp_path, keys, title="t")
     lines = table.splitlines()
     assert lines[0].split()[:3] == ["trial", "group_size", "status"]
     assert "abc_00001" in lines[3] and "0.500 *" in lines[3] and " 200 " in lines[3]
     assert "ERROR" in lines[4] and lines[-1] == "error in abc_00002: RuntimeError: boom"
-    assert (tmp_path / sweep.PLOT_FILE).stat().st_size > 1000
-    assert (tmp_path / sweep.TABLE_FILE).read_text().strip() == table
-    assert len(__import__("json").loads((tmp_path / sweep.SUMMARY_FILE).read_text())) == 3
+    assert (tmp_path / sweep_grid.PLOT_FILE).stat().st_size > 1000
+    assert (tmp_path / sweep_grid.TABLE_FILE).read_text().strip() == table
+    assert len(__import__("json").loads((tmp_path / sweep_grid.SUMMARY_FILE).read_text())) == 3
 
 
 def test_short_names():
-    assert sweep.short_params({"algorithm.group_size": 4, "learner.lr": 1e-6}) == "group_size=4,lr=1e-06"
-    assert sweep.trial_id("27938_00001_group_size=4") == "27938_00001"
+    assert sweep_grid.short_params({"algorithm.group_size": 4, "learner.lr": 1e-6}) == "group_size=4,lr=1e-06"
+    assert sweep_grid.trial_id("27938_00001_group_size=4") == "27938_00001"
 
 
 def test_cli_has_sweep_and_stays_ray_free():
@@ -119,7 +120,7 @@ def test_resume_without_a_sweep_fails_clearly(tmp_path, capsys):
     assert "no sweep to resume" in capsys.readouterr().err
 
 
-class FakeRun(sweep.TrialRun):
+class FakeRun(sweep_trial.TrialRun):
     """TrialRun's hand-over logic with a scripted coordinator: each poll reveals the next event."""
 
     def __init__(self, iterations, events, run_dir):
