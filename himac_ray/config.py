@@ -249,6 +249,10 @@ class CoevolutionConfig:
 class SFTConfig:
     episodes: int = 64
     """expert episodes (env seeds) turned into demonstrations"""
+    plan_episodes: int = 0
+    """extra planner-only demonstrations (HiMAC): the expert blueprint of this many more seeds
+    (after `episodes`), not executed. An executed episode gives the planner one example and the
+    executor one per step; these balance the two cheaply"""
     epochs: int = 2
     """passes over the demonstrations"""
     lr: float = 1e-4
@@ -342,7 +346,7 @@ NON_NEGATIVE = (
     "learner.weight_decay", "learner.grad_clip", "coevolution.planner_iters",
     "coevolution.executor_iters", "coevolution.executor_warmup", "run.eval_every", "sft.epochs", "sft.lr",
     "run.seed", "sampler.seed", "sft.seed", "sft.seed_start", "env.train_seed_start", "env.eval_seed_start",
-    "env.eval_temperature",
+    "env.eval_temperature", "sft.plan_episodes",
 )
 
 

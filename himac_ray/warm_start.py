@@ -34,7 +34,7 @@ def warm_start_key(cfg: TrainConfig, model_path: str | Path) -> dict:
         "prompt_style": r.prompt_style, "answer_format": r.answer_format, "prompt_version": PROMPT_VERSION,
         "max_subgoals": r.max_subgoals, "history_length": r.history_length,
         "subgoal_step_budget": r.subgoal_step_budget,
-        "episodes": s.episodes, "epochs": s.epochs, "lr": s.lr, "batch_size": s.batch_size,
+        "episodes": s.episodes, "plan_episodes": s.plan_episodes, "epochs": s.epochs, "lr": s.lr, "batch_size": s.batch_size,
         "seed_start": s.seed_start, "seed": s.seed, "train_layers": s.train_layers, "max_len": cfg.learner.max_len,
         "grad_clip": cfg.learner.grad_clip,
     }

@@ -142,8 +142,11 @@ class VLLMGenerator:
         from vllm import SamplingParams as VSamplingParams
 
         requests = self._requests(prompts, self.max_model_len - params.max_tokens)
+        # vLLM refuses n > 1 with greedy decoding: send each prompt n times (identical answers)
+        copies = params.n if params.temperature == 0 and params.n > 1 else 1
+        requests = [r for r in requests for _ in range(copies)]
         sampling = VSamplingParams(
-            n=params.n,
+            n=params.n // copies,
             temperature=params.temperature,
             top_p=params.top_p,
             max_tokens=params.max_tokens,
@@ -154,6 +157,11 @@ class VLLMGenerator:
         start = time.perf_counter()
         outputs = self.llm.generate(requests, sampling, use_tqdm=False)
         self.stats["busy_seconds"] += time.perf_counter() - start
+        if copies > 1:  # one output per prompt again, its n completions side by side
+            merged = outputs[::copies]
+            for i, output in enumerate(merged):
+                output.outputs = [c for o in outputs[i * copies:(i + 1) * copies] for c in o.outputs]
+            outputs = merged
         results = []
         for output in outputs:
             prompt_ids = list(output.prompt_token_ids)  # as the model saw it (image tokens expanded)
@@ -164,8 +172,8 @@ class VLLMGenerator:
                 samples.append(Sample(completion.text, token_ids, logprobs, prompt_ids, completion.finish_reason or "stop"))
                 self.stats["generated_tokens"] += len(token_ids)
             results.append(samples)
-            self.stats["prompt_tokens"] += len(prompt_ids)
-        self.stats["requests"] += len(prompts)
+            self.stats["prompt_tokens"] += len(prompt_ids) * copies
+        self.stats["requests"] += len(prompts) * copies
         return results
 
     def score(self, pairs: Sequence[tuple[list[int], list[int]]]) -> list[list[float]]:

@@ -132,6 +132,37 @@ def expert_demonstrations(
     return examples
 
 
+def expert_plans(
+    env_id: str,
+    seeds: Sequence[int],
+    *,
+    env_kwargs: dict | None = None,
+    max_subgoals: int = 4,
+    env_factory: Callable[..., Any] | None = None,
+    prompt_format: prompts.PromptFormat = prompts.VERL,
+) -> list[dict]:
+    """Planner-only examples: per seed, the planner prompt at reset and the expert blueprint (as in
+    `expert_demonstrations`), without executing it. A blueprint costs one expert search, an
+    executed episode one example per step, so these give the planner as many examples as the
+    executor gets cheaply. Seeds whose expert has no plan (an unsolvable or solved start) are skipped.
+    """
+    examples = []
+    for i, seed in enumerate(seeds):
+        e = rollout.reset_episode(env_id, dict(env_kwargs or {}), env_factory, int(seed), f"plan-{i}-seed{seed}",
+                                  f"plan-{i}-seed{seed}/0")
+        try:
+            full = list(e.env.unwrapped.expert_subgoals())
+            if not full:
+                continue
+            chat = prompts.planner_prompt(env_id, task=e.task, observation=e.obs_text, max_subgoals=max_subgoals,
+                                          image=e.image, fmt=prompt_format)
+            target = prompts.format_plan(expert_blueprint(full, max_subgoals))
+            examples.append(_example(chat, target, level="plan", env_id=env_id, seed=int(seed), step=-1, subgoal_index=-1))
+        finally:
+            e.env.close()
+    return examples
+
+
 def _demonstrate(env_id, seed, group_id, *, env_kwargs, max_subgoals, history_length, subgoal_step_budget, flat, env_factory,
                  fmt):
     """One expert episode -> (won, examples)."""

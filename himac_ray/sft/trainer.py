@@ -356,17 +356,19 @@ def sft_from_config(cfg: TrainConfig, out_dir: str | Path) -> Path:
     Demonstrations: seeds `range(cfg.sft.seed_start, cfg.sft.seed_start + cfg.sft.episodes)`,
     env kwargs `cfg.env.kwargs`, K / history / step budget from `cfg.rollout`; flat-agent
     prompts when `cfg.algorithm.name` is not "himac" (GRPO / GiGPO / RLOO train a flat policy).
+    HiMAC adds `cfg.sft.plan_episodes` planner-only examples from the next seeds (`expert_plans`).
     Hyperparameters from `cfg.sft`; `max_len` and `grad_clip` from `cfg.learner`, seed from
     `cfg.sft.seed`. Weights and optimizer are float32 (bfloat16 autocast where `model.dtype` resolves to
     bfloat16) and the folder is saved in float32. A vision-language
     model (visual envs) trains with `himac_ray.sft.vision.train_vlm_sft` on the same demonstrations.
     """
     from himac_ray.models import is_vision_model, resolve_model
-    from himac_ray.sft.expert import expert_demonstrations
+    from himac_ray.sft.expert import expert_demonstrations, expert_plans
     from himac_ray.sft.vision import train_vlm_sft
 
     check_replaceable(out_dir)  # before minutes of training, not after
     model_path = resolve_model(cfg.model.path)
+    flat = cfg.algorithm.name != "himac"
     examples = expert_demonstrations(
         cfg.env.id,
         range(cfg.sft.seed_start, cfg.sft.seed_start + cfg.sft.episodes),
@@ -374,9 +376,13 @@ def sft_from_config(cfg: TrainConfig, out_dir: str | Path) -> Path:
         max_subgoals=cfg.rollout.max_subgoals,
         history_length=cfg.rollout.history_length,
         subgoal_step_budget=cfg.rollout.subgoal_step_budget,
-        flat=cfg.algorithm.name != "himac",
+        flat=flat,
         prompt_format=cfg.rollout.prompt_format,
     )
+    if examples and not flat and cfg.sft.plan_episodes:
+        start = cfg.sft.seed_start + cfg.sft.episodes
+        examples += expert_plans(cfg.env.id, range(start, start + cfg.sft.plan_episodes), env_kwargs=dict(cfg.env.kwargs),
+                                 max_subgoals=cfg.rollout.max_subgoals, prompt_format=cfg.rollout.prompt_format)
     if not examples:
         raise RuntimeError(f"the expert won none of {cfg.sft.episodes} episodes of {cfg.env.id}: no demonstrations")
     if is_vision_model(model_path):  # visual envs: the examples' user turns hold the board image

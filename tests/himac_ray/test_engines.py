@@ -48,6 +48,17 @@ def test_greedy_output_matches_hf_first_16_tokens(engines):
         assert "Paris" in v_out[0][0].text
 
 
+def test_greedy_with_several_samples_per_prompt(engines):
+    # vLLM itself refuses n > 1 with temperature 0; the generator sends each prompt n times
+    _, vllm, _ = engines
+    out = vllm.generate(PROMPTS[:2], SamplingParams(temperature=0.0, max_tokens=8, n=3))
+    one = vllm.generate(PROMPTS[:2], SamplingParams(temperature=0.0, max_tokens=8))
+    assert [len(samples) for samples in out] == [3, 3]
+    for samples, ref in zip(out, one):
+        assert {s.text for s in samples} == {ref[0].text}
+        assert all(s.prompt_token_ids == ref[0].prompt_token_ids for s in samples)
+
+
 def test_sampling_logprobs_match_hf_recompute(engines):
     _, vllm, hf = engines
     params = SamplingParams(n=3, temperature=1.0, max_tokens=24)
