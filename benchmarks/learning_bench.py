@@ -9,7 +9,8 @@ until the run has used `budget` env steps (every env step counts: tied groups, d
 extra groups and HiMAC's micro-phase pre-pass) or `max_minutes` of wall clock.
 
 Held-out success: greedy planner and executor on env seeds 0..`eval_episodes`-1 (never trained
-on), for the warm start (once per family) and at `eval_points` fractions of the budget. Each run
+on), and beside it the sampled success at the recipe's `env.eval_temperature` (`env.eval_samples`
+episodes per room), for the warm start (once per family) and at `eval_points` fractions of the budget. Each run
 reports its final success against its warm start as a paired difference over the same rooms
 with a 95% percentile-bootstrap interval (`himac_ray.evaluate.paired_interval`).
 
@@ -36,8 +37,8 @@ SIZES = {
     # quick / full: the demo config's SFT settings, so the demo and the bench share one cached warm start
     "quick": dict(model="embedded", budget=300, eval_points=(1.0,), seeds=[0], algos=("himac",), eval_episodes=32,
                   max_steps=10, num_groups=4, max_minutes=20),
-    "full": dict(model="embedded", budget=1500, eval_points=(0.5, 1.0), seeds=[0, 1, 2], algos=ALGOS, eval_episodes=64,
-                 max_steps=10, num_groups=4, max_minutes=60),
+    "full": dict(model="embedded", budget=3000, eval_points=(0.5, 1.0), seeds=[0, 1, 2], algos=ALGOS, eval_episodes=64,
+                 max_steps=10, num_groups=4, max_minutes=40),
 }
 
 
