@@ -227,12 +227,17 @@ def run(args=None, quick: bool = True) -> dict:
             if key in out["runs"]:
                 continue
             model = warm_start(algo, spec)
-            family = "himac" if algo == "himac" else "flat"
+            # the warm start's evaluation is shared by the seeds and algorithms that start from it
+            # (same warm-start key, same held-out rooms and evaluation settings), never by others
+            cfg = make_cfg(WORK_DIR / "sft_cfg", algo=algo, seed=0, spec=spec)
+            start_key = (f"{Path(model).name}:rooms{cfg.env.eval_episodes}:T{cfg.env.eval_temperature:g}"
+                         f"x{cfg.env.eval_samples}")
             with local_ray():
-                res = run_one(algo, seed, spec, model, WORK_DIR / size / key, out["start_evals"].get(family))
-            out["start_evals"].setdefault(family, res.pop("start_eval"))
+                res = run_one(algo, seed, spec, model, WORK_DIR / size / key, out["start_evals"].get(start_key))
+            out["start_evals"].setdefault(start_key, res.pop("start_eval"))
             res.pop("start_eval", None)
             res["variant"] = tag
+            res["warm_start"] = start_key
             out["runs"][key] = res
             log(f"learning: {key}: {res['start_success']:.3f} -> {res['final_success']:.3f}, rise {res['rise']:+.3f} "
                 f"[{res['rise_ci95'][0]:+.3f}, {res['rise_ci95'][1]:+.3f}] in {res['seconds'] / 60:.1f} min")
