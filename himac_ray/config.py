@@ -139,6 +139,10 @@ class RolloutConfig:
     answer_format: str = "think"
     """executor / flat answers: think (`<think>..</think><action>..</action>`) | action (`<action>..</action>`
     only, plus `<sub_done>`; for models too small to reason usefully). SFT demonstrations follow it"""
+    sub_done: bool = True
+    """the executor may close its subgoal with `<sub_done>` (after a valid action); false = the paper's
+    "without <sub_done>" ablation: prompts do not ask for it, answers are not scanned for it, and
+    subgoals advance on the step budget only (`subgoal_step_budget`)"""
     num_env_pools: int = 1
     """env-pool actors; the iteration's groups are split over them (a dead pool's share is redone)"""
     env_pool_resources: dict = field(default_factory=dict)
@@ -149,7 +153,7 @@ class RolloutConfig:
         """`prompts.PromptFormat` of `prompt_style` and `answer_format`."""
         from himac_ray.prompts import PromptFormat
 
-        return PromptFormat(style=self.prompt_style, answer=self.answer_format)
+        return PromptFormat(style=self.prompt_style, answer=self.answer_format, sub_done=self.sub_done)
 
 
 @dataclass(frozen=True)
