@@ -247,6 +247,12 @@ class CoevolutionConfig:
     """executor-only iterations before alternation starts"""
     start_with: str = "planner"
     """planner | executor: the level trained first after the warm-up"""
+    iteration: str = "alternate"
+    """what one HiMAC iteration rolls out. alternate: only the trained level's phase (a planner
+    iteration = the macro phase; an executor iteration = a greedy macro pre-pass that picks z*,
+    whose records are dropped, then the micro phase). paper: every iteration runs the macro phase
+    and then the micro phase on the same tasks, z* from that macro group; the schedule picks which
+    level's records train, the other level's are written to Parquet with advantage 0"""
 
 
 @dataclass(frozen=True)
@@ -331,6 +337,7 @@ CHOICES = {
     "sampler.placement_strategy": ("SPREAD", "PACK", "STRICT_SPREAD", "STRICT_PACK"),
     "learner.placement_strategy": ("SPREAD", "PACK", "STRICT_SPREAD", "STRICT_PACK"),
     "coevolution.start_with": ("planner", "executor"),
+    "coevolution.iteration": ("alternate", "paper"),
 }
 POSITIVE = (
     "model.max_model_len", "algorithm.group_size", "algorithm.num_groups", "rollout.max_subgoals",

@@ -81,3 +81,74 @@ def test_best_blueprint_follows_episode_score():
 
 
 STATS = {"gen_calls": 0, "gen_seconds": 0.0, "env_seconds": 0.0, "sub_done_advances": 0, "budget_advances": 0}
+
+
+class RecordingLearner:
+    """The learner service's interface, recording what each step was given (the routing under test)."""
+
+    def __init__(self):
+        self.steps = []
+
+    def train_step(self, records, *, trainable):
+        self.steps.append((trainable, list(records)))
+        return {"loss": 0.0}
+
+
+def paper_trainer(tmp_path, *overrides):
+    import json
+
+    from himac_ray.trainer import Trainer
+
+    kwargs = {"dim_room": [6, 6], "num_boxes": 1, "max_steps": 3}
+    cfg = load_config(None, [f"run.dir={tmp_path}", f"env.kwargs={json.dumps(kwargs)}", "algorithm.group_size=3",
+                             "algorithm.num_groups=2", "rollout.prompt_style=compact", "rollout.answer_format=action",
+                             "learner.skip_zero_advantage=false", "coevolution.iteration=paper", *overrides])
+    count = iter(range(10**6))
+
+    def policy(chat, i):  # blueprints of different quality: varied returns, informative groups
+        if "<plan>" in chat[-1]["content"] and "Subgoal" not in chat[-1]["content"]:
+            return PLAN if i % 2 else "not a plan"
+        return f"<action>{['up', 'left', 'down', 'right'][next(count) % 4]}</action>"
+
+    gen = ScriptedGenerator(policy)
+    modes = []
+
+    def rollout(**kw):
+        modes.append(kw["mode"])
+        return run_rollout(generator=gen, env_id=SOKOBAN, env_kwargs=kwargs, **episode_settings(cfg), **kw)
+
+    learner = RecordingLearner()
+    trainer = Trainer(cfg, rollout=rollout, learner=learner, sync=lambda **kw: {"seconds": 0.0}, log=print)
+    return trainer, learner, modes
+
+
+def test_paper_iteration_runs_both_phases_and_trains_the_scheduled_level(tmp_path):
+    from himac_ray import metrics as M
+    from himac_ray.data import read_parquet, table_to_records
+
+    trainer, learner, modes = paper_trainer(tmp_path)
+    row0 = trainer.run_iteration()  # planner
+    row1 = trainer.run_iteration()  # executor
+    assert modes == ["micro", "micro"] and row0["trainable"] == "planner" and row1["trainable"] == "executor"
+    (level0, batch0), (level1, batch1) = learner.steps
+    assert level0 == "planner" and batch0 and all(r.level == "plan" and r.group_id.startswith("macro") for r in batch0)
+    assert level1 == "executor" and batch1 and all(r.level == "act" and r.group_id.startswith("micro") for r in batch1)
+    # everything the iteration generated is written, the untrained level with advantage 0
+    acts = []
+    for it, trained in ((0, "plan"), (1, "act")):
+        recs = table_to_records(read_parquet(tmp_path / "trajectories" / f"iter_{it:05d}.parquet"))
+        acts.append(sum(r.level == "act" for r in recs))  # one act record per env step
+        groups = {(r.level, r.group_id.split("-")[0]) for r in recs}
+        assert groups == {("plan", "macro"), ("act", "macro"), ("act", "micro")}
+        assert all(r.advantage == 0.0 for r in recs if (r.level, r.group_id.split("-")[0]) != (trained, "macro" if trained == "plan" else "micro"))
+    # env steps: both phases of both iterations
+    assert row0[M.ENV_STEPS] == acts[0] and row1[M.ENV_STEPS] == acts[0] + acts[1] == trainer.state.env_steps
+
+
+def test_alternate_iteration_is_unchanged(tmp_path):
+    trainer, learner, modes = paper_trainer(tmp_path, "coevolution.iteration=alternate")
+    trainer.run_iteration()
+    trainer.run_iteration()
+    assert modes == ["macro", "micro"]
+    assert [level for level, _ in learner.steps] == ["planner", "executor"]
+    assert all(r.group_id.startswith("micro") for r in learner.steps[1][1])
