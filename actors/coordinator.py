@@ -19,6 +19,7 @@ from actors.learner import LearnerGroup
 from actors.metrics import RunMetrics
 from actors.sampler import SamplerPool, create_samplers
 from himac_ray.config import config_from_dict
+from himac_ray.rollout import episode_settings
 from himac_ray.trainer import Trainer
 from himac_ray.weight_sync import shm_dir, sync_paths, uses_nccl
 
@@ -67,9 +68,7 @@ class Coordinator:
         fixed = dict(
             generator=SamplerPool(self.executors),
             planner_generator=SamplerPool(self.planners) if self.planners else None,
-            max_subgoals=r.max_subgoals, subgoal_step_budget=r.subgoal_step_budget,
-            history_length=r.history_length, invalid_penalty=cfg.algorithm.invalid_penalty,
-            prompt_format=r.prompt_format,
+            **episode_settings(cfg),
         )
         self.dispatcher = dispatcher
         self.metrics = RunMetrics(self.run_id)

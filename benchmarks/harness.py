@@ -25,6 +25,7 @@ class Stack:
         from actors.env_pool import RolloutDispatcher
         from actors.learner import LearnerGroup
         from actors.sampler import SamplerPool, create_samplers
+        from himac_ray.rollout import episode_settings
         from himac_ray.trainer import Trainer
 
         self.cfg = cfg
@@ -38,9 +39,7 @@ class Stack:
         self.startup["learner"] = time.perf_counter() - t0
         r = cfg.rollout
         self.dispatcher = RolloutDispatcher(cfg.env.id, cfg.env.kwargs, num_pools=r.num_env_pools, log=log)
-        self.fixed = dict(generator=SamplerPool(self.samplers), planner_generator=None, max_subgoals=r.max_subgoals,
-                          subgoal_step_budget=r.subgoal_step_budget, history_length=r.history_length,
-                          invalid_penalty=cfg.algorithm.invalid_penalty, prompt_format=r.prompt_format)
+        self.fixed = dict(generator=SamplerPool(self.samplers), planner_generator=None, **episode_settings(cfg))
         self.rollouts: list[dict] = []
         self.syncs: list[dict] = []
         self._ray = ray

@@ -139,6 +139,10 @@ class RolloutConfig:
     answer_format: str = "think"
     """executor / flat answers: think (`<think>..</think><action>..</action>`) | action (`<action>..</action>`
     only, plus `<sub_done>`; for models too small to reason usefully). SFT demonstrations follow it"""
+    sub_done: bool = True
+    """the executor may close its subgoal with `<sub_done>` (after a valid action); false = the paper's
+    "without <sub_done>" ablation: prompts do not ask for it, answers are not scanned for it, and
+    subgoals advance on the step budget only (`subgoal_step_budget`)"""
     num_env_pools: int = 1
     """env-pool actors; the iteration's groups are split over them (a dead pool's share is redone)"""
     env_pool_resources: dict = field(default_factory=dict)
@@ -149,7 +153,7 @@ class RolloutConfig:
         """`prompts.PromptFormat` of `prompt_style` and `answer_format`."""
         from himac_ray.prompts import PromptFormat
 
-        return PromptFormat(style=self.prompt_style, answer=self.answer_format)
+        return PromptFormat(style=self.prompt_style, answer=self.answer_format, sub_done=self.sub_done)
 
 
 @dataclass(frozen=True)
@@ -243,6 +247,12 @@ class CoevolutionConfig:
     """executor-only iterations before alternation starts"""
     start_with: str = "planner"
     """planner | executor: the level trained first after the warm-up"""
+    iteration: str = "alternate"
+    """what one HiMAC iteration rolls out. alternate: only the trained level's phase (a planner
+    iteration = the macro phase; an executor iteration = a greedy macro pre-pass that picks z*,
+    whose records are dropped, then the micro phase). paper: every iteration runs the macro phase
+    and then the micro phase on the same tasks, z* from that macro group; the schedule picks which
+    level's records train, the other level's are written to Parquet with advantage 0"""
 
 
 @dataclass(frozen=True)
@@ -327,6 +337,7 @@ CHOICES = {
     "sampler.placement_strategy": ("SPREAD", "PACK", "STRICT_SPREAD", "STRICT_PACK"),
     "learner.placement_strategy": ("SPREAD", "PACK", "STRICT_SPREAD", "STRICT_PACK"),
     "coevolution.start_with": ("planner", "executor"),
+    "coevolution.iteration": ("alternate", "paper"),
 }
 POSITIVE = (
     "model.max_model_len", "algorithm.group_size", "algorithm.num_groups", "rollout.max_subgoals",

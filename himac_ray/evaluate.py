@@ -139,7 +139,7 @@ def evaluate_checkpoint(checkpoint: str | Path, *, episodes: int, cfg: TrainConf
     """Load a checkpoint's policy into vLLM and evaluate it on held-out seeds."""
     policy, run_dir = find_policy_folder(checkpoint)  # a bad path fails before vLLM is imported
     from himac_ray.engines.vlm_engine import vllm_generator
-    from himac_ray.rollout import run_rollout
+    from himac_ray.rollout import episode_settings, run_rollout
 
     if cfg is None:
         saved = run_dir / "config.json" if run_dir else None
@@ -152,12 +152,9 @@ def evaluate_checkpoint(checkpoint: str | Path, *, episodes: int, cfg: TrainConf
     gen = vllm_generator(policy, seed=cfg.run.seed, max_model_len=cfg.model.max_model_len, in_process=True,
                          kv_cache_gb=cfg.sampler.kv_cache_gb, dtype=cfg.model.dtype, threads=cfg.sampler.threads,
                          prefix_caching=cfg.sampler.prefix_caching)
-    r = cfg.rollout
 
     def rollout(**kw):
-        return run_rollout(generator=gen, env_id=cfg.env.id, env_kwargs=cfg.env.kwargs, max_subgoals=r.max_subgoals,
-                           subgoal_step_budget=r.subgoal_step_budget, history_length=r.history_length,
-                           invalid_penalty=cfg.algorithm.invalid_penalty, prompt_format=r.prompt_format, **kw)
+        return run_rollout(generator=gen, env_id=cfg.env.id, env_kwargs=cfg.env.kwargs, **episode_settings(cfg), **kw)
 
     out = run_eval(cfg, rollout, episodes=episodes)
     out["checkpoint"] = str(policy)

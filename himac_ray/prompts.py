@@ -89,6 +89,8 @@ class PromptFormat:
     """verl: verl-agent's prompts (paper setting) | compact: short rules, board, subgoal, actions"""
     answer: str = "think"
     """think: `<think>...</think><action>...</action>` | action: `<action>...</action>` only"""
+    sub_done: bool = True
+    """executor prompts ask for `<sub_done>` (False: the "without <sub_done>" ablation)"""
 
     def __post_init__(self):
         if self.style not in PROMPT_STYLES:
@@ -273,8 +275,8 @@ def executor_prompt(
         f"Your current observation is:\n{_obs_block(observation, image, task)}\n\n"
         f"Your admissible actions are:\n{format_admissible(admissible_actions)}\n\n"
         f"Now choose ONE action that makes progress on the current subgoal. {answer}exactly one "
-        "admissible action inside <action> </action> tags. If this action completes the current "
-        "subgoal, write <sub_done> right after </action>."
+        "admissible action inside <action> </action> tags."
+        + (" If this action completes the current subgoal, write <sub_done> right after </action>." if fmt.sub_done else "")
     )
     return _messages(text.intro, user, image)
 
@@ -412,7 +414,7 @@ def _compact_step_prompt(env_id, task, observation, image, history, history_leng
         f"{_compact_task(kind, task)}{_compact_state(kind, observation, image, task)}{subgoal}"
         f"{_compact_history(history, history_length)}"
         f"Actions: {_compact_actions(admissible_actions)}\n"
-        f"{_compact_answer(fmt, sub_done=bool(subgoal))}"
+        f"{_compact_answer(fmt, sub_done=bool(subgoal) and fmt.sub_done)}"
     )
     return _messages(COMPACT_INTRO[kind], user, image)
 

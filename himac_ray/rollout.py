@@ -20,8 +20,9 @@ Modes (HiMAC, see docs/algorithm.md):
 Every member of a group resets its env with the same seed (verl-agent convention), so groups
 compare responses from one initial state.
 
-Executor control: the current subgoal advances on `<sub_done>` or when `subgoal_step_budget`
-steps were spent on it (default ceil(max_steps / number of subgoals in the episode's blueprint));
+Executor control: the current subgoal advances on `<sub_done>` after a valid action (never after
+an invalid one; never with `PromptFormat.sub_done` False) or when `subgoal_step_budget` steps were
+spent on it (default ceil(max_steps / number of subgoals in the episode's blueprint));
 the history shown resets at each advance. On the last subgoal it keeps acting (neither
 `<sub_done>` nor the budget advance it) until the episode ends.
 
@@ -152,6 +153,7 @@ def run_rollout(
     planner_generator: Generator | None = None,
     prompt_format: prompts.PromptFormat = prompts.VERL,
     plan_group_size: int | None = None,
+    episode_score: str = "return",
 ) -> RolloutResult:
     """Run `len(seeds) * group_size` episodes in `mode` and collect their records.
 
@@ -179,6 +181,8 @@ def run_rollout(
         prompt_format: prompt style and executor / flat answer format (`prompts.PromptFormat`).
         plan_group_size: micro mode without `blueprints`: G, the blueprints per seed of the macro
             pre-pass that picks z* (default `group_size`, which is N there).
+        episode_score: what makes a blueprint best for z*: "return" (the episode's return) or
+            "won" (success first, then return), as `algorithm.episode_score` scores trajectories.
 
     Returns:
         RolloutResult with records, per-episode summaries, metrics and blueprints.
@@ -201,7 +205,7 @@ def run_rollout(
             max_subgoals=max_subgoals, subgoal_step_budget=subgoal_step_budget,
             history_length=history_length, invalid_penalty=invalid_penalty,
             env_factory=env_factory, progress=progress, planner_generator=planner_generator,
-            prompt_format=prompt_format,
+            prompt_format=prompt_format, episode_score=episode_score,
         )
         blueprints = pre.blueprints
 
@@ -223,7 +227,7 @@ def run_rollout(
         for g in groups:
             for e in g:
                 e.env.close()
-    result = _result(groups, mode, stats)
+    result = _result(groups, mode, stats, episode_score)
     result.pre = pre
     return result
 
@@ -344,8 +348,9 @@ def _act_step(e: Episode, sample, env_id, mode, invalid_penalty, stats, fmt) -> 
     """Parse one response, step the env, write the record, advance the subgoal."""
     action, valid, sub_done = parsers.parse_action(
         sample.text, e.info.get("admissible_actions"), env_id=env_id, require_think=fmt.require_think)
-    if mode == "flat":
-        sub_done = False
+    # `<sub_done>` closes a subgoal only after a valid action (malformed output cannot skip
+    # subgoals) and only where asked for (flat agents never; `rollout.sub_done` false never)
+    sub_done = sub_done and valid and mode != "flat" and fmt.sub_done
     start = time.perf_counter()
     obs, env_reward, terminated, truncated, info = e.env.step(action)
     stats[ENV_SECONDS] += time.perf_counter() - start
@@ -424,7 +429,7 @@ def _record(e: Episode, sample, env_id, *, level, step, subgoal_index, reward, v
     )
 
 
-def _result(groups: list[list[Episode]], mode: str, stats: dict) -> RolloutResult:
+def _result(groups: list[list[Episode]], mode: str, stats: dict, episode_score: str = "return") -> RolloutResult:
     episodes = [e for g in groups for e in g]
     records = [r for e in episodes for r in e.records if r.level == "plan"]
     records += [r for e in episodes for r in e.records if r.level == "act"]
@@ -440,7 +445,8 @@ def _result(groups: list[list[Episode]], mode: str, stats: dict) -> RolloutResul
     blueprints = {}
     if mode != "flat":
         for g in groups:
-            best = max(range(len(g)), key=lambda j: (g[j].ret, -j))  # ties -> first
+            score = (lambda e: (e.won, e.ret)) if episode_score == "won" else (lambda e: (e.ret,))
+            best = max(range(len(g)), key=lambda j: (*score(g[j]), -j))  # ties -> first
             blueprints[g[0].seed] = list(g[best].subgoals)
     acts = [r for r in records if r.level == "act"]
     plans = [e for e in episodes if mode == "macro"]
@@ -505,6 +511,15 @@ def merge_results(results: Sequence[RolloutResult]) -> RolloutResult:
 # --------------------------------------------------------------------------------------------
 # Observation helpers (also used by sft.py)
 # --------------------------------------------------------------------------------------------
+def episode_settings(cfg) -> dict:
+    """The `run_rollout` arguments a `TrainConfig` fixes for every rollout of a run (K, step budget,
+    history, invalid penalty, prompt format, z* scoring); callers add generator, seeds and mode."""
+    r = cfg.rollout
+    return dict(max_subgoals=r.max_subgoals, subgoal_step_budget=r.subgoal_step_budget,
+                history_length=r.history_length, invalid_penalty=cfg.algorithm.invalid_penalty,
+                prompt_format=r.prompt_format, episode_score=cfg.algorithm.episode_score)
+
+
 def split_obs(obs: Any) -> tuple[str, Any]:
     """`(text, image)` of an observation: str -> (obs, None); {"image", "text"} -> both."""
     if isinstance(obs, dict):

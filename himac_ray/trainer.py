@@ -55,14 +55,21 @@ def phase_of(cfg: TrainConfig, iteration: int) -> Phase:
     """The co-evolution schedule turned into a rollout mode (docs/algorithm.md)."""
     if cfg.algorithm.name in FLAT_ALGORITHMS:
         return Phase("executor", "flat")
-    if not cfg.coevolution.enabled:
-        return Phase(None, "macro")
     co = cfg.coevolution
+    paper = co.iteration == "paper"  # both phases on the same tasks: a micro rollout with its macro pre-pass
+    if not co.enabled:
+        return Phase(None, "micro" if paper else "macro")
     level = trainable_level(
         iteration, algorithm=cfg.algorithm.name, planner_iters=co.planner_iters,
         executor_iters=co.executor_iters, executor_warmup=co.executor_warmup, start_with=co.start_with,
     )
-    return Phase(level, "macro" if level == "planner" else "micro")
+    return Phase(level, "micro" if paper or level == "executor" else "macro")
+
+
+def both_phases(cfg: TrainConfig) -> bool:
+    """Whether a HiMAC iteration keeps its macro phase (`coevolution.iteration: paper`): the micro
+    rollout's pre-pass is then the macro phase proper, its records trained or written, not dropped."""
+    return cfg.algorithm.name not in FLAT_ALGORITHMS and cfg.coevolution.iteration == "paper"
 
 
 EXTRA_SEED_OFFSET = 10_000_000
@@ -235,13 +242,21 @@ class Trainer:
 
         self.status["phase"] = "advantage"
         start = time.perf_counter()
-        records = self._with_advantages(result.records, phase.trainable)
+        if both_phases(self.cfg) and result.pre is not None:
+            # z*'s macro group is the macro phase: its plan records train the planner (the act
+            # records under each blueprint only score it); the micro records train the executor
+            macro = self._with_advantages(result.pre.records, "planner" if phase.trainable != "executor" else "none")
+            micro = self._with_advantages(result.records, "executor" if phase.trainable != "planner" else "none")
+            records = macro + micro  # all written to Parquet
+            train = [r for r in macro if r.level == "plan"] + [r for r in micro if r.level == "act"]
+        else:
+            records = train = self._with_advantages(result.records, phase.trainable)
         times["advantage"] = time.perf_counter() - start
 
         self.status["phase"] = "learn"
         start = time.perf_counter()
         self._learner_stepped = True
-        learn = self._learn(records, phase.trainable)
+        learn = self._learn(train, phase.trainable)
         times["learn"] = time.perf_counter() - start
 
         self.status["phase"] = "sync"
@@ -258,7 +273,7 @@ class Trainer:
         row = self._row(i, phase, result, learn, sync, times)
         row.update(groups)
         if self.cfg.run.save_trajectories:
-            write_parquet(result.records, self.run_dir / "trajectories" / f"iter_{i:05d}.parquet")
+            write_parquet(records, self.run_dir / "trajectories" / f"iter_{i:05d}.parquet")
         times["record"] = time.perf_counter() - start
         row.update({f"{M.TIME_PREFIX}{k}": v for k, v in times.items()})
         self.metrics.append(row)
@@ -284,8 +299,13 @@ class Trainer:
                                 plan_group_size=a.group_size_of("macro"), planner_params=planner_params,
                                 executor_params=executor_params)
 
+        def informative_groups(res: RolloutResult) -> int:
+            # paper iterations training the planner judge the macro groups (the pre-pass)
+            level = res.pre if (res.pre is not None and phase.trainable == "planner") else res
+            return sum(group_informative(level.episodes, episode_score=a.episode_score).values())
+
         results = [roll(iteration_seeds(self.cfg, i))]
-        informative = sum(group_informative(results[0].episodes, episode_score=a.episode_score).values())
+        informative = informative_groups(results[0])
         extra = 0
         while informative < a.min_informative_groups and extra < a.max_extra_groups:
             count = min(a.min_informative_groups - informative, a.max_extra_groups - extra)
@@ -293,13 +313,18 @@ class Trainer:
             results.append(roll(extra_seeds(self.cfg, self.state.extra_groups, count)))
             self.state.extra_groups += count
             extra += count
-            informative += sum(group_informative(results[-1].episodes, episode_score=a.episode_score).values())
+            informative += informative_groups(results[-1])
         total = a.num_groups + extra
         return merge_results(results), {M.GROUPS_INFORMATIVE_FRACTION: informative / max(total, 1),
                                         M.GROUPS_INFORMATIVE: informative, M.GROUPS_EXTRA: extra}
 
     def _with_advantages(self, records, trainable):
+        """`compute_advantages` for the level(s) `trainable` trains; "none": every advantage 0."""
         a = self.cfg.algorithm
+        if trainable == "none":
+            for r in records:
+                r.advantage = 0.0
+            return records
         return compute_advantages(
             records, algorithm=a.name, trainable=trainable, norm_std=a.norm_std, eps=a.eps, gamma=a.gamma,
             step_advantage_w=a.step_advantage_w, episode_score=a.episode_score,

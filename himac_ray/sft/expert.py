@@ -186,7 +186,7 @@ def _demonstrate(env_id, seed, group_id, *, env_kwargs, max_subgoals, history_le
             chat = rollout.episode_prompt(e, env_id, mode, history_length, fmt)
             obs, reward, terminated, truncated, info = e.env.step(action)
             completed = progress.after_step(bool(info.get("won", False)))
-            sub_done = not flat and completed > e.subgoal_index
+            sub_done = not flat and fmt.sub_done and completed > e.subgoal_index
             subgoal = None if flat else e.subgoals[e.subgoal_index]
             target = prompts.format_action(action, think=expert_think(subgoal, action, sub_done), sub_done=sub_done, fmt=fmt)
             examples.append(
