@@ -285,7 +285,8 @@ class RunConfig:
     dir: str = "runs/himac"
     """run directory: metrics.jsonl, checkpoints, trajectories, curve PNG"""
     iterations: int = 10
-    """RL iterations"""
+    """RL iterations; 0 = the prompting-only baseline: one held-out evaluation of the starting policy
+    (the base model, or the SFT warm start with `sft_warmup`), no RL"""
     seed: int = 0
     """global seed (torch, numpy, samplers)"""
     checkpoint_every: int = 5
@@ -343,7 +344,7 @@ POSITIVE = (
     "model.max_model_len", "algorithm.group_size", "algorithm.num_groups", "rollout.max_subgoals",
     "rollout.plan_max_tokens", "rollout.action_max_tokens", "rollout.num_env_pools", "sampler.num_engines",
     "sampler.tensor_parallel_size", "learner.num_ranks", "learner.micro_batch_size",
-    "learner.mini_batches", "learner.max_len", "learner.sync_bucket_mb", "run.iterations",
+    "learner.mini_batches", "learner.max_len", "learner.sync_bucket_mb",
     "run.checkpoint_every", "run.keep_checkpoints", "sft.episodes", "sft.batch_size", "env.eval_episodes",
     "env.eval_samples",
 )
@@ -357,7 +358,7 @@ NON_NEGATIVE = (
     "learner.weight_decay", "learner.grad_clip", "coevolution.planner_iters",
     "coevolution.executor_iters", "coevolution.executor_warmup", "run.eval_every", "sft.epochs", "sft.lr",
     "run.seed", "sampler.seed", "sft.seed", "sft.seed_start", "env.train_seed_start", "env.eval_seed_start",
-    "env.eval_temperature", "sft.plan_episodes",
+    "env.eval_temperature", "sft.plan_episodes", "run.iterations",
 )
 
 

@@ -286,11 +286,16 @@ def train(cfg: TrainConfig, *, resume: bool = False, allow_config_change: bool =
 def eval_summary(run_dir: Path) -> str:
     """The first and the last held-out evaluation of a run side by side, with the paired 95%
     interval of the difference over the rooms both evaluated, greedy and (when the run evaluated
-    it) sampled ("" with fewer than two evaluations)."""
+    it) sampled; a prompting-only run's one evaluation; "" otherwise."""
     from himac_ray.evaluate import SAMPLED, paired_interval
     from himac_ray.metrics import MetricsLog
 
     evals = [e for e in MetricsLog(run_dir).eval_rows() if e.get("won_by_seed")]
+    if len(evals) == 1 and evals[0]["iteration"] == 0:  # run.iterations=0: the prompting-only baseline
+        e, s = evals[0], evals[0].get(SAMPLED)
+        sampled = f"; sampled (temperature {s['temperature']:g}) {s['success_rate']:.3f}" if s else ""
+        return (f"[himac-ray] held-out success of the starting policy, no RL, on {len(e['won_by_seed'])} rooms: "
+                f"greedy {e['success_rate']:.3f}{sampled}")
     if len(evals) < 2:
         return ""
     first, last = evals[0], evals[-1]

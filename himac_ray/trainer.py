@@ -165,8 +165,14 @@ class Trainer:
         return commit_checkpoint(tmp, self.run_dir, self.state.iteration, keep=self.cfg.run.keep_checkpoints)
 
     def run(self, iterations: int | None = None, on_iteration: Callable[[dict], None] | None = None) -> list[dict]:
-        """Run until `iterations` (default `run.iterations`) are done; checkpoint at exit."""
-        total = iterations or self.cfg.run.iterations
+        """Run until `iterations` (default `run.iterations`) are done; checkpoint at exit.
+
+        0 iterations is the prompting-only baseline: one held-out evaluation of the starting
+        policy (the base model or the SFT warm start), no RL, no checkpoint."""
+        total = self.cfg.run.iterations if iterations is None else iterations
+        if total == 0 and self.state.iteration == 0:
+            self.evaluate()
+            return []
         every = self.cfg.run.eval_every
         rows = []
         if every and self.state.iteration == 0 and total > 0:

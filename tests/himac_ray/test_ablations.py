@@ -152,3 +152,17 @@ def test_alternate_iteration_is_unchanged(tmp_path):
     assert modes == ["macro", "micro"]
     assert [level for level, _ in learner.steps] == ["planner", "executor"]
     assert all(r.group_id.startswith("micro") for r in learner.steps[1][1])
+
+
+def test_zero_iterations_is_the_prompting_only_baseline(tmp_path):
+    from himac_ray.metrics import MetricsLog
+    from himac_ray.train import eval_summary
+
+    trainer, learner, modes = paper_trainer(tmp_path, "run.iterations=0", "env.eval_episodes=3",
+                                            "env.eval_temperature=0.5", "env.eval_samples=2")
+    assert trainer.run() == []
+    assert learner.steps == [] and modes == ["macro", "macro"]  # greedy, then sampled evaluation
+    (row,) = MetricsLog(tmp_path).eval_rows()
+    assert row["iteration"] == 0 and len(row["won_by_seed"]) == 3 and row["sampled"]["episodes"] == 6
+    assert not (tmp_path / "checkpoints").exists() and MetricsLog(tmp_path).rows() == []
+    assert eval_summary(tmp_path).startswith("[himac-ray] held-out success of the starting policy, no RL, on 3 rooms")

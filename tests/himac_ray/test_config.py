@@ -36,7 +36,7 @@ def test_overrides_are_typed():
         ("algorithm.name=ppo", "algorithm.name='ppo' is not allowed"),
         ("learner.lr=fast", "learner.lr='fast'"),
         ("learner.zero_stage=1", "learner.zero_stage=1 is not allowed"),
-        ("run.iterations=0", "run.iterations=0 must be >= 1"),
+        ("run.iterations=-1", "run.iterations=-1 must be >= 0"),
         ("algorithm.group_size=1", "algorithm.group_size=1 must be >= 2"),
         ("env.id=himac/Chess-v0", "env.id='himac/Chess-v0' is not a himac-ray env"),
         ("rollout.top_p=2", "rollout.top_p=2.0 must be in (0, 1]"),
