@@ -212,7 +212,11 @@ class LearnerConfig:
     """torch threads per rank (0 = the rank's Ray CPUs). On a single CPU node rollout and learning
     alternate, so the learner may use the cores the idle samplers hold"""
     mini_batches: int = 1
-    """optimizer steps per iteration (records split evenly); >1 makes later steps off-policy"""
+    """optimizer steps per pass over the iteration's records (split evenly); >1 makes later steps off-policy"""
+    ppo_epochs: int = 1
+    """passes over the iteration's records (PPO epochs; verl's ppo_epochs): each pass takes
+    `mini_batches` optimizer steps, the ratio to the sampling policy's logprobs is clipped as usual.
+    When rollouts cost far more than learner steps (CPU), more passes get more out of each group"""
     max_len: int = 2048
     """longest prompt + response trained on; longer prompts are cut from the left"""
     skip_zero_advantage: bool = True
@@ -344,7 +348,7 @@ POSITIVE = (
     "model.max_model_len", "algorithm.group_size", "algorithm.num_groups", "rollout.max_subgoals",
     "rollout.plan_max_tokens", "rollout.action_max_tokens", "rollout.num_env_pools", "sampler.num_engines",
     "sampler.tensor_parallel_size", "learner.num_ranks", "learner.micro_batch_size",
-    "learner.mini_batches", "learner.max_len", "learner.sync_bucket_mb",
+    "learner.mini_batches", "learner.ppo_epochs", "learner.max_len", "learner.sync_bucket_mb",
     "run.checkpoint_every", "run.keep_checkpoints", "sft.episodes", "sft.batch_size", "env.eval_episodes",
     "env.eval_samples",
 )

@@ -245,7 +245,8 @@ class Learner:
         return token_logprobs(logits, ids[:, window]), ent
 
     def train_step(self, records_or_table: pa.Table | Sequence[Record], *, trainable: str) -> dict[str, float]:
-        """One update of the `trainable` policy on its level's records (collective).
+        """One update of the `trainable` policy on its level's records (collective): `ppo_epochs`
+        passes, each `mini_batches` optimizer steps.
 
         Args:
             records_or_table: the SAME full batch on every rank (Records or a RECORD_SCHEMA table);
@@ -270,14 +271,15 @@ class Learner:
         engine, ref = self.policies[trainable]
         engine.train()
         ordered = [records[i] for i in stable_order(records)]
-        for chunk in _split(ordered, self.cfg.mini_batches):
-            if not chunk:
-                continue
-            metrics, n_tok = self._train_mini_batch(engine, ref, chunk, level)
-            for k in keys:
-                totals[k] += metrics[k]
-            tokens += n_tok
-            steps += 1
+        for _ in range(self.cfg.ppo_epochs):
+            for chunk in _split(ordered, self.cfg.mini_batches):
+                if not chunk:
+                    continue
+                metrics, n_tok = self._train_mini_batch(engine, ref, chunk, level)
+                for k in keys:
+                    totals[k] += metrics[k]
+                tokens += n_tok
+                steps += 1
         self.steps += steps > 0
         seconds = time.perf_counter() - start
         out = {k: v / max(steps, 1) for k, v in totals.items()}

@@ -100,6 +100,19 @@ def test_train_step_moves_logprobs_with_advantage_sign():
 
 
 @pytest.mark.slow
+def test_ppo_epochs_pass_over_the_batch_several_times():
+    one, three = make_learner(lr=1e-4), make_learner(lr=1e-4, ppo_epochs=3, mini_batches=2)
+    records = on_policy(one, make_records(one.tokenizer, 6))
+    before = one.compute_logprobs(records)
+    m1, m3 = one.train_step(records, trainable="executor"), three.train_step(records, trainable="executor")
+    total = sum(len(r.prompt_ids) + len(r.response_ids) for r in records)
+    assert m1[TOKENS_KEY] == total and m3[TOKENS_KEY] == 3 * total  # 3 passes of 2 optimizer steps
+    moved = [sum(abs(sum(a) - sum(b)) for a, b in zip(learner.compute_logprobs(records), before))
+             for learner in (one, three)]
+    assert moved[1] > 2 * moved[0] > 0
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("zero_stage", [2, 3])
 def test_train_layers_updates_only_the_top_blocks(zero_stage):
     threads = torch.get_num_threads()
