@@ -203,9 +203,16 @@ function applyFilters(){
     d.style.display=ok?'':'none';if(ok)shown++;});
   document.getElementById('shown').textContent=shown;
 }
-document.querySelectorAll('.filters select').forEach(function(s){s.addEventListener('change',applyFilters);});
+var sel=document.querySelectorAll('.filters select');
+location.hash.slice(1).split('&').forEach(function(kv){var p=kv.split('=');sel.forEach(function(s){
+  var v=decodeURIComponent(p[1]||'');
+  if(s.name===p[0]&&Array.prototype.some.call(s.options,function(o){return o.value===v;}))s.value=v;});});
+sel.forEach(function(s){s.addEventListener('change',function(){
+  var h=[];sel.forEach(function(t){if(t.value!=='all')h.push(t.name+'='+t.value);});
+  history.replaceState(null,'','#'+h.join('&'));applyFilters();});});
 applyFilters();
 """
+"""the filters start from the URL's #name=value&... (a link to a filtered view) and keep it updated"""
 
 
 def _select(name: str, label: str, options: list[tuple[str, str]]) -> str:

@@ -160,3 +160,8 @@ def test_the_report_renders_in_headless_chromium(kind, text_run, visual_run, tmp
     assert f'<b id="shown">{len(episodes)}</b>' in dom  # the filter script ran and counted every episode
     assert viewer.ESC(EVIL) in dom and '<img src="x"' not in dom  # shown as text, not parsed as markup
     assert ("data:image/png;base64," in dom) == (kind == "visual")
+    # the filters run in the browser: a link to the lost episodes of iteration 1 hides all others
+    lost = [e for e in episodes if not e["won"] and e["iteration"] == 1]
+    dom = _chromium("--dump-dom", html_file.as_uri() + "#iteration=1&won=0", cwd=tmp_path).stdout
+    assert lost and f'<b id="shown">{len(lost)}</b>' in dom
+    assert dom.count('style="display: none;"') == len(episodes) - len(lost)
