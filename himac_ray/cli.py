@@ -169,6 +169,12 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_arguments(p, config_args=False)
     p.set_defaults(func=sweep.run)
 
+    from himac_ray.tools import viewer
+
+    p = sub.add_parser("view", help="HTML report of a run's trajectories (blueprints, steps, boards, curve)")
+    viewer.add_arguments(p)
+    p.set_defaults(func=viewer.run)
+
     p = sub.add_parser("config", parents=[common], help="print the validated config as JSON")
     p.set_defaults(func=cmd_config)
 

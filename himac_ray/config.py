@@ -311,6 +311,19 @@ class RunConfig:
     """address of a new local Ray head: its GCS, raylet, dashboard agent and metrics endpoints bind
     to it. 127.0.0.1 keeps all of them off the network; the machine's IP lets other nodes join and
     remote Prometheus scrape (then also set RAY_AUTH_MODE=token, deploy/README.md)"""
+    # experiment tracking (himac_ray/trackers.py): every metrics.jsonl / eval.jsonl row also goes here
+    loggers: tuple[str, ...] = ("jsonl",)
+    """where metrics rows go, step = iteration: jsonl (metrics.jsonl, eval.jsonl; always on), tensorboard
+    (event files in RUN_DIR/tensorboard), wandb, mlflow. Each tracker needs its extra, e.g.
+    `pip install 'himac-ray[wandb]'`; a missing one fails at config validation"""
+    wandb_project: str = "himac-ray"
+    """W&B project (the run is named after run.dir)"""
+    wandb_mode: str = "offline"
+    """offline: files in RUN_DIR/wandb, no network call (`wandb sync` uploads them later) | online | disabled"""
+    mlflow_tracking_uri: str | None = None
+    """MLflow tracking URI; null = a local file store in RUN_DIR/mlruns (no server, no network)"""
+    mlflow_experiment: str = "himac-ray"
+    """MLflow experiment the run is logged under (created when missing)"""
 
 
 @dataclass(frozen=True)
@@ -343,6 +356,7 @@ CHOICES = {
     "learner.placement_strategy": ("SPREAD", "PACK", "STRICT_SPREAD", "STRICT_PACK"),
     "coevolution.start_with": ("planner", "executor"),
     "coevolution.iteration": ("alternate", "paper"),
+    "run.wandb_mode": ("offline", "online", "disabled"),
 }
 POSITIVE = (
     "model.max_model_len", "algorithm.group_size", "algorithm.num_groups", "rollout.max_subgoals",
@@ -407,6 +421,13 @@ def validate(cfg: TrainConfig) -> None:
     for key in ("algorithm.planner_group_size", "algorithm.executor_group_size"):
         if _get(cfg, key) is not None and _get(cfg, key) < 2:
             raise ConfigError(f"{key}={_get(cfg, key)!r} must be >= 2 or null: groups of one have no relative advantage")
+    from himac_ray import trackers
+
+    for name in cfg.run.loggers:
+        if name not in trackers.LOGGERS:
+            raise ConfigError(f"run.loggers: {name!r} is not a logger; choose from {list(trackers.LOGGERS)}")
+        if (missing := trackers.missing_package(name)) is not None:
+            raise ConfigError(f"run.loggers: {missing}")
     from himac_ray.envs import ENV_IDS
 
     if cfg.env.id not in ENV_IDS:
@@ -441,6 +462,10 @@ def _coerce(key: str, value: Any, tp) -> Any:
             except ConfigError:
                 pass
         raise ConfigError(f"{key}={value!r} must be one of types {[_type_name(a) for a in args]}")
+    if origin is tuple:  # `tuple[X, ...]`: a YAML list
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}={value!r} has type {type(value).__name__}; expected a list")
+        return tuple(_coerce(f"{key}[{i}]", v, typing.get_args(tp)[0]) for i, v in enumerate(value))
     number = None
     if tp is float and isinstance(value, (int, float)) and not isinstance(value, bool):
         number = float(value)
@@ -579,6 +604,7 @@ def config_to_dict(cfg) -> dict:
 RESUME_FREE_KEYS = (
     "run.dir", "run.iterations", "run.checkpoint_every", "run.keep_checkpoints", "run.eval_every",
     "run.save_trajectories", "run.ray_address", "run.dashboard_host", "run.node_ip_address",
+    "run.loggers", "run.wandb_project", "run.wandb_mode", "run.mlflow_tracking_uri", "run.mlflow_experiment",
 )
 """keys a `--resume` may change without `--allow-config-change`: where and how long the run goes on,
 not what it learns"""

@@ -1,10 +1,17 @@
-"""Per-iteration metrics: key names, the `metrics.jsonl` log and the learning-curve PNG."""
+"""Per-iteration metrics: key names, the `metrics.jsonl` log and the learning-curve PNG.
+
+`MetricsLog` also hands every row it writes to the experiment trackers of `run.loggers`
+(`himac_ray.trackers`: TensorBoard, W&B, MLflow), opened at the first write.
+"""
 
 from __future__ import annotations
 
+import atexit
 import json
+from collections.abc import Mapping
 from pathlib import Path
 
+from himac_ray import trackers
 from himac_ray.atomic import publish_file
 
 ITERATION = "iteration"
@@ -52,12 +59,46 @@ GROUPS_EXTRA = "groups/extra"
 
 
 class MetricsLog:
-    """Appends one JSON row per iteration to `metrics.jsonl`; resume-safe."""
+    """Appends one JSON row per iteration to `metrics.jsonl`; resume-safe.
 
-    def __init__(self, run_dir: str | Path):
+    Rows written (`append`, `rewrite_last`'s new keys, `append_eval`) also go to the trackers of
+    `run.loggers`. `run` is the run's `RunConfig` (or its dict); None = the `run` section of the
+    run directory's config.json, the config the run was started with (none: metrics.jsonl only).
+    Trackers open at the first write, so a log opened only to read rows never starts one.
+    """
+
+    def __init__(self, run_dir: str | Path, *, run: object | None = None):
         self.path = Path(run_dir) / "metrics.jsonl"
         self.eval_path = Path(run_dir) / "eval.jsonl"
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._run = run
+        self._trackers: list | None = None
+        self._purge_step: int | None = None
+
+    def _settings(self) -> dict:
+        if isinstance(self._run, Mapping):
+            return dict(self._run)
+        if self._run is not None:
+            return dict(vars(self._run))
+        config = self.path.parent / "config.json"
+        if not config.exists():
+            return {}
+        return dict(json.loads(config.read_text()).get("run") or {})
+
+    def _track(self, values: dict[str, float], step: int) -> None:
+        if self._trackers is None:
+            self._trackers = trackers.open_trackers(self.path.parent, self._settings(), purge_step=self._purge_step)
+            if self._trackers:
+                atexit.register(self.close)
+        if values:
+            for tracker in self._trackers:
+                tracker.log(values, step)
+
+    def close(self) -> None:
+        """Close the trackers (flushed after every row already; W&B and MLflow mark the run finished)."""
+        opened, self._trackers = self._trackers or [], None
+        for tracker in opened:
+            tracker.close()
 
     @staticmethod
     def _read(path: Path) -> list[dict]:
@@ -89,20 +130,28 @@ class MetricsLog:
 
     def truncate_from(self, iteration: int) -> None:
         """Drop rows of iterations >= `iteration` (they are redone after a resume)."""
+        self._purge_step = iteration  # TensorBoard drops the redone iterations' events too
         self._write(self.path, [r for r in self.rows() if r.get(ITERATION, -1) < iteration])
         self._write(self.eval_path, [r for r in self.eval_rows() if r.get(ITERATION, -1) <= iteration])
 
     def append(self, row: dict) -> None:
         with self.path.open("a") as f:
             f.write(json.dumps(row) + "\n")
+        self._track(trackers.numeric_items(row), int(row.get(ITERATION, 0)))
 
     def rewrite_last(self, row: dict) -> None:
         """Replace the last row (adding eval metrics to the iteration just logged)."""
-        self._write(self.path, self.rows()[:-1] + [row])
+        rows = self.rows()
+        self._write(self.path, rows[:-1] + [row])
+        before = trackers.numeric_items(rows[-1]) if rows else {}
+        added = {k: v for k, v in trackers.numeric_items(row).items() if before.get(k) != v}
+        self._track(added, int(row.get(ITERATION, 0)))
 
     def append_eval(self, row: dict) -> None:
         with self.eval_path.open("a") as f:
             f.write(json.dumps(row) + "\n")
+        values = trackers.numeric_items({k: v for k, v in row.items() if k != ITERATION}, trackers.HELDOUT_PREFIX)
+        self._track(values, int(row.get(ITERATION, 0)))
 
 
 def plot_curve(rows: list[dict], path: str | Path, *, title: str = "", evals: list[dict] = ()) -> Path | None:

@@ -7,6 +7,8 @@ run.dir/
   config_changes.jsonl        keys changed by `--resume --allow-config-change`, one row per resume
   metrics.jsonl               one row per iteration
   curve.png                   learning curve
+  tensorboard/ wandb/ mlruns/ experiment trackers of run.loggers (himac_ray/trackers.py)
+  view.html                   `himac-ray view` report (himac_ray/tools/viewer.py)
   trajectories/iter_00003.parquet
   checkpoints/iter_00004/     complete checkpoints only (written as .tmp-*, renamed when done)
     COMPLETE                  marker: present only in fully written checkpoints
@@ -38,6 +40,7 @@ RUN_MARKER = ".himac-ray-run"
 RUN_FILES = frozenset({
     RUN_MARKER, "config.json", "config_changes.jsonl", "metrics.jsonl", "eval.jsonl", "metrics.jsonl.tmp",
     "eval.jsonl.tmp", "curve.png", "trajectories", "checkpoints", "sft_model", "warm_start.json",
+    "tensorboard", "wandb", "mlruns", "view.html",
 })
 """everything a run writes: a directory holding only these (and config.json) is a run from before the marker"""
 

@@ -32,7 +32,7 @@ SECTIONS = {
     "learner": "DeepSpeed learner ranks (Ray actors): ZeRO stage, optimizer, batching, weight sync.",
     "coevolution": "Which level trains at each iteration (planner / executor alternation).",
     "sft": "The optional supervised warm start on expert demonstrations.",
-    "run": "Run directory, length, checkpoints, evaluation, Ray connection.",
+    "run": "Run directory, length, checkpoints, evaluation, Ray connection, experiment trackers.",
 }
 """one line per top-level section; used when the section's dataclass has no class docstring"""
 
@@ -121,6 +121,10 @@ def allowed_of(key: str) -> str:
         return " | ".join(f"`{k}`" for k in ENV_IDS)
     if key in ("rollout.top_p", "sampler.gpu_memory_utilization"):
         return "(0, 1]"
+    if key == "run.loggers":
+        from himac_ray.trackers import LOGGERS
+
+        return "list of " + " | ".join(LOGGERS)
     if key == "rollout.subgoal_step_budget":
         return ">= 1 or null"
     if key in config_module.POSITIVE:
