@@ -113,7 +113,7 @@ class Trainer:
         self.sync = sync
         self.log = log
         self.run_dir = Path(cfg.run.dir)
-        self.metrics = M.MetricsLog(self.run_dir)
+        self.metrics = M.MetricsLog(self.run_dir, run=cfg.run)
         self.state = CoordinatorState()
         self.rng = np.random.default_rng(cfg.run.seed)
         self.status = {"iteration": 0, "phase": "starting"}
