@@ -1,0 +1,52 @@
+"""Diagnostic (session 5): a warm start's held-out success on rooms 0-63, greedy vs sampled, with its plan and
+action metrics. Usage: .venv/bin/python benchmarks/results/warm_start_diag.py [WARM_START_DIR] (default: build/reuse
+the learning bench's warm start). Output: one JSON line per setting (name, success, any_of_group, metrics)."""
+import dataclasses
+import json
+import sys
+import time
+
+sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parents[2]))
+from pathlib import Path
+
+from benchmarks.learning_bench import SIZES, make_cfg, warm_start
+from himac_ray.evaluate import eval_params, eval_seeds, summarize
+from himac_ray.rollout import run_rollout
+
+spec = SIZES["full"]
+model = sys.argv[1] if len(sys.argv) > 1 else warm_start("himac", spec)
+print("model", model, flush=True)
+cfg = make_cfg(Path("/tmp/himac-warm-start-diag"), algo="himac", seed=0, spec=spec)
+from himac_ray.engines.vlm_engine import vllm_generator  # noqa: E402  (after the path insert)
+
+gen = vllm_generator(model, seed=0, max_model_len=cfg.model.max_model_len, in_process=True,
+                     kv_cache_gb=cfg.sampler.kv_cache_gb, dtype=cfg.model.dtype, threads=cfg.sampler.threads,
+                     prefix_caching=cfg.sampler.prefix_caching)
+r = cfg.rollout
+P, E = eval_params(cfg)
+seeds = eval_seeds(cfg, 64)
+out = {}
+for name, pt, et, g in [("greedy", 0, 0, 1), ("both0.4", 0.4, 0.4, 4), ("exec1.0", 0, 1.0, 4), ("both1.0", 1.0, 1.0, 4)]:
+    t0 = time.time()
+    res = run_rollout(generator=gen, env_id=cfg.env.id, env_kwargs=cfg.env.kwargs, max_subgoals=r.max_subgoals,
+                      subgoal_step_budget=r.subgoal_step_budget, history_length=r.history_length,
+                      invalid_penalty=cfg.algorithm.invalid_penalty, prompt_format=r.prompt_format,
+                      seeds=seeds, mode="macro", group_size=g,
+                      planner_params=dataclasses.replace(P, temperature=pt),
+                      executor_params=dataclasses.replace(E, temperature=et))
+    s = summarize(res)
+    rooms = {}
+    for e in res.episodes:
+        rooms.setdefault(e["seed"], []).append(e["won"])
+    any_ = sum(max(v) for v in rooms.values()) / len(rooms)
+    out[name] = dict(success=s["success_rate"], any_of_group=any_, metrics={k: round(v, 3) for k, v in res.metrics.items()}, secs=time.time() - t0)
+    print(name, json.dumps(out[name]), flush=True)
+    if name == "greedy":
+        for e in res.episodes[:6]:
+            print(e["seed"], e["won"], e.get("subgoals"), flush=True)
+        for rec in [x for x in res.records if x.level == "plan"][:4]:
+            print(repr(rec.response_text), flush=True)
+        acts = [rec for rec in res.records if rec.level == "act"][:12]
+        for rec in acts:
+            print(rec.traj_id, repr(rec.response_text)[:80], rec.reward, flush=True)
+print(json.dumps(out))
