@@ -424,9 +424,23 @@ def _record(e: Episode, sample, env_id, *, level, step, subgoal_index, reward, v
         sub_done=sub_done,
         anchor=anchor_of(e.obs_text, e.image),
         image=png_bytes(e.image) if e.image is not None else b"",
-        extra=dict(e.extra),
+        extra=_extra(e),
         num_subgoals=len(e.subgoals) if e.subgoals else 0,
     )
+
+
+EPISODE_KEYS = ("task", "subgoals")
+"""`Record.extra` keys set on an episode's FIRST record only (so Parquet stays small): the task
+text and the blueprint the episode executes (z* in micro mode, which has no plan record)"""
+
+
+def _extra(e: Episode) -> dict:
+    extra = dict(e.extra)
+    if not e.records:
+        extra["task"] = e.task
+        if e.subgoals:
+            extra["subgoals"] = list(e.subgoals)
+    return extra
 
 
 def _result(groups: list[list[Episode]], mode: str, stats: dict, episode_score: str = "return") -> RolloutResult:

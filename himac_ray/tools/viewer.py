@@ -8,9 +8,10 @@ otherwise), the model's output, validity, reward, `<sub_done>` and advantage. Fi
 phase, rollout mode, success) are plain JS over server-rendered HTML, so the page reads the same
 without JS. Every text field is escaped (`html.escape`): model outputs are untrusted.
 
-The task text is not a Record field: it is recovered by resetting the run's env with the episode's
-seed (built-in envs only; "" otherwise). Episodes of the executor phase (micro mode) carry no
-`plan` record, so their blueprint shows only its size. `--serve` serves the page on 127.0.0.1.
+The task text and the executed blueprint come from the episode's first record (`Record.extra`, runs
+since session 5); for older runs the task text is recovered by resetting the run's env with the episode's
+seed (built-in envs only; "" otherwise) and an executor-phase (micro) episode, which has no `plan`
+record, shows only its blueprint's size. `--serve` serves the page on 127.0.0.1.
 """
 
 from __future__ import annotations
@@ -85,9 +86,15 @@ def load_episodes(run_dir: Path, *, iteration: int | None = None, max_episodes: 
         for traj_id, records in kept:
             first = records[0]
             kwargs = env_cfg.get("kwargs", {}) if env_cfg.get("id") == first.env_id else {}
-            task = _task_of(first.env_id, kwargs or {}, first.seed, tasks)
+            # runs since session 5 store the task and the executed blueprint on the episode's first
+            # record (`rollout.EPISODE_KEYS`); older runs: reset the env / parse the plan record
+            task = next((str(r.extra["task"]) for r in records if "task" in r.extra), None)
+            task = task if task is not None else _task_of(first.env_id, kwargs or {}, first.seed, tasks)
             plan = next((r for r in records if r.level == "plan"), None)
-            subgoals = parsers.parse_plan(plan.response_text, max_subgoals, task=task)[0] if plan else []
+            subgoals = next(([str(x) for x in r.extra["subgoals"]] for r in records
+                             if isinstance(r.extra.get("subgoals"), list)), None)
+            if subgoals is None:
+                subgoals = parsers.parse_plan(plan.response_text, max_subgoals, task=task)[0] if plan else []
             mode = first.group_id.split("-", 1)[0]
             episodes.append({
                 "iteration": it, "traj_id": traj_id, "group_id": first.group_id, "seed": first.seed,
@@ -129,6 +136,9 @@ def render_episode(e: dict, *, expanded: bool = False) -> str:
         parts.append(f'<div class="plan"><b>Blueprint</b> ({"valid" if plan.valid else "invalid: fallback"}, '
                      f'advantage {_fmt(plan.advantage)}, reward {_fmt(plan.reward)})<ol start="0">{items}</ol>'
                      f'<details><summary>planner output</summary><pre>{ESC(plan.response_text)}</pre></details></div>')
+    elif e["mode"] != "flat" and e["subgoals"]:
+        items = "".join(f"<li>{ESC(s)}</li>" for s in e["subgoals"])
+        parts.append(f'<div class="plan"><b>Blueprint</b>: the group\'s best blueprint z*<ol start="0">{items}</ol></div>')
     elif e["mode"] != "flat":
         parts.append(f'<div class="plan"><b>Blueprint</b>: {e["num_subgoals"]} subgoals, the group\'s best blueprint z* '
                      f'(its text is not in this Parquet file)</div>')

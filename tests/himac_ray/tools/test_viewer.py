@@ -77,9 +77,10 @@ def test_the_report_shows_each_episode_blueprint_and_step(text_run):
     assert viewer.ESC(step.response_text) in page and viewer.ESC(step.anchor) in page
     assert "<b>sub_done</b>" in page
     assert page.count("<tr") - page.count("<tr>") == sum(len(e["steps"]) for e in episodes)
-    # the executor-phase episodes: lost, micro mode, the fixed blueprint's size
+    # the executor-phase episodes: lost, micro mode, z*'s text from the episode's first record
     lost = [e for e in episodes if not e["won"]]
-    assert {e["mode"] for e in lost} == {"micro"} and "2 subgoals, the group's best blueprint z*" in page
+    assert {e["mode"] for e in lost} == {"micro"} and "the group's best blueprint z*<ol" in page
+    assert all(len(e["subgoals"]) == 2 and f"<li>{viewer.ESC(e['subgoals'][0])}</li>" in page for e in lost)
     # filters and the learning curve
     for value in ('value="0"', 'value="1"', 'value="planner"', 'value="executor"', 'value="micro"', 'value="macro"'):
         assert value in page
