@@ -242,7 +242,8 @@ class LearnerConfig:
 @dataclass(frozen=True)
 class CoevolutionConfig:
     enabled: bool = True
-    """alternate the trainable level; false = train both levels every iteration (ablation)"""
+    """alternate the trainable level; false = the "without co-evolution" ablation: every iteration
+    rolls out both phases (greedy scoring, z* kept) and trains both levels in one joint update"""
     planner_iters: int = 1
     """consecutive planner-training iterations (executor frozen)"""
     executor_iters: int = 1

@@ -62,7 +62,7 @@ from himac_ray.loss import (
     token_logprobs,
 )
 from himac_ray.models import is_vision_model, resolve_model, trainable_parameters
-from himac_ray.names import LEVEL_OF, ROLE_OF
+from himac_ray.names import JOINT, LEVEL_OF, ROLE_OF
 from himac_ray.optim_state import apply_hyperparams, from_plain, to_plain
 from himac_ray.weight_sync import export_walk
 
@@ -251,7 +251,9 @@ class Learner:
         Args:
             records_or_table: the SAME full batch on every rank (Records or a RECORD_SCHEMA table);
                 `advantage` and sampling `logprobs` filled in.
-            trainable: "planner" (trains `plan` records) or "executor" (trains `act` records).
+            trainable: "planner" (trains `plan` records), "executor" (trains `act` records), or
+                "both" (one shared policy only: `plan` and `act` records in the same optimizer
+                steps — the "without co-evolution" ablation's joint update).
 
         Returns:
             metrics (identical on every rank): PG_LOSS_KEY, KL_KEY, CLIPFRAC_KEY, APPROX_KL_KEY,
@@ -259,23 +261,25 @@ class Learner:
             GRAD_NORM_KEY (pre-clip global norm, averaged over optimizer steps), TOKENS_KEY,
             SECONDS_KEY, TOKENS_PER_S_KEY. All zero when no record has the trained level.
         """
-        if trainable not in TRAINABLE_LEVEL:
-            raise ValueError(f"trainable must be one of {list(TRAINABLE_LEVEL)}, got {trainable!r}")
+        if trainable not in (*TRAINABLE_LEVEL, JOINT):
+            raise ValueError(f"trainable must be one of {[*TRAINABLE_LEVEL, JOINT]}, got {trainable!r}")
+        if trainable == JOINT and self.policies["planner"] is not self.policies["executor"]:
+            raise ValueError("trainable='both' (one joint update) needs one shared policy; two policies train apart")
         start = time.perf_counter()
-        level = TRAINABLE_LEVEL[trainable]
+        levels = LEVELS if trainable == JOINT else (TRAINABLE_LEVEL[trainable],)
         records = self._as_records(records_or_table)
-        records = [r for r in records if r.level == level]
+        records = [r for r in records if r.level in levels]
         keys = (PG_LOSS_KEY, KL_KEY, ENTROPY_KEY, CLIPFRAC_KEY, APPROX_KL_KEY, GRAD_NORM_KEY)
         totals = dict.fromkeys(keys, 0.0)
         tokens, steps = 0.0, 0
-        engine, ref = self.policies[trainable]
+        engine, ref = self.policies["executor" if trainable == JOINT else trainable]
         engine.train()
         ordered = [records[i] for i in stable_order(records)]
         for _ in range(self.cfg.ppo_epochs):
             for chunk in _split(ordered, self.cfg.mini_batches):
                 if not chunk:
                     continue
-                metrics, n_tok = self._train_mini_batch(engine, ref, chunk, level)
+                metrics, n_tok = self._train_mini_batch(engine, ref, chunk, levels)
                 for k in keys:
                     totals[k] += metrics[k]
                 tokens += n_tok
@@ -328,8 +332,8 @@ class Learner:
             dist.all_reduce(t)
         return t.cpu()
 
-    def _train_mini_batch(self, engine, ref, chunk: list[Record], level: str) -> tuple[dict, float]:
-        batches = self._micro_batches(chunk, level=level, train_levels=(level,))
+    def _train_mini_batch(self, engine, ref, chunk: list[Record], levels: tuple) -> tuple[dict, float]:
+        batches = self._micro_batches(chunk, level=levels[-1], train_levels=levels)
         seq_agg = self.algo.loss_aggregation == "seq-mean-token-mean"
         counts = []  # (aggregation count, trained tokens) per micro-batch
         for b in batches:

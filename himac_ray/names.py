@@ -20,3 +20,6 @@ LEVEL_OF = {"planner": "plan", "executor": "act"}
 """role -> the level of the records it writes"""
 ROLE_OF = {level: role for role, level in LEVEL_OF.items()}
 """level -> the role that writes it"""
+JOINT = "both"
+"""`Learner.train_step(trainable=JOINT)`: both levels of the one shared policy in the same
+optimizer steps (the "without co-evolution" ablation)"""

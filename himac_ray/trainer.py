@@ -27,7 +27,7 @@ from himac_ray.config import TrainConfig
 from himac_ray.data import write_parquet
 from himac_ray.evaluate import SAMPLED, run_eval
 from himac_ray.generation import SamplingParams
-from himac_ray.names import FLAT_ALGORITHMS, LEVEL_OF
+from himac_ray.names import FLAT_ALGORITHMS, JOINT, LEVEL_OF
 from himac_ray.rollout import RolloutResult, merge_results
 from himac_ray.run_state import (
     CoordinatorState,
@@ -57,8 +57,8 @@ def phase_of(cfg: TrainConfig, iteration: int) -> Phase:
         return Phase("executor", "flat")
     co = cfg.coevolution
     paper = co.iteration == "paper"  # both phases on the same tasks: a micro rollout with its macro pre-pass
-    if not co.enabled:
-        return Phase(None, "micro" if paper else "macro")
+    if not co.enabled:  # both levels train on one rollout of both phases (greedy scoring, z* kept)
+        return Phase(None, "micro")
     level = trainable_level(
         iteration, algorithm=cfg.algorithm.name, planner_iters=co.planner_iters,
         executor_iters=co.executor_iters, executor_warmup=co.executor_warmup, start_with=co.start_with,
@@ -67,9 +67,11 @@ def phase_of(cfg: TrainConfig, iteration: int) -> Phase:
 
 
 def both_phases(cfg: TrainConfig) -> bool:
-    """Whether a HiMAC iteration keeps its macro phase (`coevolution.iteration: paper`): the micro
-    rollout's pre-pass is then the macro phase proper, its records trained or written, not dropped."""
-    return cfg.algorithm.name not in FLAT_ALGORITHMS and cfg.coevolution.iteration == "paper"
+    """Whether a HiMAC iteration keeps its macro phase (`coevolution.iteration: paper`, or co-evolution
+    off): the micro rollout's pre-pass is then the macro phase proper, its records trained or
+    written, not dropped."""
+    co = cfg.coevolution
+    return cfg.algorithm.name not in FLAT_ALGORITHMS and (co.iteration == "paper" or not co.enabled)
 
 
 EXTRA_SEED_OFFSET = 10_000_000
@@ -339,10 +341,15 @@ class Trainer:
         )
 
     def _learn(self, records, trainable) -> dict:
-        levels = [trainable] if trainable else ["planner", "executor"]
+        """The learner step(s): the trained level's records; with co-evolution off, both levels in
+        one joint update of the shared policy (two policies: one update each)."""
+        if trainable:
+            levels = [trainable]
+        else:
+            levels = [JOINT] if self.cfg.model.planner_path is None else ["planner", "executor"]
         out = {}
         for level in levels:
-            batch = [r for r in records if r.level == LEVEL_OF[level]]
+            batch = [r for r in records if level == JOINT or r.level == LEVEL_OF[level]]
             if self.cfg.learner.skip_zero_advantage:
                 kept = [r for r in batch if r.advantage != 0.0]
                 out[M.LEARNER_SKIPPED] = out.get(M.LEARNER_SKIPPED, 0) + len(batch) - len(kept)

@@ -166,3 +166,15 @@ def test_zero_iterations_is_the_prompting_only_baseline(tmp_path):
     assert row["iteration"] == 0 and len(row["won_by_seed"]) == 3 and row["sampled"]["episodes"] == 6
     assert not (tmp_path / "checkpoints").exists() and MetricsLog(tmp_path).rows() == []
     assert eval_summary(tmp_path).startswith("[himac-ray] held-out success of the starting policy, no RL, on 3 rooms")
+
+
+def test_without_coevolution_both_levels_train_in_one_joint_update(tmp_path):
+    trainer, learner, modes = paper_trainer(tmp_path, "coevolution.enabled=false", "coevolution.iteration=alternate")
+    row = trainer.run_iteration()
+    assert modes == ["micro"] and row["trainable"] == "both"
+    ((level, batch),) = learner.steps  # one learner step for both levels
+    assert level == "both"
+    plans = [r for r in batch if r.level == "plan"]
+    acts = [r for r in batch if r.level == "act"]
+    assert plans and acts and all(r.group_id.startswith("macro") for r in plans)
+    assert all(r.group_id.startswith("micro") for r in acts)  # never the act records that scored blueprints

@@ -100,6 +100,22 @@ def test_train_step_moves_logprobs_with_advantage_sign():
 
 
 @pytest.mark.slow
+def test_joint_update_trains_both_levels_of_the_shared_policy_in_one_step():
+    learner = make_learner()
+    records = on_policy(learner, make_records(learner.tokenizer, 4) + make_records(learner.tokenizer, 4, level="plan", tag="p"))
+    before = learner.compute_logprobs(records)
+    metrics = learner.train_step(records, trainable="both")
+    after = learner.compute_logprobs(records)
+    assert metrics[TOKENS_KEY] == sum(len(r.prompt_ids) + len(r.response_ids) for r in records)
+    assert learner.steps == 1
+    for r, b, a in zip(records, before, after):  # plan and act responses both move with their advantage
+        assert r.advantage * (sum(a) - sum(b)) > 0, (r.level, r.traj_id)
+    two = make_learner(planner_path="tiny:1")
+    with pytest.raises(ValueError, match="one shared policy"):
+        two.train_step(records, trainable="both")
+
+
+@pytest.mark.slow
 def test_ppo_epochs_pass_over_the_batch_several_times():
     one, three = make_learner(lr=1e-4), make_learner(lr=1e-4, ppo_epochs=3, mini_batches=2)
     records = on_policy(one, make_records(one.tokenizer, 6))

@@ -36,8 +36,9 @@ def test_himac_phases_alternate_and_pick_rollout_modes():
 
 def test_flat_and_no_coevolution_phases():
     assert phase_of(load_config(None, ["algorithm.name=gigpo"]), 3).mode == "flat"
+    # without co-evolution both levels train on one rollout of both phases (macro pre-pass + micro)
     both = phase_of(load_config(None, ["coevolution.enabled=false"]), 0)
-    assert both.trainable is None and both.mode == "macro"
+    assert both.trainable is None and both.mode == "micro"
 
 
 def test_planner_phase_scores_blueprints_greedily_and_executor_phase_samples():
