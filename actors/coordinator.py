@@ -184,6 +184,11 @@ class Coordinator:
         if getattr(self, "dispatcher", None) is not None:
             self.dispatcher.shutdown()
 
+    def actors(self) -> dict[str, list]:
+        """Handles of the run's actors by kind (for fault-injection tests: `ray.kill` one)."""
+        return {"learner": list(self.learner.group.actors), "sampler": self.fleet.all(),
+                "env_pool": list(self.dispatcher.pools)}
+
     def status(self) -> dict:
         return {**self.status_, "last": self.rows[-1] if self.rows else None, "done": len(self.rows)}
 
