@@ -1,27 +1,36 @@
 """The coordinator actor: starts samplers, env pools and the learner group, then runs `Trainer`.
 
 All loop logic lives in `himac_ray.trainer.Trainer`; this actor only binds it to Ray: rollouts
-go to `RolloutDispatcher` (env pools + `SamplerPool`), learning to `LearnerGroup`, and weight
-sync pushes the trained policy into its samplers in place (`sync`: shared memory, Ray's object
-store or vLLM's NCCL weight transfer, by `himac_ray.weight_sync.sync_paths`).
+go to `RolloutDispatcher` (env pools + the `SamplerFleet`), learning to `LearnerGroup`, and weight
+sync pushes the trained policy into its samplers in place (`actors.weight_sync.WeightSync`:
+shared memory, Ray's object store or vLLM's NCCL weight transfer).
+
+Faults: a dead or hung env pool or sampler is replaced during the rollout and its part redone
+(`RolloutDispatcher`, `SamplerFleet`); a dead or hung learner rank restarts the learner group from
+the latest complete checkpoint and the iterations since are redone (`run.max_learner_restarts`).
+Each recovered fault is logged and appended to the run's `faults.jsonl`.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import time
 import uuid
+from pathlib import Path
 
 import ray
 
 from actors.env_pool import RolloutDispatcher
-from actors.learner import LearnerGroup
+from actors.learner import LearnerDiedError, LearnerGroup
 from actors.metrics import RunMetrics
-from actors.sampler import SamplerPool, create_samplers
+from actors.sampler import SamplerFleet
+from actors.weight_sync import WeightSync
 from himac_ray.config import config_from_dict
+from himac_ray.metrics import ITERATION
 from himac_ray.rollout import episode_settings
 from himac_ray.trainer import Trainer
-from himac_ray.weight_sync import shm_dir, sync_paths, uses_nccl
+from himac_ray.weight_sync import uses_nccl
 
 
 def format_placement(rows: list[dict]) -> str:
@@ -41,43 +50,62 @@ class Coordinator:
         self.rows: list[dict] = []
         self.trainer: Trainer | None = None
         self.run_id = uuid.uuid4().hex[:8]
-        self.nccl_policies: set[str] = set()
-        """policies whose NCCL weight-transfer group is open (set up at their first sync)"""
+        self.learner_restarts = 0
+
+    @property
+    def executors(self) -> list:
+        return self.fleet.actors.get("executor", self.fleet.actors.get("both", []))
+
+    @property
+    def planners(self) -> list:
+        return self.fleet.actors.get("planner", [])
 
     def setup(self) -> dict:
         cfg = self.cfg
         self.status_["phase"] = "starting samplers"
-        self.planners, self.placement_groups = [], []
-        role = "executor" if self.planner_path else "both"
         nccl = uses_nccl(cfg.learner.weight_sync, learner_gpus=cfg.learner.gpus_per_rank,
                          sampler_gpus=cfg.sampler.gpus_per_engine)
-        self.executors, pg = create_samplers(self.model_path, role=role, model=cfg.model, sampler=cfg.sampler,
-                                             weight_transfer=nccl)
-        self.placement_groups.append(pg)
-        if self.planner_path:
-            self.planners, pg = create_samplers(self.planner_path, role="planner", model=cfg.model,
-                                                sampler=cfg.sampler, seed_offset=1000, weight_transfer=nccl)
-            self.placement_groups.append(pg)
+        paths = {"executor": self.model_path, "planner": self.planner_path} if self.planner_path else {
+            "both": self.model_path}
+        self.fleet = SamplerFleet(paths, model=cfg.model, sampler=cfg.sampler, weight_transfer=nccl,
+                                  timeout_s=cfg.run.generate_timeout_s)
         self.status_["phase"] = "starting learner"
-        model = dataclasses.replace(cfg.model, path=self.model_path, planner_path=self.planner_path)
-        self.learner = LearnerGroup(model=model, learner=cfg.learner, algorithm=cfg.algorithm, seed=cfg.run.seed)
+        self.learner = self._start_learner()
+        self.weight_sync = WeightSync(learner=self.learner, fleet=self.fleet, cfg=cfg, run_id=self.run_id,
+                                      log=self._log, on_fault=self._record_fault)
         self.status_["phase"] = "starting env pools"
         r = cfg.rollout
-        dispatcher = RolloutDispatcher(cfg.env.id, cfg.env.kwargs, num_pools=r.num_env_pools,
-                                       resources=r.env_pool_resources)
-        fixed = dict(
-            generator=SamplerPool(self.executors),
-            planner_generator=SamplerPool(self.planners) if self.planners else None,
-            **episode_settings(cfg),
-        )
-        self.dispatcher = dispatcher
+        self.dispatcher = RolloutDispatcher(
+            cfg.env.id, cfg.env.kwargs, num_pools=r.num_env_pools, resources=r.env_pool_resources,
+            max_restarts=cfg.run.max_restarts, timeout_s=cfg.run.rollout_timeout_s, samplers=self.fleet,
+            log=self._log, on_fault=self._record_fault)
         self.metrics = RunMetrics(self.run_id)
-        self.trainer = Trainer(cfg, rollout=lambda **kw: dispatcher(**fixed, **kw), learner=self.learner,
-                               sync=self.sync, log=print)
+        self.trainer = self._new_trainer()
         self.placement = self._placement()
         print(format_placement(self.placement), flush=True)
-        return {"samplers": len(self.executors) + len(self.planners), "learner_ranks": cfg.learner.num_ranks,
+        return {"samplers": len(self.fleet.all()), "learner_ranks": cfg.learner.num_ranks,
                 "placement": self.placement}
+
+    def _start_learner(self) -> LearnerGroup:
+        cfg = self.cfg
+        model = dataclasses.replace(cfg.model, path=self.model_path, planner_path=self.planner_path)
+        return LearnerGroup(model=model, learner=cfg.learner, algorithm=cfg.algorithm, seed=cfg.run.seed,
+                            timeout_s=cfg.run.learner_timeout_s)
+
+    def _new_trainer(self) -> Trainer:
+        fixed = episode_settings(self.cfg)
+        return Trainer(self.cfg, rollout=lambda **kw: self.dispatcher(**fixed, **kw), learner=self.learner,
+                       sync=self.sync, log=self._log)
+
+    def _log(self, message: str) -> None:
+        print(message, flush=True)
+
+    def _record_fault(self, kind: str, actor: str, error: str) -> None:
+        """One recovered fault: a line in the run's faults.jsonl (what the fault bench counts)."""
+        row = {"time": time.time(), "iteration": self.status_.get("iteration", 0), "kind": kind, "actor": actor,
+               "error": error[:500]}
+        with (Path(self.cfg.run.dir) / "faults.jsonl").open("a") as f:
+            f.write(json.dumps(row) + "\n")
 
     def _placement(self) -> list[dict]:
         """actor -> node -> resources, for the start-up table and the sync-path choice."""
@@ -99,58 +127,44 @@ class Coordinator:
         return rows
 
     def sync(self, *, trainable: str | None, version: int) -> dict:
-        """Push the trained policy (both when `trainable` is None) to its samplers; returns timing.
-
-        Paths (`himac_ray.weight_sync.sync_paths`, by `learner.weight_sync`): `nccl` broadcasts from
-        learner rank 0's GPU to every engine of the policy (its group is opened at the policy's first
-        sync); otherwise samplers on learner rank 0's node reload a shared-memory safetensors file
-        and samplers on other nodes get the weights as buckets through Ray's object store.
-        """
-        start = time.perf_counter()
-        cfg = self.cfg
-        if not self.planners:
-            jobs = [("executor", self.executors)]
-        else:
-            jobs = [(p, s) for p, s in (("planner", self.planners), ("executor", self.executors))
-                    if trainable in (None, p)]
-        learner_node = self.learner.node_ids()[0]
-        methods = set()
-        for policy, samplers in jobs:
-            nodes = ray.get([s.node_id.remote() for s in samplers])
-            paths = sync_paths(cfg.learner.weight_sync, learner_node=learner_node, sampler_nodes=nodes,
-                               learner_gpus=cfg.learner.gpus_per_rank, sampler_gpus=cfg.sampler.gpus_per_engine)
-            by_path = {path: [s for s, p in zip(samplers, paths) if p == path] for path in set(paths)}
-            if "nccl" in by_path:
-                if policy not in self.nccl_policies:
-                    t0 = time.perf_counter()
-                    self.learner.init_nccl_sync(policy=policy, samplers=samplers,
-                                                tensor_parallel_size=cfg.sampler.tensor_parallel_size)
-                    self.nccl_policies.add(policy)
-                    print(f"NCCL weight transfer for {policy}: {len(samplers)} engine(s) joined in "
-                          f"{time.perf_counter() - t0:.2f}s", flush=True)
-                self.learner.send_weights_nccl(policy=policy)
-                ray.get([s.update_weight_version.remote(version) for s in samplers])
-            if "shm" in by_path:
-                path = shm_dir() / f"himac-{self.run_id}-{policy}-v{version}.safetensors"
-                self.learner.save_weights(str(path), policy=policy)
-                ray.get([s.reload_weights.remote(str(path), version) for s in by_path["shm"]])
-                path.unlink(missing_ok=True)
-            if "object_store" in by_path:
-                refs = self.learner.export_to_object_store(policy=policy)
-                ray.get([s.reload_weights_from_refs.remote(refs, version) for s in by_path["object_store"]])
-            methods.update(by_path)
-        seconds = time.perf_counter() - start
-        method = "+".join(sorted(methods))
-        print(f"weight sync v{version} ({method}): {seconds:.2f}s", flush=True)
-        return {"seconds": seconds, "method": method}
+        """Push the trained policy (both when `trainable` is None) to its samplers; returns timing."""
+        return self.weight_sync(trainable=trainable, version=version)
 
     def run(self, resume: bool = False, iterations: int | None = None) -> list[dict]:
+        """Run the iterations; a failed learner rank is recovered (`_recover_learner`) up to
+        `run.max_learner_restarts` times. Returns the rows of the iterations run (redone ones once)."""
         if self.trainer is None:
             self.setup()
         if resume:
             self.trainer.restore()
-        self.trainer.status = self.status_
-        return self.trainer.run(iterations, on_iteration=self._on_iteration)
+        first, failure = len(self.rows), None
+        while True:
+            try:
+                if failure is not None:
+                    self._recover_learner(failure)
+                self.trainer.status = self.status_
+                self.trainer.run(iterations, on_iteration=self._on_iteration)
+                break
+            except LearnerDiedError as err:  # also one that strikes during a recovery
+                failure = err
+        return list({row[ITERATION]: row for row in self.rows[first:]}.values())
+
+    def _recover_learner(self, err: LearnerDiedError) -> None:
+        """A new learner group from the latest complete checkpoint (the base weights without one);
+        the samplers get its weights and the iterations since are redone."""
+        self.learner_restarts += 1
+        if self.learner_restarts > self.cfg.run.max_learner_restarts:
+            raise err
+        self._log(f"{err}; restarting the learner group from the latest checkpoint "
+                  f"({self.learner_restarts}/{self.cfg.run.max_learner_restarts})")
+        self.learner.shutdown()
+        self.learner = self.weight_sync.learner = self._start_learner()
+        self.trainer.learner = self.learner
+        if not self.trainer.restore():  # no checkpoint yet: from the start
+            self.trainer = self._new_trainer()
+            self.trainer.metrics.truncate_from(0)
+            self.sync(trainable=None, version=0)
+        self._record_fault("learner", f"learner[{err.rank}]", str(err))
 
     def _on_iteration(self, row: dict) -> None:
         self.rows.append(row)
@@ -163,19 +177,21 @@ class Coordinator:
         """Release every actor and placement group this coordinator started."""
         if getattr(self, "learner", None) is not None:
             self.learner.shutdown()
-        for actor in getattr(self, "executors", []) + getattr(self, "planners", []):
-            ray.kill(actor)
+        if getattr(self, "fleet", None) is not None:
+            self.fleet.shutdown()
         if getattr(self, "dispatcher", None) is not None:
             self.dispatcher.shutdown()
-        for pg in getattr(self, "placement_groups", []):
-            ray.util.remove_placement_group(pg)
-        self.placement_groups = []
+
+    def actors(self) -> dict[str, list]:
+        """Handles of the run's actors by kind (for fault-injection tests: `ray.kill` one)."""
+        return {"learner": list(self.learner.group.actors), "sampler": self.fleet.all(),
+                "env_pool": list(self.dispatcher.pools)}
 
     def status(self) -> dict:
         return {**self.status_, "last": self.rows[-1] if self.rows else None, "done": len(self.rows)}
 
     def sampler_stats(self) -> list[dict]:
-        return ray.get([s.stats.remote() for s in self.executors + self.planners])
+        return ray.get([s.stats.remote() for s in self.fleet.all()], timeout=60)
 
     def sampler_logprobs(self, records: list) -> list[list[float]]:
         """Sampler-side logprobs of fixed responses (teacher forcing through vLLM), for sync checks."""

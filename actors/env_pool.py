@@ -1,15 +1,22 @@
 """Env-pool actors: each runs the batched rollout driver over a slice of the iteration's seeds.
 
 A pool steps its environments in-process and sends every decision round to the samplers as one
-batch. `RolloutDispatcher` splits the seeds (whole groups) over the pools; when a pool dies,
-it is replaced and its slice is redone, so the iteration ends with every group exactly once.
+batch. `RolloutDispatcher` splits the seeds (whole groups) over the pools. When a pool dies or
+hangs, it is killed (by handle), replaced and its slice redone; when a sampler dies or hangs, the
+`SamplerFleet` replaces it and every slice that lost it is redone. So the rollout ends with every
+group exactly once. An exception inside one env only fails that episode (`run_rollout`); the
+dispatcher logs it.
 """
 
 from __future__ import annotations
 
+import time
+from typing import Callable
+
 import ray
 
-from himac_ray.rollout import merge_results, run_rollout
+from actors.sampler import SamplerDiedError
+from himac_ray.rollout import ENV_POOL_RESTARTS, SAMPLER_RESTARTS, merge_results, run_rollout
 
 
 @ray.remote(num_cpus=0)
@@ -26,16 +33,31 @@ class EnvPoolActor:
 
 
 class RolloutDispatcher:
-    """Callable `rollout(*, seeds, **kwargs)` over `num_pools` env-pool actors, restarting dead ones."""
+    """Callable `rollout(*, seeds, **kwargs)` over `num_pools` env-pool actors, restarting failed ones.
+
+    Args:
+        max_restarts: restarts of each pool (and, with `samplers`, of each sampler engine) within
+            one call; one more failure raises, naming the actor. The budget starts afresh every call.
+        timeout_s: seconds a pool may take for its slice (None or 0: no limit); a hung pool is
+            killed and replaced like a dead one.
+        samplers: a `SamplerFleet`: the `generator` / `planner_generator` of every slice come from
+            it, and a sampler that dies or hangs is replaced through it. Without one, the callers
+            pass the generators and a sampler failure stops the call.
+        on_fault: `on_fault(kind, actor, error)` after each recovered failure (default: log it).
+    """
 
     def __init__(self, env_id: str, env_kwargs: dict, *, num_pools: int, max_restarts: int = 3, log=print,
-                 resources: dict | None = None):
+                 resources: dict | None = None, timeout_s: float | None = None, samplers=None,
+                 on_fault: Callable[[str, str, str], None] | None = None):
         self.env_id, self.env_kwargs = env_id, dict(env_kwargs)
         self.resources = dict(resources or {})
-        self.max_restarts = max_restarts
+        self.max_restarts, self.timeout_s = max_restarts, timeout_s
+        self.samplers = samplers
         self.log = log
+        self.on_fault = on_fault or (lambda kind, actor, error: None)
         self.pools = [self._new_pool() for _ in range(num_pools)]
         self.restarts = 0
+        """pool restarts over the dispatcher's life (the budget is per call)"""
 
     def shutdown(self) -> None:
         for pool in self.pools:
@@ -45,22 +67,74 @@ class RolloutDispatcher:
     def _new_pool(self):
         return EnvPoolActor.options(resources=self.resources).remote(self.env_id, self.env_kwargs)
 
+    def _replace_pool(self, j: int) -> None:
+        try:
+            ray.kill(self.pools[j], no_restart=True)  # a hung pool would go on stepping its envs
+        except Exception:  # noqa: BLE001  (already gone)
+            pass
+        self.pools[j] = self._new_pool()
+        self.restarts += 1
+
     def __call__(self, *, seeds, **kwargs):
         seeds = list(seeds)
         k = min(len(self.pools), len(seeds))
         slices = [seeds[j::k] for j in range(k)]
         results = [None] * k
-        pending = {self.pools[j].rollout.remote(seeds=slices[j], **kwargs): j for j in range(k)}
+        pool_restarts, sampler_restarts = [0] * k, 0
+        pending: dict = {}
+
+        def submit(j: int) -> None:
+            kw = {**kwargs, **(self.samplers.generators() if self.samplers is not None else {})}
+            pending[self.pools[j].rollout.remote(seeds=slices[j], **kw)] = (j, time.monotonic())
+
+        for j in range(k):
+            submit(j)
         while pending:
-            done, _ = ray.wait(list(pending), num_returns=1)
-            j = pending.pop(done[0])
+            done, _ = ray.wait(list(pending), num_returns=1, timeout=self._wait_s(pending))
+            if not done:  # a pool ran past its deadline
+                ref = min(pending, key=lambda r: pending[r][1])
+                j, _ = pending.pop(ref)
+                error = f"did not finish its rollout of seeds {slices[j]} within {self.timeout_s:.0f}s (run.rollout_timeout_s)"
+                self._pool_failed(j, pool_restarts, error)
+                submit(j)
+                continue
+            j, _ = pending.pop(done[0])
             try:
                 results[j] = ray.get(done[0])
+            except SamplerDiedError as err:  # raised in the pool: a sampler died or hung
+                if self.samplers is None:
+                    raise
+                reason = str(getattr(err, "cause", err))  # the pool's SamplerDiedError, without Ray's traceback
+                if self.samplers.replace(err):
+                    sampler_restarts += 1
+                    self._check_budget(sampler_restarts, self.max_restarts * len(self.samplers.all()),
+                                       f"sampler {err.role}[{err.index}]", reason)
+                    self.log(f"{reason}; restarted it from the current weights, redoing seeds {slices[j]}")
+                    self.on_fault("sampler", f"{err.role}[{err.index}]", reason)
+                submit(j)
             except (ray.exceptions.RayActorError, ray.exceptions.ObjectLostError) as err:
-                self.restarts += 1
-                if self.restarts > self.max_restarts * len(self.pools):
-                    raise RuntimeError(f"env pool {j} keeps dying ({self.restarts} restarts): {err}") from err
-                self.log(f"env pool {j} died ({type(err).__name__}); restarting it and redoing seeds {slices[j]}")
-                self.pools[j] = self._new_pool()
-                pending[self.pools[j].rollout.remote(seeds=slices[j], **kwargs)] = j
-        return merge_results(results)
+                self._pool_failed(j, pool_restarts, f"died ({type(err).__name__})")
+                submit(j)
+        result = merge_results(results)
+        result.metrics[ENV_POOL_RESTARTS] = sum(pool_restarts)
+        result.metrics[SAMPLER_RESTARTS] = sampler_restarts
+        for f in result.failed:
+            self.log(f"env failed: episode {f['traj_id']} (seed {f['seed']}) left out of the batch: {f['error']}")
+        return result
+
+    def _wait_s(self, pending: dict) -> float | None:
+        if not self.timeout_s:
+            return None
+        return max(0.0, min(t for _, t in pending.values()) + self.timeout_s - time.monotonic())
+
+    def _pool_failed(self, j: int, pool_restarts: list[int], error: str) -> None:
+        pool_restarts[j] += 1
+        self._check_budget(pool_restarts[j], self.max_restarts, f"env pool {j}", error)
+        self.log(f"env pool {j} {error}; killed and restarted it, redoing its seeds")
+        self._replace_pool(j)
+        self.on_fault("env_pool", f"env_pool[{j}]", error)
+
+    def _check_budget(self, restarts: int, budget: int, actor: str, error) -> None:
+        if restarts > budget:
+            raise RuntimeError(f"{actor} keeps failing ({restarts} failures in one rollout, budget {budget}, "
+                               f"run.max_restarts): {error}")

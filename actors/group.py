@@ -5,6 +5,7 @@ Generic (used by the learner ranks; fits sampler engines too). Knows nothing abo
 
 from __future__ import annotations
 
+import time
 from typing import Any, Callable, Sequence
 
 import ray
@@ -18,6 +19,10 @@ class ActorDiedError(RuntimeError):
     def __init__(self, message: str, *, rank: int):
         super().__init__(message)
         self.rank = rank
+
+
+class ActorHungError(ActorDiedError):
+    """An actor of a group did not answer a call within its timeout (it counts as failed)."""
 
 
 class ActorGroup:
@@ -78,15 +83,22 @@ class ActorGroup:
         """Call `method(*args, **kwargs)` on every actor; one ObjectRef per rank."""
         return [getattr(actor, method).remote(*args, **kwargs) for actor in self.actors]
 
-    def get(self, refs: Sequence[ray.ObjectRef], *, timeout_s: float | None = None) -> list[Any]:
-        """Results of one ref per rank, in rank order; a dead actor raises ActorDiedError at once."""
+    def get(self, refs: Sequence[ray.ObjectRef], *, timeout_s: float | None = None, what: str = "a call",
+            key: str = "") -> list[Any]:
+        """Results of one ref per rank, in rank order; a dead actor raises ActorDiedError at once,
+        ranks that did not all answer within `timeout_s` (None or 0: no limit) ActorHungError
+        naming them, `what` was called and the config `key` of the timeout."""
         rank_of = {ref: i for i, ref in enumerate(refs)}
         results: list[Any] = [None] * len(refs)
         pending = list(refs)
+        deadline = time.monotonic() + timeout_s if timeout_s else None
         while pending:
-            ready, pending = ray.wait(pending, num_returns=1, timeout=timeout_s)
+            left = None if deadline is None else max(deadline - time.monotonic(), 0.0)
+            ready, pending = ray.wait(pending, num_returns=1, timeout=left)
             if not ready:
-                raise TimeoutError(f"ranks {sorted(rank_of[r] for r in pending)} did not answer in {timeout_s}s")
+                late = sorted(rank_of[r] for r in pending)
+                raise ActorHungError(f"rank(s) {late} of {len(refs)} did not answer {what} within {timeout_s:.0f}s"
+                                     + (f" ({key})" if key else ""), rank=late[0])
             ref = ready[0]
             rank = rank_of[ref]
             try:

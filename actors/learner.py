@@ -20,7 +20,8 @@ from himac_ray.data import Record, records_to_table
 
 
 class LearnerDiedError(ActorDiedError):
-    """A learner rank died; the group is unusable (the other ranks may hang in a collective)."""
+    """A learner rank died or hung past `run.learner_timeout_s`; the group is unusable (the other
+    ranks may hang in a collective): `shutdown()` it and start a new one."""
 
 
 @ray.remote
@@ -95,31 +96,42 @@ class LearnerGroup:
     """`learner.num_ranks` LearnerWorkers in a PACK placement group (see `ActorGroup`).
 
     Methods named `async_*` return one ObjectRef per rank; the others block and return rank 0's
-    answer (the learner makes every rank's answer identical). A dead rank raises
-    `LearnerDiedError` naming it; call `shutdown()` afterwards.
+    answer (the learner makes every rank's answer identical). A rank that dies, or does not answer
+    within `timeout_s` (None: no limit), raises `LearnerDiedError` naming it; from then on every
+    call raises it at once (a hung rank is not waited for twice); call `shutdown()` afterwards.
     """
 
-    def __init__(self, *, model: ModelConfig, learner: LearnerConfig, algorithm: AlgorithmConfig, seed: int = 0):
+    def __init__(self, *, model: ModelConfig, learner: LearnerConfig, algorithm: AlgorithmConfig, seed: int = 0,
+                 timeout_s: float | None = None):
         n = learner.num_ranks
         self.learner_cfg = learner
+        self.timeout_s = timeout_s
+        self.failed: LearnerDiedError | None = None
         self.group = ActorGroup(LearnerWorker, n, cpus_per_actor=learner.cpus_per_rank,
                                 gpus_per_actor=learner.gpus_per_rank, strategy=learner.placement_strategy,
                                 resources=learner.resources,
                                 kwargs_for_rank=lambda rank: {"rank": rank, "world_size": n})
         try:
             addr, port = self.get([self.group.actors[0].address_and_free_port.remote()])[0]
-            self.get(self.group.async_run_method("setup", model=model, learner=learner, algorithm=algorithm,
-                                                  seed=seed, master_addr=addr, master_port=port))
+            self._call("setup", model=model, learner=learner, algorithm=algorithm, seed=seed, master_addr=addr,
+                       master_port=port)
         except BaseException:
             self.shutdown()
             raise
 
-    def get(self, refs: list[ray.ObjectRef]) -> list:
-        """Per-rank results of `async_*` refs (blocks); a dead rank raises LearnerDiedError naming it."""
+    def get(self, refs: list[ray.ObjectRef], *, what: str = "a call") -> list:
+        """Per-rank results of `async_*` refs (blocks); a dead or hung rank raises LearnerDiedError naming it."""
+        if self.failed is not None:
+            raise LearnerDiedError(f"learner group unusable since: {self.failed}", rank=self.failed.rank)
         try:
-            return self.group.get(refs)
-        except ActorDiedError as err:
-            raise LearnerDiedError(f"learner {err}", rank=err.rank) from err
+            return self.group.get(refs, timeout_s=self.timeout_s, what=what, key="run.learner_timeout_s")
+        except ActorDiedError as err:  # ActorHungError included
+            self.failed = LearnerDiedError(f"learner {err}", rank=err.rank)
+            raise self.failed from err
+
+    def _call(self, method: str, *args, **kwargs) -> list:
+        """`method` on every rank (blocks); per-rank results."""
+        return self.get(self.group.async_run_method(method, *args, **kwargs), what=method)
 
     @staticmethod
     def _put(records: pa.Table | Sequence[Record]) -> ray.ObjectRef:
@@ -131,48 +143,47 @@ class LearnerGroup:
 
     def train_step(self, records: pa.Table | Sequence[Record], *, trainable: str) -> dict[str, float]:
         """One update on every rank (same records everywhere); rank 0's metrics."""
-        return self.get(self.async_train_step(records, trainable=trainable))[0]
+        return self.get(self.async_train_step(records, trainable=trainable), what="train_step")[0]
 
     def async_compute_logprobs(self, records, *, policy: str | None = None) -> list[ray.ObjectRef]:
         return self.group.async_run_method("compute_logprobs", self._put(records), policy=policy)
 
     def compute_logprobs(self, records, *, policy: str | None = None) -> list[list[float]]:
-        return self.get(self.async_compute_logprobs(records, policy=policy))[0]
+        return self.get(self.async_compute_logprobs(records, policy=policy), what="compute_logprobs")[0]
 
     def async_save_weights(self, path: str | os.PathLike, *, policy: str) -> list[ray.ObjectRef]:
         return self.group.async_run_method("save_weights", str(path), policy=policy)
 
     def save_weights(self, path: str | os.PathLike, *, policy: str) -> Path:
         """One safetensors file of `policy`'s HF-named weights, written by rank 0 (on rank 0's node)."""
-        return Path(self.get(self.async_save_weights(path, policy=policy))[0])
+        return Path(self.get(self.async_save_weights(path, policy=policy), what="save_weights")[0])
 
     def export_to_object_store(self, *, policy: str) -> list[ray.ObjectRef]:
         """`policy`'s weights as object-store buckets (refs owned by rank 0) for samplers on other nodes."""
         bucket_mb = self.learner_cfg.sync_bucket_mb
-        return self.get(self.group.async_run_method("export_to_object_store", policy=policy, bucket_mb=bucket_mb))[0]
+        return self._call("export_to_object_store", policy=policy, bucket_mb=bucket_mb)[0]
 
     def init_nccl_sync(self, *, policy: str, samplers: list, tensor_parallel_size: int) -> None:
         """Open `policy`'s NCCL weight-transfer group: learner rank 0 plus every worker of `samplers`
         (`SamplerActor`s started with `weight_transfer=True`). Once per policy; GPU clusters only."""
         addr, port = self.get([self.group.actors[0].address_and_free_port.remote()])[0]
-        self.get(self.group.async_run_method(
-            "init_nccl_sync", policy=policy, samplers=list(samplers), master_addr=addr, master_port=port,
-            tensor_parallel_size=tensor_parallel_size, bucket_mb=self.learner_cfg.sync_bucket_mb))
+        self._call("init_nccl_sync", policy=policy, samplers=list(samplers), master_addr=addr, master_port=port,
+                   tensor_parallel_size=tensor_parallel_size, bucket_mb=self.learner_cfg.sync_bucket_mb)
 
     def send_weights_nccl(self, *, policy: str) -> None:
         """Push `policy`'s weights over its NCCL group (`init_nccl_sync` first); vLLM reloads them in place."""
-        self.get(self.group.async_run_method("send_weights_nccl", policy=policy))
+        self._call("send_weights_nccl", policy=policy)
 
     def node_ids(self) -> list[str]:
         """Node of each rank, in rank order."""
-        return self.get(self.group.async_run_method("node_id"))
+        return self._call("node_id")
 
     def save_checkpoint(self, directory: str | os.PathLike) -> Path:
         """`Learner.save_checkpoint` on all ranks; `directory` must be storage every rank sees."""
-        return Path(self.get(self.group.async_run_method("save_checkpoint", str(directory)))[0])
+        return Path(self._call("save_checkpoint", str(directory))[0])
 
     def load_checkpoint(self, directory: str | os.PathLike) -> None:
-        self.get(self.group.async_run_method("load_checkpoint", str(directory)))
+        self._call("load_checkpoint", str(directory))
 
     def shutdown(self) -> None:
         self.group.shutdown()

@@ -1,4 +1,5 @@
-"""vLLM sampler actors (one engine each) and `SamplerPool`, a `Generator` spreading a batch over them."""
+"""vLLM sampler actors (one engine each), `SamplerPool`, a `Generator` spreading a batch over them,
+and `SamplerFleet`, the restartable set of a run's samplers."""
 
 from __future__ import annotations
 
@@ -17,7 +18,18 @@ SAMPLER_ROLES = (*ROLES, "both")
 
 
 class SamplerDiedError(RuntimeError):
-    """A sampler actor died mid-call; the caller restarts it and redoes the work."""
+    """A sampler actor died (or hung past `run.generate_timeout_s`) mid-call; the owner of the
+    samplers restarts it (`SamplerFleet.replace`) and the caller redoes the work.
+
+    Positional args only, so it survives the trip through an env-pool actor's task error.
+    """
+
+    def __init__(self, message: str, role: str = "both", index: int = -1, epoch: int = 0):
+        super().__init__(message, role, index, epoch)
+        self.role, self.index, self.epoch = role, index, epoch
+
+    def __str__(self) -> str:
+        return str(self.args[0])
 
 
 @ray.remote
@@ -101,24 +113,111 @@ class SamplerActor:
 class SamplerPool:
     """A `Generator` over sampler actors: splits each batch into contiguous chunks, one per actor.
 
-    Picklable (it holds actor handles), so env-pool actors call the samplers directly.
+    Picklable (it holds actor handles), so env-pool actors call the samplers directly. A sampler
+    that dies, or does not answer within `timeout_s` (None: no limit), raises `SamplerDiedError`
+    naming it (`role`, index and `epochs[index]`, its restart count, for `SamplerFleet.replace`).
     """
 
-    def __init__(self, actors: list):
+    def __init__(self, actors: list, *, role: str = "both", epochs: list[int] | None = None,
+                 timeout_s: float | None = None):
         if not actors:
             raise ValueError("SamplerPool needs at least one sampler actor")
         self.actors = list(actors)
+        self.role, self.timeout_s = role, timeout_s
+        self.epochs = list(epochs) if epochs is not None else [0] * len(self.actors)
 
     def generate(self, prompts, params: SamplingParams):
         prompts = list(prompts)
         k = len(self.actors)
         bounds = [round(j * len(prompts) / k) for j in range(k + 1)]
-        refs = [a.generate.remote(prompts[lo:hi], params) for a, lo, hi in zip(self.actors, bounds, bounds[1:]) if hi > lo]
-        try:
-            chunks = ray.get(refs)
-        except ray.exceptions.RayActorError as err:
-            raise SamplerDiedError(f"a sampler actor died during generation: {err}") from err
+        calls = [(i, self.actors[i].generate.remote(prompts[lo:hi], params))
+                 for i, (lo, hi) in enumerate(zip(bounds, bounds[1:])) if hi > lo]
+        _, pending = ray.wait([ref for _, ref in calls], num_returns=len(calls), timeout=self.timeout_s or None)
+        chunks = []
+        for i, ref in calls:
+            name = f"sampler {self.role}[{i}]"
+            if ref in pending:
+                raise SamplerDiedError(f"{name} did not answer a generate call of {bounds[i + 1] - bounds[i]} "
+                                       f"prompt(s) within {self.timeout_s:.0f}s (run.generate_timeout_s)",
+                                       self.role, i, self.epochs[i])
+            try:
+                chunks.append(ray.get(ref))
+            except ray.exceptions.RayActorError as err:
+                raise SamplerDiedError(f"{name} died during generation: {err}", self.role, i, self.epochs[i]) from err
         return [samples for chunk in chunks for samples in chunk]
+
+
+class SamplerFleet:
+    """The run's sampler actors by role ("both", or "planner" and "executor"), restartable in place.
+
+    `generators()` gives the rollout's `generator` / `planner_generator` over the current actors;
+    `replace(err)` kills the sampler a `SamplerDiedError` names (by handle), starts a new engine in
+    the same placement-group bundle and calls `on_restart(role, index, actor)` (the coordinator pushes the
+    learner's current weights into it). A second report of the same death is a no-op.
+    """
+
+    def __init__(self, paths: dict[str, str], *, model: ModelConfig, sampler: SamplerConfig,
+                 weight_transfer: bool = False, timeout_s: float | None = None, ready_timeout_s: float = 600.0):
+        self.model, self.sampler, self.weight_transfer = model, sampler, weight_transfer
+        self.paths, self.timeout_s, self.ready_timeout_s = dict(paths), timeout_s, ready_timeout_s
+        self.actors: dict[str, list] = {}
+        self.epochs: dict[str, list[int]] = {}
+        self.placement_groups: dict[str, object] = {}
+        self.on_restart = None
+        """callable(role, index, actor), set by the owner: bring a new engine up to the current weights"""
+        for role, path in self.paths.items():
+            self.actors[role], self.placement_groups[role] = create_samplers(
+                path, role=role, model=model, sampler=sampler, seed_offset=self._seed_offset(role),
+                weight_transfer=weight_transfer)
+            self.epochs[role] = [0] * len(self.actors[role])
+
+    @staticmethod
+    def _seed_offset(role: str) -> int:
+        return 1000 if role == "planner" else 0
+
+    def pool(self, role: str) -> SamplerPool:
+        return SamplerPool(self.actors[role], role=role, epochs=self.epochs[role], timeout_s=self.timeout_s)
+
+    def generators(self) -> dict:
+        """`generator` and `planner_generator` keyword arguments of `run_rollout`."""
+        if "planner" in self.actors:
+            return {"generator": self.pool("executor"), "planner_generator": self.pool("planner")}
+        return {"generator": self.pool("both"), "planner_generator": None}
+
+    def all(self) -> list:
+        return [a for actors in self.actors.values() for a in actors]
+
+    def replace(self, err: SamplerDiedError) -> bool:
+        """Restart the sampler `err` names, unless that happened already; returns whether it did."""
+        role, i = err.role, err.index
+        if role not in self.actors or not 0 <= i < len(self.actors[role]) or self.epochs[role][i] != err.epoch:
+            return False
+        try:
+            ray.kill(self.actors[role][i], no_restart=True)  # a hung engine holds its bundle's CPUs
+        except Exception:  # noqa: BLE001  (already gone)
+            pass
+        actor = _start_sampler(self.placement_groups[role], i, self.paths[role], role=role, model=self.model,
+                               sampler=self.sampler, seed_offset=self._seed_offset(role),
+                               weight_transfer=self.weight_transfer)
+        ready, _ = ray.wait([actor.weights_version.remote()], timeout=self.ready_timeout_s)
+        if not ready:
+            ray.kill(actor, no_restart=True)
+            raise RuntimeError(f"the restarted sampler {role}[{i}] did not start within {self.ready_timeout_s:.0f}s")
+        self.actors[role][i] = actor
+        self.epochs[role][i] += 1
+        if self.on_restart is not None:
+            self.on_restart(role, i, actor)
+        return True
+
+    def shutdown(self) -> None:
+        for actor in self.all():
+            try:
+                ray.kill(actor)
+            except Exception:  # noqa: BLE001  (already gone)
+                pass
+        for pg in self.placement_groups.values():
+            ray.util.remove_placement_group(pg)
+        self.actors, self.placement_groups = {}, {}
 
 
 def create_samplers(model_path: str, *, role: str, model: ModelConfig, sampler: SamplerConfig,
@@ -143,14 +242,17 @@ def create_samplers(model_path: str, *, role: str, model: ModelConfig, sampler: 
             f"cannot place {sampler.num_engines} {role} sampler(s) needing {bundle} each within {pg_timeout_s:.0f}s; "
             f"cluster has {ray.cluster_resources()} (lower sampler.num_engines / sampler.cpus_per_engine)"
         )
-    actors = [
-        SamplerActor.options(
-            num_cpus=sampler.cpus_per_engine, num_gpus=sampler.gpus_per_engine,
-            scheduling_strategy=PlacementGroupSchedulingStrategy(pg, placement_group_bundle_index=i),
-            name=None,
-        ).remote(model_path, role=role, model=model, sampler=sampler, seed=sampler.seed + seed_offset + i,
-                 index=i, weight_transfer=weight_transfer)
-        for i in range(sampler.num_engines)
-    ]
+    actors = [_start_sampler(pg, i, model_path, role=role, model=model, sampler=sampler, seed_offset=seed_offset,
+                             weight_transfer=weight_transfer) for i in range(sampler.num_engines)]
     ray.get([a.weights_version.remote() for a in actors])  # wait until every engine is up
     return actors, pg
+
+
+def _start_sampler(pg, i: int, model_path: str, *, role: str, model: ModelConfig, sampler: SamplerConfig,
+                   seed_offset: int, weight_transfer: bool):
+    """Sampler i of `role` on bundle i of `pg` (also how a dead one is replaced: same seed, same bundle)."""
+    return SamplerActor.options(
+        num_cpus=sampler.cpus_per_engine, num_gpus=sampler.gpus_per_engine,
+        scheduling_strategy=PlacementGroupSchedulingStrategy(pg, placement_group_bundle_index=i),
+    ).remote(model_path, role=role, model=model, sampler=sampler, seed=sampler.seed + seed_offset + i,
+             index=i, weight_transfer=weight_transfer)

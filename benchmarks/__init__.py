@@ -80,6 +80,7 @@ BENCHES: dict[str, Callable[..., dict]] = {
     "learning": _lazy("learning_bench"),
     "rllib": _lazy("rllib_bench"),
     "profile": _lazy("profile_bench"),
+    "faults": _lazy("fault_bench"),
     "quick": _quick,
 }
 

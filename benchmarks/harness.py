@@ -67,12 +67,14 @@ class Stack:
         shm = "/dev/shm" if os.path.isdir("/dev/shm") else "/tmp"
         path = Path(shm) / f"himac-bench-{self.run_id}-executor-v{version}.safetensors"
         t0 = time.perf_counter()
-        self.learner.save_weights(str(path), policy="executor")
-        t1 = time.perf_counter()
-        self._ray.get([s.reload_weights.remote(str(path), version) for s in self.samplers])
-        t2 = time.perf_counter()
-        size = path.stat().st_size if path.exists() else 0
-        path.unlink(missing_ok=True)
+        try:
+            self.learner.save_weights(str(path), policy="executor")
+            t1 = time.perf_counter()
+            self._ray.get([s.reload_weights.remote(str(path), version) for s in self.samplers])
+            t2 = time.perf_counter()
+            size = path.stat().st_size if path.exists() else 0
+        finally:  # never leave a weights file in /dev/shm (RAM), also when the sync fails
+            path.unlink(missing_ok=True)
         part = {"seconds": t2 - t0, "save_seconds": t1 - t0, "reload_seconds": t2 - t1, "bytes": size}
         self.syncs.append(part)
         return {**part, "path": str(path), "method": "shm"}

@@ -325,6 +325,23 @@ class RunConfig:
     """MLflow tracking URI; null = a local file store in RUN_DIR/mlruns (no server, no network)"""
     mlflow_experiment: str = "himac-ray"
     """MLflow experiment the run is logged under (created when missing)"""
+    # faults and hangs (docs/architecture.md): restart budgets and timeouts of remote calls
+    max_restarts: int = 3
+    """restarts of each env pool and each sampler engine within one rollout call: a dead or hung
+    actor is killed, replaced (a sampler from the current weights) and its part redone"""
+    max_learner_restarts: int = 2
+    """per run: a dead or hung learner rank restarts the learner group from the latest complete
+    checkpoint (from the start without one) and the iterations since are redone"""
+    rollout_timeout_s: float = 7200.0
+    """seconds an env pool may take for its slice of one rollout; then it is killed and replaced (0: no limit)"""
+    generate_timeout_s: float = 1800.0
+    """seconds a sampler may take for one generate call (a decision round); then it is killed and
+    replaced (0: no limit)"""
+    learner_timeout_s: float = 7200.0
+    """seconds every learner rank may take for one call (train step, checkpoint, weight export); the late
+    rank(s) are named and the group restarts (run.max_learner_restarts) (0: no limit)"""
+    sync_timeout_s: float = 1800.0
+    """seconds the samplers may take to load synced weights; then the late one is replaced (0: no limit)"""
 
 
 @dataclass(frozen=True)
@@ -378,6 +395,8 @@ NON_NEGATIVE = (
     "coevolution.executor_iters", "coevolution.executor_warmup", "run.eval_every", "sft.epochs", "sft.lr",
     "run.seed", "sampler.seed", "sft.seed", "sft.seed_start", "env.train_seed_start", "env.eval_seed_start",
     "env.eval_temperature", "sft.plan_episodes", "run.iterations",
+    "run.max_restarts", "run.max_learner_restarts", "run.rollout_timeout_s", "run.generate_timeout_s",
+    "run.learner_timeout_s", "run.sync_timeout_s",
 )
 
 
@@ -606,6 +625,8 @@ RESUME_FREE_KEYS = (
     "run.dir", "run.iterations", "run.checkpoint_every", "run.keep_checkpoints", "run.eval_every",
     "run.save_trajectories", "run.ray_address", "run.dashboard_host", "run.node_ip_address",
     "run.loggers", "run.wandb_project", "run.wandb_mode", "run.mlflow_tracking_uri", "run.mlflow_experiment",
+    "run.max_restarts", "run.max_learner_restarts", "run.rollout_timeout_s", "run.generate_timeout_s",
+    "run.learner_timeout_s", "run.sync_timeout_s",
 )
 """keys a `--resume` may change without `--allow-config-change`: where and how long the run goes on,
 not what it learns"""

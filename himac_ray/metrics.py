@@ -56,6 +56,10 @@ GROUPS_INFORMATIVE_FRACTION = "groups/informative_fraction"
 GROUPS_INFORMATIVE = "groups/informative"
 GROUPS_EXTRA = "groups/extra"
 """groups rolled out on fresh tasks by dynamic sampling (algorithm.min_informative_groups)"""
+FAULTS = {"faults/episodes_failed": "episodes_failed", "faults/env_pool_restarts": "env_pool_restarts",
+          "faults/sampler_restarts": "sampler_restarts"}
+"""metric key -> rollout metric: episodes left out because their env raised, env pools and
+sampler engines replaced during the iteration's rollouts (himac_ray.rollout)"""
 
 
 class MetricsLog:

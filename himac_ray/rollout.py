@@ -33,6 +33,11 @@ ALFWorld answers "Nothing happens.", WebShop and Sokoban do nothing), else "" (s
 Such a step counts toward the env's `max_steps`. An invalid / fallback blueprint gets
 `invalid_penalty` on its `plan` record's reward.
 
+A failing env (an exception from its `reset` or `step`) fails that episode only: it ends at once,
+its records are left out of the result (a partial return is no return), and it is counted in
+`episodes_failed` and listed in `RolloutResult.failed` (seed, traj id, the exception). The other
+episodes, also of its group, go on.
+
 Rewards and returns: `Record.reward` = env reward + penalty; `episode_return` (set on every
 record of the episode, with `won`) = the sum of `reward` over the episode's records, the `plan`
 record included. So in macro mode R(z_i) already charges a malformed blueprint.
@@ -84,6 +89,10 @@ GEN_TOKENS = "gen_tokens"
 GEN_CALLS = "gen_calls"
 GEN_SECONDS = "gen_seconds"
 ENV_SECONDS = "env_seconds"
+EPISODES_FAILED = "episodes_failed"
+ENV_POOL_RESTARTS = "env_pool_restarts"
+SAMPLER_RESTARTS = "sampler_restarts"
+"""(both) actors replaced during the rollout: set by the Ray rollout service (actors/env_pool.py)"""
 
 
 @dataclass
@@ -102,6 +111,8 @@ class RolloutResult:
     pre: RolloutResult | None = None
     """micro mode without `blueprints`: the macro rollout that chose them (its records and
     metrics are not part of this result's)"""
+    failed: list[dict] = field(default_factory=list)
+    """episodes whose env raised: seed, group_id, traj_id, error (not in `records` / `episodes`)"""
 
 
 @dataclass
@@ -131,6 +142,8 @@ class Episode:
     won: bool = False
     records: list[Record] = field(default_factory=list)
     extra: dict = field(default_factory=dict)
+    error: str | None = None
+    """why the env failed (an exception from reset / step); the episode is dropped from the result"""
 
 
 def run_rollout(
@@ -196,7 +209,8 @@ def run_rollout(
     planner_generator = planner_generator or generator
     env_kwargs = dict(env_kwargs or {})
     pre = None
-    stats = {GEN_SECONDS: 0.0, ENV_SECONDS: 0.0, GEN_CALLS: 0, SUB_DONE_ADVANCES: 0, BUDGET_ADVANCES: 0}
+    stats = {GEN_SECONDS: 0.0, ENV_SECONDS: 0.0, GEN_CALLS: 0, SUB_DONE_ADVANCES: 0, BUDGET_ADVANCES: 0,
+             EPISODES_FAILED: 0}
     if mode == "micro" and blueprints is None:
         pre = run_rollout(
             generator=generator, env_id=env_id, env_kwargs=env_kwargs, seeds=seeds, mode="macro",
@@ -207,15 +221,14 @@ def run_rollout(
             env_factory=env_factory, progress=progress, planner_generator=planner_generator,
             prompt_format=prompt_format, episode_score=episode_score,
         )
-        blueprints = pre.blueprints
+        blueprints = {int(s): pre.blueprints.get(int(s), []) for s in seeds}  # [] (every member failed) -> fallback plan
 
     groups: list[list[Episode]] = []
     try:
         for i, seed in enumerate(seeds):
             group_id = f"{mode}-{i}-seed{seed}"
-            groups.append(
-                [reset_episode(env_id, env_kwargs, env_factory, int(seed), group_id, f"{group_id}/{j}", stats) for j in range(group_size)]
-            )
+            groups.append([_reset_or_fail(env_id, env_kwargs, env_factory, int(seed), group_id, f"{group_id}/{j}", stats)
+                           for j in range(group_size)])
         _run_groups(
             groups, generator=generator, planner_generator=planner_generator, env_id=env_id, mode=mode,
             planner_params=planner_params, executor_params=executor_params, max_subgoals=max_subgoals,
@@ -226,7 +239,7 @@ def run_rollout(
     finally:
         for g in groups:
             for e in g:
-                e.env.close()
+                _close(e)
     result = _result(groups, mode, stats, episode_score)
     result.pre = pre
     return result
@@ -240,11 +253,14 @@ def _run_groups(
     subgoal_step_budget, history_length, invalid_penalty, blueprints, stats, progress, fmt,
 ) -> None:
     """Blueprints (macro: sampled, micro: given), then decision rounds until every episode ended."""
+    size = max((len(g) for g in groups), default=0)
+    groups = [[e for e in g if e.error is None] for g in groups]  # members whose env failed at reset sit out
+    groups = [g for g in groups if g]
     episodes = [e for g in groups for e in g]
     if not episodes:
         return
     if mode == "macro":
-        _plan_round(planner_generator, env_id, groups, planner_params, max_subgoals, invalid_penalty, stats, fmt)
+        _plan_round(planner_generator, env_id, groups, planner_params, max_subgoals, invalid_penalty, stats, fmt, size)
         if progress is not None:
             progress({"phase": "plan", "round": 0, "live": len(episodes), "finished": 0, "total": len(episodes)})
     elif mode == "micro":
@@ -278,6 +294,30 @@ def reset_episode(
     )
 
 
+def _reset_or_fail(env_id, env_kwargs, env_factory, seed, group_id, traj_id, stats) -> Episode:
+    """`reset_episode`, or an ended episode carrying the error when the env fails to build or reset."""
+    try:
+        return reset_episode(env_id, env_kwargs, env_factory, seed, group_id, traj_id, stats)
+    except Exception as err:  # noqa: BLE001  (any env bug fails this episode, not the rollout)
+        e = Episode(env=None, group_id=group_id, traj_id=traj_id, seed=seed, task="", obs_text="", image=None,
+                    info={}, max_steps=0)
+        _fail(e, err, stats)
+        return e
+
+
+def _fail(e: Episode, err: BaseException, stats: dict) -> None:
+    e.done, e.won, e.error = True, False, f"{type(err).__name__}: {err}"
+    stats[EPISODES_FAILED] += 1
+
+
+def _close(e: Episode) -> None:
+    try:
+        if e.env is not None:
+            e.env.close()
+    except Exception:  # noqa: BLE001  (a failing close loses nothing: the episode is over)
+        pass
+
+
 def _gym_make(env_id: str, env_kwargs: dict):
     import gymnasium as gym
 
@@ -286,14 +326,14 @@ def _gym_make(env_id: str, env_kwargs: dict):
     return gym.make(env_id, **env_kwargs)
 
 
-def _plan_round(generator, env_id, groups, params, max_subgoals, invalid_penalty, stats, fmt) -> None:
+def _plan_round(generator, env_id, groups, params, max_subgoals, invalid_penalty, stats, fmt, size) -> None:
     """One generate call: n = group size blueprints per seed, blueprint j -> episode j."""
     chats = [
         prompts.planner_prompt(env_id, task=g[0].task, observation=g[0].obs_text, max_subgoals=max_subgoals,
                                image=g[0].image, fmt=fmt)
         for g in groups
     ]
-    samples = _generate(generator, chats, dataclasses.replace(params, n=len(groups[0])), stats)
+    samples = _generate(generator, chats, dataclasses.replace(params, n=size), stats)
     for g, group_samples in zip(groups, samples):
         for e, sample in zip(g, group_samples):
             subgoals, valid = parsers.parse_plan(sample.text, max_subgoals, task=e.task)
@@ -352,8 +392,13 @@ def _act_step(e: Episode, sample, env_id, mode, invalid_penalty, stats, fmt) -> 
     # subgoals) and only where asked for (flat agents never; `rollout.sub_done` false never)
     sub_done = sub_done and valid and mode != "flat" and fmt.sub_done
     start = time.perf_counter()
-    obs, env_reward, terminated, truncated, info = e.env.step(action)
-    stats[ENV_SECONDS] += time.perf_counter() - start
+    try:
+        obs, env_reward, terminated, truncated, info = e.env.step(action)
+    except Exception as err:  # noqa: BLE001  (an env bug fails this episode, not the rollout)
+        _fail(e, err, stats)
+        return
+    finally:
+        stats[ENV_SECONDS] += time.perf_counter() - start
     reward = float(env_reward) + (0.0 if valid else float(invalid_penalty))
     subgoal_index = -1 if mode == "flat" else e.subgoal_index
     e.records.append(
@@ -444,6 +489,9 @@ def _extra(e: Episode) -> dict:
 
 
 def _result(groups: list[list[Episode]], mode: str, stats: dict, episode_score: str = "return") -> RolloutResult:
+    failed = [{"seed": e.seed, "group_id": e.group_id, "traj_id": e.traj_id, "error": e.error}
+              for g in groups for e in g if e.error is not None]
+    groups = [[e for e in g if e.error is None] for g in groups]
     episodes = [e for g in groups for e in g]
     records = [r for e in episodes for r in e.records if r.level == "plan"]
     records += [r for e in episodes for r in e.records if r.level == "act"]
@@ -459,6 +507,8 @@ def _result(groups: list[list[Episode]], mode: str, stats: dict, episode_score: 
     blueprints = {}
     if mode != "flat":
         for g in groups:
+            if not g:  # every member failed: micro mode falls back to the default blueprint
+                continue
             score = (lambda e: (e.won, e.ret)) if episode_score == "won" else (lambda e: (e.ret,))
             best = max(range(len(g)), key=lambda j: (*score(g[j]), -j))  # ties -> first
             blueprints[g[0].seed] = list(g[best].subgoals)
@@ -477,9 +527,10 @@ def _result(groups: list[list[Episode]], mode: str, stats: dict, episode_score: 
         NUM_EPISODES: len(episodes),
         ENV_STEPS: sum(e.steps for e in episodes),
         GEN_TOKENS: sum(len(r.response_ids) for r in records),
-        **{k: stats[k] for k in (GEN_CALLS, GEN_SECONDS, ENV_SECONDS, SUB_DONE_ADVANCES, BUDGET_ADVANCES)},
+        **{k: stats[k] for k in (GEN_CALLS, GEN_SECONDS, ENV_SECONDS, SUB_DONE_ADVANCES, BUDGET_ADVANCES,
+                                 EPISODES_FAILED)},
     }
-    return RolloutResult(records=records, episodes=summaries, metrics=metrics, blueprints=blueprints)
+    return RolloutResult(records=records, episodes=summaries, metrics=metrics, blueprints=blueprints, failed=failed)
 
 
 def merge_results(results: Sequence[RolloutResult]) -> RolloutResult:
@@ -509,7 +560,8 @@ def merge_results(results: Sequence[RolloutResult]) -> RolloutResult:
         return sum(r.level == "plan" for r in res.records)
 
     metrics = {key: sum(res.metrics.get(key, 0) for res in results) for key in (
-        NUM_EPISODES, ENV_STEPS, GEN_TOKENS, GEN_CALLS, GEN_SECONDS, ENV_SECONDS, SUB_DONE_ADVANCES, BUDGET_ADVANCES)}
+        NUM_EPISODES, ENV_STEPS, GEN_TOKENS, GEN_CALLS, GEN_SECONDS, ENV_SECONDS, SUB_DONE_ADVANCES, BUDGET_ADVANCES,
+        EPISODES_FAILED, ENV_POOL_RESTARTS, SAMPLER_RESTARTS)}
     for key in (SUCCESS_RATE, MEAN_RETURN, MEAN_STEPS, MEAN_NUM_SUBGOALS):
         metrics[key] = weighted(key, n_eps)
     metrics[INVALID_ACTION_RATE] = weighted(INVALID_ACTION_RATE, n_acts)
@@ -519,7 +571,9 @@ def merge_results(results: Sequence[RolloutResult]) -> RolloutResult:
     blueprints = {seed: bp for res in results for seed, bp in res.blueprints.items()}
     pres = [res.pre for res in results]
     pre = merge_results(pres) if all(p is not None for p in pres) else None
-    return RolloutResult(records=records, episodes=episodes, metrics=metrics, blueprints=blueprints, pre=pre)
+    failed = [f for res in results for f in res.failed]
+    return RolloutResult(records=records, episodes=episodes, metrics=metrics, blueprints=blueprints, pre=pre,
+                         failed=failed)
 
 
 # --------------------------------------------------------------------------------------------

@@ -385,6 +385,8 @@ class Trainer:
             "records": len(result.records),
             "weights_version": self.state.weights_version,
         }
+        pre = result.pre.metrics if result.pre is not None else {}
+        row.update({key: m.get(name, 0) + pre.get(name, 0) for key, name in M.FAULTS.items()})
         row.update({k: v for k, v in learn.items() if isinstance(v, (int, float))})
         return row
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 import os
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 if TYPE_CHECKING:
     import torch
@@ -50,6 +50,17 @@ def sync_paths(mode: str, *, learner_node: str, sampler_nodes: Sequence[str], le
 def shm_dir() -> Path:
     """Where the `shm` path writes its safetensors files: /dev/shm when it exists, else the temp dir."""
     return Path("/dev/shm" if os.path.isdir("/dev/shm") else tempfile.gettempdir())
+
+
+def sync_through_file(path: Path, *, save: Callable[[str], object], reload: Callable[[str], object]) -> None:
+    """The `shm` path: `save(path)` writes the weights file, `reload(path)` has the samplers load it.
+    The file is removed afterwards whether or not both succeeded (a failed sync leaves nothing in
+    /dev/shm, which is RAM)."""
+    try:
+        save(str(path))
+        reload(str(path))
+    finally:
+        path.unlink(missing_ok=True)
 
 
 def export_walk(module) -> tuple[list[tuple[torch.Tensor, list[str]]], list[tuple[str, torch.Tensor]]]:

@@ -14,7 +14,7 @@ from himac_ray.envs.sokoban import ACTIONS
 
 
 def test_registry_lists_every_benchmark():
-    assert set(BENCHES) == {"env", "rollout", "sync", "learner", "learning", "rllib", "profile", "quick"}
+    assert set(BENCHES) == {"env", "rollout", "sync", "learner", "learning", "rllib", "profile", "faults", "quick"}
     assert set(QUICK_SET) <= set(BENCHES)
     with pytest.raises(KeyError, match="unknown benchmark"):
         run_bench("nope")
@@ -91,3 +91,13 @@ def test_rollout_bench_smoke_returns_the_ratio_keys():
     assert out["models"]["tiny"]["a_himac_ray"]["gen_tokens"] > 0
     assert out["models"]["tiny"]["c_raw_vllm"]["gen_tokens"] == out["models"]["tiny"]["a_himac_ray"]["gen_tokens"]
     json.dumps(out)
+
+
+def test_fault_schedule_is_seeded_one_fault_per_kind_in_distinct_middle_iterations():
+    from benchmarks.fault_bench import FAULT_KINDS, make_schedule
+
+    a, b = make_schedule(0, 6), make_schedule(0, 6)
+    assert a == b and a != make_schedule(1, 6)
+    assert sorted(f["kind"] for f in a) == sorted(FAULT_KINDS)
+    assert sorted(f["iteration"] for f in a) == [1, 2, 3, 4]  # never the last iteration
+    assert all(0 < f["at_fraction"] < 1 for f in a)

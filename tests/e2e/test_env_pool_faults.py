@@ -1,5 +1,7 @@
-"""A killed env-pool actor mid-rollout is replaced and its groups redone: no record lost or duplicated."""
+"""A killed env-pool or sampler actor mid-rollout is replaced and its groups redone: no record lost or duplicated."""
 
+import shutil
+import tempfile
 import threading
 import time
 from collections import defaultdict
@@ -8,7 +10,7 @@ import pytest
 import ray
 
 from actors.env_pool import RolloutDispatcher
-from actors.sampler import SamplerPool, create_samplers
+from actors.sampler import SamplerFleet, SamplerPool, create_samplers
 from himac_ray.config import load_config
 from himac_ray.generation import SamplingParams
 from himac_ray.models import resolve_model
@@ -18,9 +20,11 @@ pytestmark = [pytest.mark.slow, pytest.mark.ray]
 
 @pytest.fixture(scope="module")
 def local_ray():
-    ray.init(address="local", num_cpus=4, include_dashboard=False)
+    temp_dir = tempfile.mkdtemp(prefix="rayp", dir="/tmp")  # Ray's socket paths must stay short
+    ray.init(address="local", num_cpus=4, include_dashboard=False, _temp_dir=temp_dir)
     yield
     ray.shutdown()
+    shutil.rmtree(temp_dir, ignore_errors=True)
 
 
 def test_killed_env_pool_is_restarted_and_its_seeds_redone(local_ray):
@@ -50,3 +54,36 @@ def test_killed_env_pool_is_restarted_and_its_seeds_redone(local_ray):
         assert steps == list(range(len(steps))) and len(steps) >= 1, traj
     assert sorted({r.seed for r in result.records}) == seeds
     assert result.metrics["episodes"] == len(seeds) * group_size
+
+
+def test_killed_sampler_is_restarted_with_the_current_weights_and_its_slices_redone(local_ray):
+    cfg = load_config(None, ["model.path=tiny", "model.max_model_len=2048"])
+    fleet = SamplerFleet({"both": str(resolve_model("tiny"))}, model=cfg.model, sampler=cfg.sampler, timeout_s=300)
+    pushed = []
+
+    def on_restart(role, index, actor):  # what the coordinator's WeightSync does: push the current version
+        ray.get(actor.update_weight_version.remote(5))
+        pushed.append((role, index))
+
+    fleet.on_restart = on_restart
+    dispatcher = RolloutDispatcher("himac/Sokoban-v0", {"max_steps": 8}, num_pools=2, samplers=fleet, log=print)
+    seeds, group_size = [21, 22, 23, 24], 3
+    victim = fleet.actors["both"][0]
+    killer = threading.Timer(1.0, lambda: ray.kill(victim))
+    killer.start()
+    try:
+        result = dispatcher(
+            seeds=seeds, mode="macro", group_size=group_size, max_subgoals=2,
+            planner_params=SamplingParams(temperature=1.0, max_tokens=24),
+            executor_params=SamplingParams(temperature=0.0, max_tokens=16),
+        )
+        killer.join()
+        assert result.metrics["sampler_restarts"] == 1, "the sampler was not killed mid-rollout"
+        assert pushed == [("both", 0)] and fleet.epochs["both"] == [1]
+        assert ray.get(fleet.actors["both"][0].weights_version.remote()) == 5
+        assert len(result.episodes) == len(seeds) * group_size
+        assert len({r.traj_id for r in result.records}) == len(seeds) * group_size
+        assert sum(r.level == "plan" for r in result.records) == len(seeds) * group_size
+    finally:
+        dispatcher.shutdown()
+        fleet.shutdown()

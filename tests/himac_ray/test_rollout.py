@@ -308,3 +308,56 @@ def test_bad_arguments():
         run_rollout(generator=gen, env_id=SOKOBAN, seeds=[0], mode="bogus", group_size=1)
     with pytest.raises(KeyError):
         run_rollout(generator=gen, env_id=SOKOBAN, seeds=[0], mode="micro", group_size=1, blueprints={1: ["x"]})
+
+
+class BrokenEnv(gym.Wrapper):
+    """Sokoban whose `step` raises at step `fail_step` (None: never) and whose `reset` raises when
+    `fail_reset`; counts closes."""
+
+    closed = 0
+
+    def __init__(self, env, *, fail_step=None, fail_reset=False):
+        super().__init__(env)
+        self.fail_step, self.fail_reset, self.steps = fail_step, fail_reset, 0
+
+    def reset(self, **kw):
+        if self.fail_reset:
+            raise OSError("reset exploded")
+        return self.env.reset(**kw)
+
+    def step(self, action):
+        if self.steps == self.fail_step:
+            raise RuntimeError("env bug")
+        self.steps += 1
+        return self.env.step(action)
+
+    def close(self):
+        BrokenEnv.closed += 1
+        self.env.close()
+
+
+@pytest.mark.parametrize("mode", ["macro", "micro", "flat"])
+def test_an_env_exception_fails_its_episode_only(mode):
+    # episode 1 of seed 0's group fails at its 2nd step, episode 0 of seed 1's group at reset
+    made = []
+
+    def factory(env_id, **kwargs):
+        k = len(made) % 4  # micro mode builds the macro pre-pass's 4 envs first, then its own 4
+        env = BrokenEnv(gym.make(env_id, **kwargs), fail_step=1 if k == 1 else None, fail_reset=k == 2)
+        made.append(env)
+        return env
+
+    BrokenEnv.closed = 0
+    gen = ScriptedGenerator(lambda chat, i: "<plan>\n1. push\n</plan>" if "blueprint" in _text(chat)
+                            else "<think>t</think><action>left</action>")
+    res = run_rollout(generator=gen, env_id=SOKOBAN, env_kwargs={"max_steps": 4}, seeds=[0, 1], mode=mode,
+                      group_size=2, env_factory=factory)
+    assert res.metrics["episodes_failed"] == 2 and res.metrics["episodes"] == 2
+    assert sorted(f["traj_id"] for f in res.failed) == [f"{mode}-0-seed0/1", f"{mode}-1-seed1/0"]
+    assert {f["error"] for f in res.failed} == {"RuntimeError: env bug", "OSError: reset exploded"}
+    kept = {e["traj_id"] for e in res.episodes}
+    assert kept == {f"{mode}-0-seed0/0", f"{mode}-1-seed1/1"}
+    assert {r.traj_id for r in res.records} == kept  # a failed episode's partial records are dropped
+    assert all(e["steps"] == len([r for r in res.records if r.traj_id == e["traj_id"] and r.level == "act"]) >= 1
+               for e in res.episodes)
+    assert BrokenEnv.closed == len(made) - (4 if mode == "micro" else 2) // 2  # every built env but the reset failures

@@ -7,6 +7,8 @@ element for element (checked also by vLLM's sender-side `_checked_iter`), and it
 `export_weights`' exactly.
 """
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -94,3 +96,19 @@ def test_weight_source_metadata_matches_iteration(learner):
         assert torch.equal(got, want), name
     assert all(t.device.type == "cpu" for _, t in sent)
     assert [n for n, _ in source] == names  # a fresh pass each time
+
+
+def test_shm_file_is_removed_when_the_sync_fails(tmp_path):
+    from himac_ray.weight_sync import sync_through_file
+
+    path = tmp_path / "w.safetensors"
+
+    def reload(p):
+        assert Path(p).exists()
+        raise OSError("sampler gone")
+
+    with pytest.raises(OSError, match="sampler gone"):
+        sync_through_file(path, save=lambda p: Path(p).write_bytes(b"w"), reload=reload)
+    assert not path.exists()
+    sync_through_file(path, save=lambda p: Path(p).write_bytes(b"w"), reload=lambda p: None)
+    assert not path.exists()
