@@ -80,7 +80,8 @@ def test_best_blueprint_follows_episode_score():
     assert _result(tie, "macro", STATS, "won").blueprints == {3: ["first"]}  # ties -> first
 
 
-STATS = {"gen_calls": 0, "gen_seconds": 0.0, "env_seconds": 0.0, "sub_done_advances": 0, "budget_advances": 0}
+STATS = {"gen_calls": 0, "gen_seconds": 0.0, "env_seconds": 0.0, "sub_done_advances": 0, "budget_advances": 0,
+         "episodes_failed": 0}
 
 
 class RecordingLearner:
