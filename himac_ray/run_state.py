@@ -31,8 +31,10 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 from himac_ray.atomic import fsync_dir, fsync_tree
+from himac_ray.config import ConfigError, TrainConfig, config_from_dict, config_to_dict
 
 COMPLETE = "COMPLETE"
 RUN_MARKER = ".himac-ray-run"
@@ -241,3 +243,43 @@ def clean_partial_checkpoints(run_dir: str | Path) -> None:
     """Remove temporary directories left by a crash while checkpointing."""
     for tmp in checkpoints_root(run_dir).glob(".tmp-*"):
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+# ---------------------------------------------------------------- resume: what may change
+
+
+RESUME_FREE_KEYS = (
+    "run.dir", "run.iterations", "run.checkpoint_every", "run.keep_checkpoints", "run.eval_every",
+    "run.save_trajectories", "run.ray_address", "run.dashboard_host", "run.node_ip_address",
+    "run.loggers", "run.wandb_project", "run.wandb_mode", "run.mlflow_tracking_uri", "run.mlflow_experiment",
+    "run.max_restarts", "run.max_learner_restarts", "run.rollout_timeout_s", "run.generate_timeout_s",
+    "run.learner_timeout_s", "run.sync_timeout_s",
+)
+"""keys a `--resume` may change without `--allow-config-change`: where and how long the run goes on,
+not what it learns"""
+
+
+def _flatten(data: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in data.items():
+        if isinstance(value, dict) and f"{prefix}{key}" not in _DICT_VALUED:
+            out.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+_DICT_VALUED = ("env.kwargs", "rollout.env_pool_resources", "sampler.resources", "learner.resources")
+
+
+def config_changes(saved: dict, new: TrainConfig) -> dict[str, tuple[Any, Any]]:
+    """`key -> (saved value, new value)` for every key a resumed run would change (RESUME_FREE_KEYS
+    aside). `saved` is a run's config.json; keys it lacks (an older himac-ray) take their defaults."""
+    try:
+        old = _flatten(config_to_dict(config_from_dict(saved)))
+    except ConfigError:  # written by another himac-ray version: compare what is there
+        old = _flatten(saved)
+    now = _flatten(config_to_dict(new))
+    keys = sorted((set(old) | set(now)) - set(RESUME_FREE_KEYS))
+    missing = "<absent>"
+    return {k: (old.get(k, missing), now.get(k, missing)) for k in keys if old.get(k, missing) != now.get(k, missing)}

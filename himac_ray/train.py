@@ -18,12 +18,13 @@ import time
 from pathlib import Path
 
 from himac_ray import metrics as M
-from himac_ray.config import ConfigError, TrainConfig, config_changes, config_to_dict, load_config
+from himac_ray.config import ConfigError, TrainConfig, config_to_dict, load_config
 from himac_ray.run_state import (
     RunStateError,
     check_run_dir,
     checkpoint_problem,
     complete_checkpoints,
+    config_changes,
     latest_checkpoint,
     prepare_run_dir,
 )
@@ -191,7 +192,7 @@ def _resume_hint(run_dir: Path) -> str:
 def check_inputs(cfg: TrainConfig, *, resume: bool, allow_config_change: bool = False) -> dict:
     """Everything a run needs, checked before it touches the disk or starts Ray: the run directory
     (`run_state.check_run_dir`), the model folders / names, and on `--resume` the saved config.
-    Returns the changed keys of a resume (`config.config_changes`). Raises ConfigError or RunStateError."""
+    Returns the changed keys of a resume (`run_state.config_changes`). Raises ConfigError or RunStateError."""
     from himac_ray.models import ModelUnavailableError, resolve_model
 
     run_dir = Path(cfg.run.dir)

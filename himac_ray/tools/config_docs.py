@@ -6,7 +6,7 @@ A test keeps the committed file equal to `render_config_docs()`, so the referenc
 
 Field docstrings are the string literal right below each field (PEP 257 "attribute docstrings"),
 read from the source of `himac_ray/config.py` with `ast`; types, defaults and allowed values come
-from the dataclasses themselves and from `config.CHOICES` / `POSITIVE` / `NON_NEGATIVE`.
+from the dataclasses themselves and from `config_rules.CHOICES` / `POSITIVE` / `NON_NEGATIVE`.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import sys
 import typing
 from pathlib import Path
 
-from himac_ray import config as config_module
+from himac_ray import config_rules
 from himac_ray.config import TrainConfig
 
 SECTIONS = {
@@ -113,8 +113,8 @@ def format_value(value) -> str:
 
 
 def allowed_of(key: str) -> str:
-    if key in config_module.CHOICES:
-        return " | ".join(format_value(v) for v in config_module.CHOICES[key])
+    if key in config_rules.CHOICES:
+        return " | ".join(format_value(v) for v in config_rules.CHOICES[key])
     if key == "env.id":
         from himac_ray.envs import ENV_IDS
 
@@ -127,9 +127,9 @@ def allowed_of(key: str) -> str:
         return "list of " + " | ".join(LOGGERS)
     if key == "rollout.subgoal_step_budget":
         return ">= 1 or null"
-    if key in config_module.POSITIVE:
+    if key in config_rules.POSITIVE:
         return ">= 1"
-    if key in config_module.NON_NEGATIVE:
+    if key in config_rules.NON_NEGATIVE:
         return ">= 0"
     return ""
 

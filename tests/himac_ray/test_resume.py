@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from himac_ray.config import ConfigError, config_changes, config_to_dict, load_config
+from himac_ray.config import ConfigError, config_to_dict, load_config
 from himac_ray.generation import ScriptedGenerator
 from himac_ray.rollout import run_rollout
-from himac_ray.run_state import CoordinatorState, RunStateError, complete_checkpoints, latest_checkpoint
+from himac_ray.run_state import CoordinatorState, RunStateError, complete_checkpoints, config_changes, latest_checkpoint
 from himac_ray.trainer import Trainer
 from tests.himac_ray.test_run_state import _fake_learner_checkpoint
 

@@ -142,7 +142,7 @@ def test_loggers_are_validated_and_free_to_change_on_resume():
         load_config(None, ["run.loggers=tensorboard"])
     with pytest.raises(ConfigError, match="run.wandb_mode"):
         load_config(None, ["run.wandb_mode=cloud"])
-    from himac_ray.config import config_changes
+    from himac_ray.run_state import config_changes
 
     saved = config_to_dict(load_config(None, []))
     assert config_changes(json.loads(json.dumps(saved)), load_config(None, ["run.loggers=[jsonl,tensorboard]"])) == {}

@@ -1,0 +1,114 @@
+"""The rules a config must satisfy: allowed values, ranges and cross-field checks.
+
+`validate(cfg)` runs when a `TrainConfig` is built (`config.TrainConfig.__post_init__`) and raises a
+`ConfigError` naming the key, its value and what is allowed. `tools/config_docs.py` renders the
+same tables into docs/configuration.md. No Ray here; imports nothing of himac_ray at module level
+(the env registry and the trackers are looked up inside `validate`).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from himac_ray.names import ALGORITHMS
+
+if TYPE_CHECKING:
+    from himac_ray.config import TrainConfig
+
+
+class ConfigError(ValueError):
+    """A config value or key is not acceptable; the message says which and what is allowed."""
+
+
+CHOICES = {
+    "model.dtype": ("auto", "float32", "bfloat16", "float16"),
+    "rollout.prompt_style": ("verl", "compact"),
+    "rollout.answer_format": ("think", "action"),
+    "algorithm.name": ALGORITHMS,
+    "algorithm.loss_aggregation": ("token-mean", "seq-mean-token-mean"),
+    "algorithm.episode_score": ("return", "won"),
+    "learner.zero_stage": (2, 3),
+    "learner.backend": ("auto", "gloo", "nccl"),
+    "learner.weight_sync": ("auto", "shm_object_store", "nccl"),
+    "sampler.placement_strategy": ("SPREAD", "PACK", "STRICT_SPREAD", "STRICT_PACK"),
+    "learner.placement_strategy": ("SPREAD", "PACK", "STRICT_SPREAD", "STRICT_PACK"),
+    "coevolution.start_with": ("planner", "executor"),
+    "coevolution.iteration": ("alternate", "paper"),
+    "run.wandb_mode": ("offline", "online", "disabled"),
+}
+POSITIVE = (
+    "model.max_model_len", "algorithm.group_size", "algorithm.num_groups", "rollout.max_subgoals",
+    "rollout.plan_max_tokens", "rollout.action_max_tokens", "rollout.num_env_pools", "sampler.num_engines",
+    "sampler.tensor_parallel_size", "learner.num_ranks", "learner.micro_batch_size",
+    "learner.mini_batches", "learner.ppo_epochs", "learner.max_len", "learner.sync_bucket_mb",
+    "run.checkpoint_every", "run.keep_checkpoints", "sft.episodes", "sft.batch_size", "env.eval_episodes",
+    "env.eval_samples",
+)
+NON_NEGATIVE = (
+    "algorithm.min_informative_groups", "algorithm.max_extra_groups", "sampler.threads",
+    "algorithm.eps", "algorithm.kl_coef", "algorithm.entropy_coef", "algorithm.clip_coef",
+    "learner.train_layers", "learner.torch_threads", "sft.train_layers",
+    "rollout.history_length", "rollout.planner_temperature", "rollout.executor_temperature",
+    "rollout.scoring_temperature", "sampler.cpus_per_engine", "sampler.gpus_per_engine",
+    "sampler.kv_cache_gb", "learner.cpus_per_rank", "learner.gpus_per_rank", "learner.lr",
+    "learner.weight_decay", "learner.grad_clip", "coevolution.planner_iters",
+    "coevolution.executor_iters", "coevolution.executor_warmup", "run.eval_every", "sft.epochs", "sft.lr",
+    "run.seed", "sampler.seed", "sft.seed", "sft.seed_start", "env.train_seed_start", "env.eval_seed_start",
+    "env.eval_temperature", "sft.plan_episodes", "run.iterations",
+    "run.max_restarts", "run.max_learner_restarts", "run.rollout_timeout_s", "run.generate_timeout_s",
+    "run.learner_timeout_s", "run.sync_timeout_s",
+)
+
+
+def _get(cfg: TrainConfig, dotted: str):
+    value = cfg
+    for part in dotted.split("."):
+        value = getattr(value, part)
+    return value
+
+
+def validate(cfg: TrainConfig) -> None:
+    """Check allowed values and cross-field rules; raise ConfigError naming the key."""
+    for key, allowed in CHOICES.items():
+        if _get(cfg, key) not in allowed:
+            raise ConfigError(f"{key}={_get(cfg, key)!r} is not allowed; choose one of {list(allowed)}")
+    for key in POSITIVE:
+        if _get(cfg, key) < 1:
+            raise ConfigError(f"{key}={_get(cfg, key)!r} must be >= 1")
+    for key in NON_NEGATIVE:
+        if _get(cfg, key) < 0:
+            raise ConfigError(f"{key}={_get(cfg, key)!r} must be >= 0")
+    if cfg.algorithm.clip_coef_high is not None and cfg.algorithm.clip_coef_high < 0:
+        raise ConfigError(f"algorithm.clip_coef_high={cfg.algorithm.clip_coef_high!r} must be >= 0 or null")
+    if not 0 < cfg.algorithm.gamma <= 1:
+        raise ConfigError(f"algorithm.gamma={cfg.algorithm.gamma!r} must be in (0, 1]")
+    if not 0 < cfg.rollout.top_p <= 1:
+        raise ConfigError(f"rollout.top_p={cfg.rollout.top_p!r} must be in (0, 1]")
+    if not 0 < cfg.sampler.gpu_memory_utilization <= 1:
+        raise ConfigError(f"sampler.gpu_memory_utilization={cfg.sampler.gpu_memory_utilization!r} must be in (0, 1]")
+    if cfg.rollout.subgoal_step_budget is not None and cfg.rollout.subgoal_step_budget < 1:
+        raise ConfigError(f"rollout.subgoal_step_budget={cfg.rollout.subgoal_step_budget!r} must be >= 1 or null")
+    if cfg.learner.weight_sync == "nccl" and (cfg.learner.gpus_per_rank < 1 or cfg.sampler.gpus_per_engine < 1):
+        raise ConfigError(
+            f"learner.weight_sync='nccl' needs whole GPUs on both sides (learner.gpus_per_rank="
+            f"{cfg.learner.gpus_per_rank}, sampler.gpus_per_engine={cfg.sampler.gpus_per_engine}): NCCL cannot "
+            "run without GPUs nor put two ranks on one GPU; use auto or shm_object_store")
+    if cfg.coevolution.planner_iters + cfg.coevolution.executor_iters < 1:
+        raise ConfigError("coevolution.planner_iters + coevolution.executor_iters must be >= 1")
+    if cfg.algorithm.group_size < 2:  # every algorithm (himac, grpo, gigpo, rloo) compares within groups
+        raise ConfigError(f"algorithm.group_size={cfg.algorithm.group_size} must be >= 2 for algorithm.name="
+                          f"{cfg.algorithm.name!r}: groups of one have no relative advantage")
+    for key in ("algorithm.planner_group_size", "algorithm.executor_group_size"):
+        if _get(cfg, key) is not None and _get(cfg, key) < 2:
+            raise ConfigError(f"{key}={_get(cfg, key)!r} must be >= 2 or null: groups of one have no relative advantage")
+    from himac_ray import trackers
+
+    for name in cfg.run.loggers:
+        if name not in trackers.LOGGERS:
+            raise ConfigError(f"run.loggers: {name!r} is not a logger; choose from {list(trackers.LOGGERS)}")
+        if (missing := trackers.missing_package(name)) is not None:
+            raise ConfigError(f"run.loggers: {missing}")
+    from himac_ray.envs import ENV_IDS
+
+    if cfg.env.id not in ENV_IDS:
+        raise ConfigError(f"env.id={cfg.env.id!r} is not a himac-ray env; choose one of {sorted(ENV_IDS)}")
