@@ -6,7 +6,7 @@ import pytest
 from himac_ray import prompts
 from himac_ray.config import load_config
 from himac_ray.generation import ScriptedGenerator
-from himac_ray.rollout import Episode, _result, episode_settings, run_rollout
+from himac_ray.rollout import Episode, episode_settings, run_rollout, summarize_groups
 
 SOKOBAN = "himac/Sokoban-v0"
 KWARGS = {"dim_room": [6, 6], "num_boxes": 1, "max_steps": 6}
@@ -74,10 +74,10 @@ def test_best_blueprint_follows_episode_score():
                        max_steps=5, subgoals=[plan], ret=ret, won=won)
 
     group = [[episode(1.5, False, "near miss"), episode(0.9, True, "won slowly")]]
-    assert _result(group, "macro", STATS, "return").blueprints == {3: ["near miss"]}
-    assert _result(group, "macro", STATS, "won").blueprints == {3: ["won slowly"]}
+    assert summarize_groups(group, "macro", STATS, "return").blueprints == {3: ["near miss"]}
+    assert summarize_groups(group, "macro", STATS, "won").blueprints == {3: ["won slowly"]}
     tie = [[episode(1.0, True, "first"), episode(1.0, True, "second")]]
-    assert _result(tie, "macro", STATS, "won").blueprints == {3: ["first"]}  # ties -> first
+    assert summarize_groups(tie, "macro", STATS, "won").blueprints == {3: ["first"]}  # ties -> first
 
 
 STATS = {"gen_calls": 0, "gen_seconds": 0.0, "env_seconds": 0.0, "sub_done_advances": 0, "budget_advances": 0,
