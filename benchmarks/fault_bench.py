@@ -51,6 +51,10 @@ ACTOR_CLASSES = {"env_pool": "EnvPoolActor", "sampler": "SamplerActor", "learner
 FAULT_KINDS = ("env_pool", "sampler", "learner", "driver")
 
 
+RECOVERY_WAIT_ITERATIONS = 4
+"""iterations' worth of wall time the soak waits for an injected actor fault's recovery to be logged"""
+
+
 def make_schedule(seed: int, iterations: int = ITERATIONS) -> list[dict]:
     """One fault of each kind, in distinct iterations 1..iterations-2 (shuffled by `seed`; the last
     iteration stays clean, so a late fault still lands in the run), each at a random fraction of an
@@ -129,11 +133,19 @@ def _run_with_faults(run_dir: Path, address: str, overrides: list[str], schedule
             time.sleep(2)
             proc = _driver(run_dir, address, overrides, resume=True)
         else:
+            before = _recoveries(run_dir).get(fault["kind"], 0)
             pid, name = _actor_pid(ACTOR_CLASSES[fault["kind"]], rng)
             os.kill(pid, signal.SIGKILL)
             row.update(target=f"{name} pid {pid}", recovery="in-process restart" + (
                 " from the latest checkpoint" if fault["kind"] == "learner" else ""))
             log(f"fault: killed {name} (pid {pid}) in iteration {row['iteration_running']}")
+            # one fault at a time: the next is injected only once this one's recovery is logged (a
+            # dead actor is noticed at its next call, which may be a phase later); a recovery that
+            # never comes is reported as not recovered
+            deadline = time.time() + RECOVERY_WAIT_ITERATIONS * iter_s
+            while (_recoveries(run_dir).get(fault["kind"], 0) <= before and proc.poll() is None
+                   and time.time() < deadline):
+                time.sleep(0.5)
         injected.append(row)
     rc = proc.wait()
     if rc != 0:
