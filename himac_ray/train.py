@@ -108,7 +108,8 @@ def _resolve_models(cfg: TrainConfig, run_dir: Path, resume: bool, log) -> tuple
 
         from himac_ray.sft.trainer import sft_from_config
 
-        log(f"[himac-ray] SFT warm start on {cfg.sft.episodes} expert episodes of {cfg.env.id} -> {target}")
+        plans = f" + {cfg.sft.plan_episodes} planner-only blueprints" if cfg.sft.plan_episodes and cfg.algorithm.name == "himac" else ""
+        log(f"[himac-ray] SFT warm start on {cfg.sft.episodes} expert episodes{plans} of {cfg.env.id} -> {target}")
         warm = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, path=model_path))
         # in a child process: the model, its optimizer state and the allocator's cached pages are
         # returned to the OS when it exits (in this process they would stay for the whole run)

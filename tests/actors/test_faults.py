@@ -5,8 +5,6 @@ removed when a sync fails."""
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 import time
 from pathlib import Path
 
@@ -19,6 +17,7 @@ from actors.sampler import SamplerDiedError, SamplerPool
 from actors.weight_sync import WeightSync
 from himac_ray.config import load_config
 from himac_ray.generation import SamplingParams, ScriptedGenerator
+from tests.ray_local import private_ray
 
 pytestmark = [pytest.mark.ray]
 ENV = "himac/Sokoban-v0"
@@ -28,11 +27,8 @@ ACT = "<think>t</think><action>left</action>"
 
 @pytest.fixture(scope="module")
 def local_ray():
-    temp_dir = tempfile.mkdtemp(prefix="rayf", dir="/tmp")  # Ray's socket paths must stay short
-    ray.init(address="local", num_cpus=2, include_dashboard=False, _temp_dir=temp_dir)
-    yield
-    ray.shutdown()
-    shutil.rmtree(temp_dir, ignore_errors=True)
+    with private_ray(2, "rayf"):
+        yield
 
 
 def scripted() -> ScriptedGenerator:

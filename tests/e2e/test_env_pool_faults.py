@@ -1,7 +1,5 @@
 """A killed env-pool or sampler actor mid-rollout is replaced and its groups redone: no record lost or duplicated."""
 
-import shutil
-import tempfile
 import threading
 import time
 from collections import defaultdict
@@ -14,17 +12,15 @@ from actors.sampler import SamplerFleet, SamplerPool, create_samplers
 from himac_ray.config import load_config
 from himac_ray.generation import SamplingParams
 from himac_ray.models import resolve_model
+from tests.ray_local import private_ray
 
 pytestmark = [pytest.mark.slow, pytest.mark.ray]
 
 
 @pytest.fixture(scope="module")
 def local_ray():
-    temp_dir = tempfile.mkdtemp(prefix="rayp", dir="/tmp")  # Ray's socket paths must stay short
-    ray.init(address="local", num_cpus=4, include_dashboard=False, _temp_dir=temp_dir)
-    yield
-    ray.shutdown()
-    shutil.rmtree(temp_dir, ignore_errors=True)
+    with private_ray(4, "rayp"):
+        yield
 
 
 def test_killed_env_pool_is_restarted_and_its_seeds_redone(local_ray):

@@ -1,0 +1,20 @@
+"""A private local Ray instance for tests that need real actors (never a shared or running cluster)."""
+
+import shutil
+import tempfile
+from contextlib import contextmanager
+
+import ray
+
+
+@contextmanager
+def private_ray(num_cpus: int, prefix: str = "ray"):
+    """`ray.init` on a fresh short temp dir (Ray's socket paths must stay short: pytest's tmp_path is
+    too long), no dashboard; shut down and the dir removed on exit."""
+    temp_dir = tempfile.mkdtemp(prefix=prefix, dir="/tmp")
+    ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, _temp_dir=temp_dir)
+    try:
+        yield
+    finally:
+        ray.shutdown()
+        shutil.rmtree(temp_dir, ignore_errors=True)
