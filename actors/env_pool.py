@@ -16,7 +16,8 @@ from typing import Callable
 import ray
 
 from actors.sampler import SamplerDiedError
-from himac_ray.rollout import ENV_POOL_RESTARTS, SAMPLER_RESTARTS, merge_results, run_rollout
+from himac_ray.rollout import run_rollout
+from himac_ray.rollout_result import ENV_POOL_RESTARTS, SAMPLER_RESTARTS, merge_results
 
 
 @ray.remote(num_cpus=0)

@@ -63,28 +63,14 @@ import numpy as np
 from himac_ray import parsers, prompts
 from himac_ray.data import Record, png_bytes
 from himac_ray.generation import Generator, SamplingParams
-from himac_ray.rollout_result import (  # noqa: F401  (re-exported: callers import them from rollout)
+from himac_ray.rollout_result import (
     BUDGET_ADVANCES,
-    ENV_POOL_RESTARTS,
     ENV_SECONDS,
-    ENV_STEPS,
     EPISODES_FAILED,
     GEN_CALLS,
     GEN_SECONDS,
-    GEN_TOKENS,
-    INVALID_ACTION_RATE,
-    MEAN_NUM_SUBGOALS,
-    MEAN_RESPONSE_LEN,
-    MEAN_RETURN,
-    MEAN_STEPS,
-    NUM_EPISODES,
-    PLAN_FALLBACK_RATE,
-    PLAN_INVALID_RATE,
-    SAMPLER_RESTARTS,
     SUB_DONE_ADVANCES,
-    SUCCESS_RATE,
     RolloutResult,
-    merge_results,
     summarize_groups,
 )
 

@@ -1,6 +1,5 @@
 """What a rollout returns: `RolloutResult`, its metric keys, and how finished episodes and several
-results (env pools' seed slices, extra groups) become one. No Ray, no torch; `rollout.py`
-re-exports every name here, so callers keep importing them from `himac_ray.rollout`.
+results (env pools' seed slices, extra groups) become one. No Ray, no torch.
 """
 
 from __future__ import annotations

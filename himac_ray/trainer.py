@@ -28,7 +28,7 @@ from himac_ray.data import write_parquet
 from himac_ray.evaluate import SAMPLED, run_eval
 from himac_ray.generation import SamplingParams
 from himac_ray.names import FLAT_ALGORITHMS, JOINT, LEVEL_OF
-from himac_ray.rollout import RolloutResult, merge_results
+from himac_ray.rollout_result import RolloutResult, merge_results
 from himac_ray.run_state import (
     CoordinatorState,
     RunStateError,
@@ -56,14 +56,14 @@ def phase_of(cfg: TrainConfig, iteration: int) -> Phase:
     if cfg.algorithm.name in FLAT_ALGORITHMS:
         return Phase("executor", "flat")
     co = cfg.coevolution
-    paper = co.iteration == "paper"  # both phases on the same tasks: a micro rollout with its macro pre-pass
     if not co.enabled:  # both levels train on one rollout of both phases (greedy scoring, z* kept)
         return Phase(None, "micro")
     level = trainable_level(
         iteration, algorithm=cfg.algorithm.name, planner_iters=co.planner_iters,
         executor_iters=co.executor_iters, executor_warmup=co.executor_warmup, start_with=co.start_with,
     )
-    return Phase(level, "micro" if paper or level == "executor" else "macro")
+    # both phases on the same tasks (paper) = a micro rollout with its macro pre-pass
+    return Phase(level, "micro" if both_phases(cfg) or level == "executor" else "macro")
 
 
 def both_phases(cfg: TrainConfig) -> bool:
@@ -253,8 +253,13 @@ class Trainer:
         if both_phases(self.cfg) and result.pre is not None:
             # z*'s macro group is the macro phase: its plan records train the planner (the act
             # records under each blueprint only score it); the micro records train the executor
-            macro = self._with_advantages(result.pre.records, "planner" if phase.trainable != "executor" else "none")
-            micro = self._with_advantages(result.records, "executor" if phase.trainable != "planner" else "none")
+            macro, micro = result.pre.records, result.records
+            for part, level in ((macro, "planner"), (micro, "executor")):
+                if phase.trainable in (None, level):
+                    self._with_advantages(part, level)
+                else:  # the other level's records are written, never trained
+                    for r in part:
+                        r.advantage = 0.0
             records = macro + micro  # all written to Parquet
             train = [r for r in macro if r.level == "plan"] + [r for r in micro if r.level == "act"]
         else:
@@ -327,12 +332,7 @@ class Trainer:
                                         M.GROUPS_INFORMATIVE: informative, M.GROUPS_EXTRA: extra}
 
     def _with_advantages(self, records, trainable):
-        """`compute_advantages` for the level(s) `trainable` trains; "none": every advantage 0."""
         a = self.cfg.algorithm
-        if trainable == "none":
-            for r in records:
-                r.advantage = 0.0
-            return records
         return compute_advantages(
             records, algorithm=a.name, trainable=trainable, norm_std=a.norm_std, eps=a.eps, gamma=a.gamma,
             step_advantage_w=a.step_advantage_w, episode_score=a.episode_score,

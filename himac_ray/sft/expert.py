@@ -154,10 +154,8 @@ def expert_plans(
             full = list(e.env.unwrapped.expert_subgoals())
             if not full:
                 continue
-            chat = prompts.planner_prompt(env_id, task=e.task, observation=e.obs_text, max_subgoals=max_subgoals,
-                                          image=e.image, fmt=prompt_format)
-            target = prompts.format_plan(expert_blueprint(full, max_subgoals))
-            examples.append(_example(chat, target, level="plan", env_id=env_id, seed=int(seed), step=-1, subgoal_index=-1))
+            examples.append(_plan_example(e, env_id, expert_blueprint(full, max_subgoals), max_subgoals=max_subgoals,
+                                          fmt=prompt_format))
         finally:
             e.env.close()
     return examples
@@ -172,9 +170,7 @@ def _demonstrate(env_id, seed, group_id, *, env_kwargs, max_subgoals, history_le
         examples = []
         progress = ExpertProgress(e.env, max_subgoals, task=e.task)
         if not flat:
-            chat = prompts.planner_prompt(env_id, task=e.task, observation=e.obs_text, max_subgoals=max_subgoals,
-                                          image=e.image, fmt=fmt)
-            examples.append(_example(chat, prompts.format_plan(progress.blueprint), level="plan", step=-1, subgoal_index=-1, **base))
+            examples.append(_plan_example(e, env_id, progress.blueprint, max_subgoals=max_subgoals, fmt=fmt))
             e.subgoals = list(progress.blueprint)
             e.budget = rollout.subgoal_budget(e.max_steps, len(e.subgoals), subgoal_step_budget)
         mode = "flat" if flat else "micro"
@@ -198,6 +194,14 @@ def _demonstrate(env_id, seed, group_id, *, env_kwargs, max_subgoals, history_le
         return e.won, examples
     finally:
         e.env.close()
+
+
+def _plan_example(e, env_id: str, blueprint: Sequence[str], *, max_subgoals: int, fmt: prompts.PromptFormat) -> dict:
+    """The planner example of episode `e` at its reset: the planner prompt -> `blueprint` as `<plan>`."""
+    chat = prompts.planner_prompt(env_id, task=e.task, observation=e.obs_text, max_subgoals=max_subgoals,
+                                  image=e.image, fmt=fmt)
+    return _example(chat, prompts.format_plan(blueprint), level="plan", env_id=env_id, seed=e.seed, step=-1,
+                    subgoal_index=-1)
 
 
 def _example(chat, target: str, *, level: str, env_id: str, seed: int, step: int, subgoal_index: int) -> dict:

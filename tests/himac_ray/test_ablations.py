@@ -6,7 +6,8 @@ import pytest
 from himac_ray import prompts
 from himac_ray.config import load_config
 from himac_ray.generation import ScriptedGenerator
-from himac_ray.rollout import Episode, episode_settings, run_rollout, summarize_groups
+from himac_ray.rollout import Episode, episode_settings, run_rollout
+from himac_ray.rollout_result import summarize_groups
 
 SOKOBAN = "himac/Sokoban-v0"
 KWARGS = {"dim_room": [6, 6], "num_boxes": 1, "max_steps": 6}
