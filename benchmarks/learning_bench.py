@@ -199,7 +199,8 @@ def summarize(out: dict) -> None:
 
 
 def run(args=None, quick: bool = True) -> dict:
-    """`himac-ray bench learning`: options `size` (smoke | quick | full), `algos`, `seeds`, `budget`."""
+    """`himac-ray bench learning`: options `size` (smoke | quick | full), `algos`, `seeds`, `budget`,
+    `minutes` (wall-clock cap per run)."""
     size = opt(args, "size", "quick" if quick else "full")
     spec = dict(SIZES[size])
     if opt(args, "algos"):
@@ -208,6 +209,8 @@ def run(args=None, quick: bool = True) -> dict:
         spec["seeds"] = [int(s) for s in str(opt(args, "seeds")).split(",")]
     if opt(args, "budget"):
         spec["budget"] = int(opt(args, "budget"))
+    if opt(args, "minutes"):
+        spec["max_minutes"] = float(opt(args, "minutes"))
     if opt(args, "overrides"):  # `--set key=value`: a variant of the recipe, tagged in the run keys
         spec["overrides"] = tuple(opt(args, "overrides"))
     WORK_DIR.mkdir(parents=True, exist_ok=True)

@@ -195,6 +195,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--algos", help="learning bench: comma-separated algorithms (default: the size's)")
     p.add_argument("--seeds", help="learning bench: comma-separated RL seeds (default: the size's)")
     p.add_argument("--budget", type=int, help="learning bench: env steps per run (default: the size's)")
+    p.add_argument("--minutes", type=float, help="learning bench: wall-clock cap per run (default: the size's)")
     p.set_defaults(func=cmd_bench)
     return parser
 
