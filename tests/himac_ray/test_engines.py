@@ -85,7 +85,8 @@ def test_weight_reload_changes_output_and_restores_it(engines):
     vllm.reload_weights(original, version=7)
     restored = vllm.generate(PROMPTS[:1], GREEDY16)[0][0]
     assert restored.token_ids == before.token_ids
-    assert restored.logprobs == before.logprobs
+    # the same weights again: the same tokens, logprobs equal up to kernel rounding (as in test_vlm)
+    assert restored.logprobs == pytest.approx(before.logprobs, abs=1e-4)
     assert vllm.weights_version == 7
 
 
