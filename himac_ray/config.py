@@ -102,6 +102,11 @@ class AlgorithmConfig:
     """add GiGPO's step-level anchor-state term to HiMAC micro advantages"""
     episode_norm_over_steps: bool = False
     """group statistics over every step record (verl-agent GiGPO) instead of once per trajectory"""
+    tis_cap: float = 0.0
+    """off-policy correction (truncated importance sampling, docs/algorithm.md): > 0 = the learner
+    recomputes the old-policy logprobs before its update (the PPO ratio's denominator) and weights
+    each token's policy-gradient term by min(pi_old / pi_behaviour, tis_cap), pi_behaviour being the
+    sampler's logprobs; 0 = off, the sampler's logprobs are the old policy (no extra forward pass)"""
 
     def group_size_of(self, mode: str) -> int:
         """Members per group in a rollout mode: G (macro), N (micro) or group_size (flat)."""
@@ -338,6 +343,13 @@ class RunConfig:
     rank(s) are named and the group restarts (run.max_learner_restarts) (0: no limit)"""
     sync_timeout_s: float = 1800.0
     """seconds the samplers may take to load synced weights; then the late one is replaced (0: no limit)"""
+    # asynchronous rollout and learning (himac_ray/pipeline.py, docs/architecture.md)
+    pipeline: str = "sync"
+    """sync: rollout, learn, sync in turn | async: the next iteration's rollout runs while the learner
+    trains on the current one (one step off), new weights reaching the samplers between generate calls"""
+    max_staleness: int = 1
+    """async: weights versions a trained record may lag the learner by; older records are not trained
+    (counted in async/dropped_stale). 0 = no rollout ahead of the learner (async then equals sync)"""
 
 
 @dataclass(frozen=True)

@@ -35,6 +35,7 @@ CHOICES = {
     "coevolution.start_with": ("planner", "executor"),
     "coevolution.iteration": ("alternate", "paper"),
     "run.wandb_mode": ("offline", "online", "disabled"),
+    "run.pipeline": ("sync", "async"),
 }
 POSITIVE = (
     "model.max_model_len", "algorithm.group_size", "algorithm.num_groups", "rollout.max_subgoals",
@@ -56,7 +57,7 @@ NON_NEGATIVE = (
     "run.seed", "sampler.seed", "sft.seed", "sft.seed_start", "env.train_seed_start", "env.eval_seed_start",
     "env.eval_temperature", "sft.plan_episodes", "run.iterations",
     "run.max_restarts", "run.max_learner_restarts", "run.rollout_timeout_s", "run.generate_timeout_s",
-    "run.learner_timeout_s", "run.sync_timeout_s",
+    "run.learner_timeout_s", "run.sync_timeout_s", "run.max_staleness", "algorithm.tis_cap",
 )
 
 
@@ -93,6 +94,9 @@ def validate(cfg: TrainConfig) -> None:
             f"learner.weight_sync='nccl' needs whole GPUs on both sides (learner.gpus_per_rank="
             f"{cfg.learner.gpus_per_rank}, sampler.gpus_per_engine={cfg.sampler.gpus_per_engine}): NCCL cannot "
             "run without GPUs nor put two ranks on one GPU; use auto or shm_object_store")
+    if 0 < cfg.algorithm.tis_cap < 1:
+        raise ConfigError(f"algorithm.tis_cap={cfg.algorithm.tis_cap!r} must be 0 (off) or >= 1: a cap below 1 "
+                          "would shrink every on-policy token's gradient")
     if cfg.coevolution.planner_iters + cfg.coevolution.executor_iters < 1:
         raise ConfigError("coevolution.planner_iters + coevolution.executor_iters must be >= 1")
     if cfg.algorithm.group_size < 2:  # every algorithm (himac, grpo, gigpo, rloo) compares within groups

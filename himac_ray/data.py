@@ -27,8 +27,10 @@ with the fixed schema `RECORD_SCHEMA` (one column per `Record` field, in field o
 | image           | binary           | raw PNG bytes, bit-exact                                |
 | extra           | string           | `json.dumps(extra)`; keys must be str, values JSON-able |
 | num_subgoals    | int32            | K of the episode's blueprint, 0 if unknown / flat       |
+| weights_version | int64            | sampler weights version that generated the response     |
 
-No column is nullable. The schema carries `himac_ray.schema_version` in its metadata.
+No column is nullable. The schema carries `himac_ray.schema_version` in its metadata. Tables written
+before a column existed read back with that field's default (`OPTIONAL_COLUMNS`).
 
 Padding records into learner tensors (`pad_batch`) lives in `himac_ray.batch`, so the records,
 and `advantage.py` / `rollout.py` with them, do not need torch. No Ray, no torch here.
@@ -49,7 +51,7 @@ import pyarrow.parquet as pq
 from himac_ray.atomic import publish_file
 from himac_ray.names import LEVELS  # record levels: `plan` = planner / macro, `act` = executor or flat / micro
 
-SCHEMA_VERSION = "1"
+SCHEMA_VERSION = "2"
 
 
 @dataclass
@@ -95,6 +97,9 @@ class Record:
     num_subgoals: int = 0
     """number of subgoals K in the episode's blueprint (0 if unknown or flat); used only by the
     optional subgoal-completion shaping in advantage.py"""
+    weights_version: int = 0
+    """version of the sampler weights that generated the response (0 = the starting weights; each
+    weight sync adds one): how stale the record is when trained (himac_ray/pipeline.py)"""
 
 
 def _list_of(value_type: pa.DataType) -> pa.DataType:
@@ -125,6 +130,7 @@ _ARROW_TYPES: dict[str, pa.DataType] = {
     "advantage": pa.float64(),
     "image": pa.binary(),
     "extra": pa.string(),
+    "weights_version": pa.int64(),
 }
 _FIELD_NAMES = [f.name for f in dataclasses.fields(Record)]
 assert set(_FIELD_NAMES) == set(_ARROW_TYPES), "Record fields and Arrow schema disagree"
@@ -134,6 +140,10 @@ RECORD_SCHEMA = pa.schema(
     metadata={"himac_ray.schema_version": SCHEMA_VERSION},
 )
 """Arrow schema of a table of `Record`s (column order = `Record` field order)."""
+
+
+OPTIONAL_COLUMNS = {"weights_version": 0}
+"""columns added after schema version 1 -> the value a table without them reads back as"""
 
 
 def _check_record(r: Record) -> None:
@@ -164,12 +174,15 @@ def records_to_table(records: Sequence[Record]) -> pa.Table:
 
 def table_to_records(table: pa.Table) -> list[Record]:
     """Arrow table (with `RECORD_SCHEMA`'s columns) -> Records; inverse of `records_to_table`."""
-    missing = set(_FIELD_NAMES) - set(table.column_names)
+    missing = set(_FIELD_NAMES) - set(table.column_names) - set(OPTIONAL_COLUMNS)
     if missing:
         raise ValueError(f"table lacks Record columns {sorted(missing)}")
+    present = [name for name in _FIELD_NAMES if name in table.column_names]
     records = []
-    for row in table.select(_FIELD_NAMES).to_pylist():
+    for row in table.select(present).to_pylist():
         row["extra"] = json.loads(row["extra"])
+        for name, default in OPTIONAL_COLUMNS.items():
+            row.setdefault(name, default)
         records.append(Record(**row))
     return records
 

@@ -58,6 +58,8 @@ class Sample:
     """the rendered prompt's token ids (chat template applied)"""
     finish_reason: str = "stop"
     """"stop" (EOS or a stop string) or "length" (hit max_tokens)"""
+    weights_version: int = 0
+    """version of the weights that generated it (a vLLM engine's `weights_version`; 0 elsewhere)"""
 
 
 def text_of(content) -> str:

@@ -438,6 +438,7 @@ def _record(e: Episode, sample, env_id, *, level, step, subgoal_index, reward, v
         image=png_bytes(e.image) if e.image is not None else b"",
         extra=_extra(e),
         num_subgoals=len(e.subgoals) if e.subgoals else 0,
+        weights_version=sample.weights_version,
     )
 
 

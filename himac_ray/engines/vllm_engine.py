@@ -169,7 +169,8 @@ class VLLMGenerator:
             for completion in output.outputs:
                 token_ids = list(completion.token_ids)
                 logprobs = [lp[tok].logprob for tok, lp in zip(token_ids, completion.logprobs or [])]
-                samples.append(Sample(completion.text, token_ids, logprobs, prompt_ids, completion.finish_reason or "stop"))
+                samples.append(Sample(completion.text, token_ids, logprobs, prompt_ids, completion.finish_reason or "stop",
+                                      weights_version=self.weights_version))
                 self.stats["generated_tokens"] += len(token_ids)
             results.append(samples)
             self.stats["prompt_tokens"] += len(prompt_ids) * copies
