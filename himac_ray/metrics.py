@@ -56,6 +56,28 @@ GROUPS_INFORMATIVE_FRACTION = "groups/informative_fraction"
 GROUPS_INFORMATIVE = "groups/informative"
 GROUPS_EXTRA = "groups/extra"
 """groups rolled out on fresh tasks by dynamic sampling (algorithm.min_informative_groups)"""
+# asynchronous pipeline (himac_ray/pipeline.py) and off-policy correction (algorithm.tis_cap)
+SAMPLER_BUSY = "perf/sampler_busy_fraction"
+"""fraction of the iteration's wall clock (end of the previous iteration to the end of this one)
+during which a rollout was running (in async mode, mostly the next iteration's)"""
+LEARNER_BUSY = "perf/learner_busy_fraction"
+"""fraction of the iteration's wall clock spent in the learner step"""
+ITERATION_SECONDS = "time/iteration"
+"""wall clock from the end of the previous iteration to the end of this one"""
+ROLLOUT_WAIT = "time/rollout_wait"
+"""seconds the iteration waited for its rollout (async: for the rollout running ahead; sync: all of it)"""
+OVERLAP_SECONDS = "async/overlap_seconds"
+"""seconds of this iteration's rollout that ran while the trainer did other work (learner, sync)"""
+DROPPED_STALE = "async/dropped_stale"
+"""records not trained because they were staler than run.max_staleness (async mode)"""
+STALENESS_PREFIX = "async/staleness_"
+"""async/staleness_<k>: trained records k weights versions behind the learner (the staleness histogram)"""
+STALENESS_MAX = "async/staleness_max"
+IS_WEIGHT_MEAN = "off_policy/is_weight_mean"
+"""mean per-token importance weight pi_old / pi_behaviour before truncation (algorithm.tis_cap > 0)"""
+IS_WEIGHT_MAX = "off_policy/is_weight_max"
+IS_TRUNCATED = "off_policy/is_truncated_fraction"
+"""fraction of trained tokens whose importance weight exceeded algorithm.tis_cap"""
 FAULTS = {"faults/episodes_failed": "episodes_failed", "faults/env_pool_restarts": "env_pool_restarts",
           "faults/sampler_restarts": "sampler_restarts"}
 """metric key -> rollout metric: episodes left out because their env raised, env pools and

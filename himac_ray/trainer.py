@@ -28,6 +28,7 @@ from himac_ray.data import write_parquet
 from himac_ray.evaluate import SAMPLED, run_eval
 from himac_ray.generation import SamplingParams
 from himac_ray.names import FLAT_ALGORITHMS, JOINT, LEVEL_OF
+from himac_ray.pipeline import ASYNC, RolloutAhead, busy_seconds, lookahead, staleness_histogram, staleness_split
 from himac_ray.rollout_result import RolloutResult, merge_results
 from himac_ray.run_state import (
     CoordinatorState,
@@ -123,6 +124,15 @@ class Trainer:
         """(state, rng state) at the start of the running iteration; None between iterations"""
         self._learner_stepped = False
         """the running iteration reached the learner: its weights no longer match `state`"""
+        self.ahead = RolloutAhead()
+        """async mode: the next iteration's rollout, running while this one learns (himac_ray/pipeline.py)"""
+        self._lookahead = lookahead(pipeline=cfg.run.pipeline, max_staleness=cfg.run.max_staleness)
+        self._until = cfg.run.iterations
+        """iterations of the current `run` call: no rollout ahead for an iteration past them"""
+        self._spans: dict[str, list[tuple[float, float]]] = {"rollout": [], "learn": []}
+        """(start, end) perf_counter spans of the rollouts run inline and of the learner steps"""
+        self._window_start: float | None = None
+        """perf_counter at the end of the previous iteration (the busy fractions' window)"""
 
     # ------------------------------------------------------------ lifecycle
 
@@ -132,6 +142,7 @@ class Trainer:
         A corrupt or truncated checkpoint is skipped with a warning naming it, and the next older
         one is tried; when checkpoints exist but none loads, RunStateError (never a silent fresh start).
         """
+        self.ahead.discard()  # made from the state being replaced
         clean_partial_checkpoints(self.run_dir)
         found = complete_checkpoints(self.run_dir)
         for ckpt in reversed(found):
@@ -172,6 +183,7 @@ class Trainer:
         0 iterations is the prompting-only baseline: one held-out evaluation of the starting
         policy (the base model or the SFT warm start), no RL, no checkpoint."""
         total = self.cfg.run.iterations if iterations is None else iterations
+        self._until = total
         if total == 0 and self.state.iteration == 0:
             self.evaluate()
             return []
@@ -184,6 +196,7 @@ class Trainer:
                 row = self.run_iteration()
                 done = self.state.iteration
                 if (every and done % every == 0) or done == total:
+                    self.ahead.wait()  # evaluation shares the samplers and env pools: not beside a rollout
                     row.update(self.evaluate())
                     self.metrics.rewrite_last(row)
                 rows.append(row)
@@ -192,6 +205,7 @@ class Trainer:
                 if done % self.cfg.run.checkpoint_every == 0 and done < total:
                     self.checkpoint()
         finally:
+            self.ahead.discard()  # not in any checkpoint: a resume rolls its iteration out again
             if rows:
                 self._final_checkpoint()
                 M.plot_curve(self.metrics.rows(), self.run_dir / "curve.png", title=self._title(),
@@ -243,10 +257,10 @@ class Trainer:
         self._iteration_start = copy.deepcopy((self.state, self.rng.bit_generator.state))
         self._learner_stepped = False
 
+        if self._window_start is None:
+            self._window_start = time.perf_counter()
         self.status["phase"] = "rollout"
-        start = time.perf_counter()
-        result, groups = self._collect(i, phase)
-        times["rollout"] = time.perf_counter() - start
+        result, groups, times["rollout"], times["rollout_wait"] = self._rollout(i, phase)
 
         self.status["phase"] = "advantage"
         start = time.perf_counter()
@@ -264,6 +278,9 @@ class Trainer:
             train = [r for r in macro if r.level == "plan"] + [r for r in micro if r.level == "act"]
         else:
             records = train = self._with_advantages(result.records, phase.trainable)
+        stale = {}
+        if self.cfg.run.pipeline == ASYNC:
+            train, stale = self._fresh(train)
         times["advantage"] = time.perf_counter() - start
 
         self.status["phase"] = "learn"
@@ -271,6 +288,7 @@ class Trainer:
         self._learner_stepped = True
         learn = self._learn(train, phase.trainable)
         times["learn"] = time.perf_counter() - start
+        self._spans["learn"].append((start, start + times["learn"]))
 
         self.status["phase"] = "sync"
         start = time.perf_counter()
@@ -285,15 +303,69 @@ class Trainer:
             self.state.env_steps += int(result.pre.metrics.get("env_steps", 0))
         row = self._row(i, phase, result, learn, sync, times)
         row.update(groups)
+        row.update(stale)
         if self.cfg.run.save_trajectories:
             write_parquet(records, self.run_dir / "trajectories" / f"iter_{i:05d}.parquet")
         times["record"] = time.perf_counter() - start
         row.update({f"{M.TIME_PREFIX}{k}": v for k, v in times.items()})
+        row.update(self._busy(times))
         self.metrics.append(row)
         self.state.iteration = i + 1
         self.state.trainable = phase.trainable or "both"
         self._iteration_start, self._learner_stepped = None, False
         return row
+
+    def _rollout(self, i: int, phase: Phase) -> tuple[RolloutResult, dict, float, float]:
+        """Iteration i's rollout: the one run ahead for it, else `_collect` now; then, in async mode,
+        iteration i+1's rollout starts ahead (on a copy of the state: `pipeline.RolloutAhead`).
+
+        Returns (result, groups/* metrics, rollout seconds, seconds this iteration waited for it).
+        """
+        taken = self.ahead.take(i, self.state)
+        if taken is None:
+            start = time.perf_counter()
+            result, groups = self._collect(i, phase)
+            seconds = waited = time.perf_counter() - start
+            self._spans["rollout"].append((start, start + seconds))
+        else:
+            (result, groups), seconds, waited = taken
+        nxt = i + 1
+        if self._lookahead and nxt < self._until:
+            self.ahead.start(iteration=nxt, state=self.state, collect=lambda state: self._collect_ahead(nxt, state))
+        return result, groups, seconds, waited
+
+    def _collect_ahead(self, i: int, state: CoordinatorState) -> tuple[RolloutResult, dict]:
+        """`_collect` of iteration i on a copy of the state (its extra-seed cursor advances there)."""
+        shadow = copy.copy(self)
+        shadow.state, shadow.status = state, {}
+        return shadow._collect(i, phase_of(self.cfg, i))
+
+    def _fresh(self, records: list) -> tuple[list, dict]:
+        """The records the learner may train on (at most `run.max_staleness` versions old) and the
+        async/* metrics: records dropped as stale, the staleness histogram of those kept, its max."""
+        version, limit = self.state.weights_version, self.cfg.run.max_staleness
+        kept, dropped = staleness_split(records, version=version, max_staleness=limit)
+        if dropped:
+            self.log(f"iteration {self.state.iteration}: {len(dropped)} record(s) older than run.max_staleness="
+                     f"{limit} version(s) not trained (learner at version {version})")
+        hist = staleness_histogram(kept, version=version)
+        out = {M.DROPPED_STALE: len(dropped), M.STALENESS_MAX: max(hist, default=0)}
+        out.update({f"{M.STALENESS_PREFIX}{k}": hist.get(k, 0) for k in range(limit + 1)})
+        return kept, out
+
+    def _busy(self, times: dict) -> dict:
+        """Busy fractions of the rollout and the learner over this iteration's window (from the end
+        of the previous iteration to now), the window and the rollout's overlap with other work."""
+        now = time.perf_counter()
+        lo, self._window_start = self._window_start, now
+        wall = max(now - lo, 1e-9)
+        rollout = busy_seconds([*self._spans["rollout"], *self.ahead.spans(now)], lo=lo, hi=now)
+        learn = busy_seconds(self._spans["learn"], lo=lo, hi=now)
+        for kind in self._spans:
+            self._spans[kind] = [s for s in self._spans[kind] if s[1] >= now]
+        self.ahead.forget_before(now)
+        return {M.SAMPLER_BUSY: rollout / wall, M.LEARNER_BUSY: learn / wall, M.ITERATION_SECONDS: wall,
+                M.OVERLAP_SECONDS: times["rollout"] - times["rollout_wait"]}
 
     def _collect(self, i: int, phase: Phase) -> tuple[RolloutResult, dict]:
         """The iteration's rollout, plus fresh tasks while too few groups are informative.
