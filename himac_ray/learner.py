@@ -16,6 +16,12 @@ rank short of records runs a 2-token dummy with zero mask so ZeRO's collectives 
 
 Logprobs use temperature 1, like vLLM's default `raw_logprobs` sampling logprobs.
 
+Old-policy logprobs (the PPO ratio's denominator): the sampler's sampling logprobs as recorded
+(`Record.logprobs`, no extra forward pass), or with `algorithm.tis_cap` > 0 the learner's own
+recomputation with the weights about to be updated, each token's policy-gradient term then weighted
+by the truncated importance weight min(pi_old / pi_sampler, tis_cap) (`loss.truncated_is_weights`):
+the correction for stale weights in async mode and for sampler/learner numerics in both modes.
+
 Vision-language policies (a model folder with a `vision_config`, e.g. the local Idefics3 VLM or
 Qwen2.5-VL): records carry the PNG of the observation they saw (`Record.image`) and prompt ids
 with the image tokens already expanded (as vLLM saw them); every forward feeds the same pixels
@@ -29,6 +35,7 @@ own state dict, which supplies those objects.
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import json
 import logging
@@ -58,6 +65,7 @@ from himac_ray.loss import (
     KL_KEY,
     PG_LOSS_KEY,
     compute_policy_loss,
+    truncated_is_weights,
     token_entropy,
     token_logprobs,
 )
@@ -97,6 +105,8 @@ def with_response_window(batch: dict, response_lengths: Sequence[int]) -> dict:
     batch["window"] = window
     batch["response_mask"] = batch["response_mask"][:, window]
     batch["old_logprobs"] = batch["old_logprobs"][:, window]
+    if "is_weights" in batch:
+        batch["is_weights"] = batch["is_weights"][:, window]
     return batch
 
 
@@ -259,7 +269,8 @@ class Learner:
             metrics (identical on every rank): PG_LOSS_KEY, KL_KEY, CLIPFRAC_KEY, APPROX_KL_KEY,
             ENTROPY_KEY (global means over the mini-batch, then averaged over mini-batches),
             GRAD_NORM_KEY (pre-clip global norm, averaged over optimizer steps), TOKENS_KEY,
-            SECONDS_KEY, TOKENS_PER_S_KEY. All zero when no record has the trained level.
+            SECONDS_KEY, TOKENS_PER_S_KEY. All zero when no record has the trained level. With
+            `algorithm.tis_cap` > 0 also the importance-weight metrics of `loss.truncated_is_weights`.
         """
         if trainable not in (*TRAINABLE_LEVEL, JOINT):
             raise ValueError(f"trainable must be one of {[*TRAINABLE_LEVEL, JOINT]}, got {trainable!r}")
@@ -269,6 +280,7 @@ class Learner:
         levels = LEVELS if trainable == JOINT else (TRAINABLE_LEVEL[trainable],)
         records = self._as_records(records_or_table)
         records = [r for r in records if r.level in levels]
+        records, is_weights, is_metrics = self._off_policy(records, trainable=trainable)
         keys = (PG_LOSS_KEY, KL_KEY, ENTROPY_KEY, CLIPFRAC_KEY, APPROX_KL_KEY, GRAD_NORM_KEY)
         totals = dict.fromkeys(keys, 0.0)
         tokens, steps = 0.0, 0
@@ -279,7 +291,7 @@ class Learner:
             for chunk in _split(ordered, self.cfg.mini_batches):
                 if not chunk:
                     continue
-                metrics, n_tok = self._train_mini_batch(engine, ref, chunk, levels)
+                metrics, n_tok = self._train_mini_batch(engine, ref, chunk, levels, is_weights)
                 for k in keys:
                     totals[k] += metrics[k]
                 tokens += n_tok
@@ -288,10 +300,26 @@ class Learner:
         seconds = time.perf_counter() - start
         out = {k: v / max(steps, 1) for k, v in totals.items()}
         out.update({TOKENS_KEY: tokens, SECONDS_KEY: seconds, TOKENS_PER_S_KEY: tokens / max(seconds, 1e-9)})
+        out.update(is_metrics)
         return out
 
-    def _micro_batches(self, chunk: list[Record], *, level: str, train_levels: tuple) -> list[dict]:
-        """This rank's micro-batches of `chunk`; every rank gets the same count (dummies pad)."""
+    def _off_policy(self, records: list[Record], *, trainable: str) -> tuple[list[Record], dict | None, dict]:
+        """With `algorithm.tis_cap` > 0: the records with their old-policy logprobs recomputed by the
+        weights about to be updated (the PPO ratio's denominator), their truncated importance weights
+        against the sampler's logprobs (by `id` of the returned record) and the IS metrics (collective).
+        Else the records as they are: the sampler's logprobs are the old policy."""
+        if self.algo.tis_cap <= 0 or not records:
+            return records, None, {}
+        old = self.compute_logprobs(records, policy=None if trainable == JOINT else trainable)
+        weights, metrics = truncated_is_weights(old_logprobs=old, behaviour_logprobs=[r.logprobs for r in records],
+                                                cap=self.algo.tis_cap)
+        records = [dataclasses.replace(r, logprobs=lp) for r, lp in zip(records, old)]
+        return records, {id(r): w for r, w in zip(records, weights)}, metrics
+
+    def _micro_batches(self, chunk: list[Record], *, level: str, train_levels: tuple,
+                       is_weights: dict | None = None) -> list[dict]:
+        """This rank's micro-batches of `chunk`; every rank gets the same count (dummies pad). With
+        `is_weights` (record id -> per-token weights) each batch gets (B, T) `is_weights` too."""
         mine = chunk[self.rank::self.world_size]
         mb = self.cfg.micro_batch_size
         count = math.ceil(math.ceil(len(chunk) / self.world_size) / mb)
@@ -306,6 +334,10 @@ class Learner:
                               levels=train_levels if real else (), max_len=self.cfg.max_len)
             if self.processor is not None:
                 batch.update(self._pixel_inputs(part or [dummy]))
+            if is_weights is not None:  # laid out as pad_batch lays out logprobs (predictor alignment)
+                shadow = [dataclasses.replace(r, logprobs=is_weights[id(r)]) for r in part] or [dummy]
+                batch["is_weights"] = pad_batch(shadow, pad_token_id=self.pad_token_id, levels=(),
+                                                max_len=self.cfg.max_len)["old_logprobs"]
             batch["tokens"] = float(batch["attention_mask"].sum()) if real else 0.0
             batches.append(with_response_window(batch, [len(r.response_ids) for r in part] or [1]))
         return batches
@@ -332,8 +364,9 @@ class Learner:
             dist.all_reduce(t)
         return t.cpu()
 
-    def _train_mini_batch(self, engine, ref, chunk: list[Record], levels: tuple) -> tuple[dict, float]:
-        batches = self._micro_batches(chunk, level=levels[-1], train_levels=levels)
+    def _train_mini_batch(self, engine, ref, chunk: list[Record], levels: tuple,
+                          is_weights: dict | None = None) -> tuple[dict, float]:
+        batches = self._micro_batches(chunk, level=levels[-1], train_levels=levels, is_weights=is_weights)
         seq_agg = self.algo.loss_aggregation == "seq-mean-token-mean"
         counts = []  # (aggregation count, trained tokens) per micro-batch
         for b in batches:
@@ -353,7 +386,8 @@ class Learner:
                 logprobs=logprobs, old_logprobs=b["old_logprobs"].to(device), advantages=b["advantages"].to(device),
                 response_mask=b["response_mask"].to(device), ref_logprobs=ref_lp, clip_coef=self.algo.clip_coef,
                 clip_coef_high=self.algo.clip_coef_high, kl_coef=self.algo.kl_coef, entropy=entropy,
-                entropy_coef=self.algo.entropy_coef, aggregation=self.algo.loss_aggregation)
+                entropy_coef=self.algo.entropy_coef, aggregation=self.algo.loss_aggregation,
+                is_weights=b["is_weights"].to(device) if "is_weights" in b else None)
             engine.backward(loss * (c_agg / max(agg_total, 1.0) * self.world_size), scale_wrt_gas=False)
             for i, (key, c) in enumerate(((PG_LOSS_KEY, c_agg), (KL_KEY, c_agg), (ENTROPY_KEY, c_tok),
                                           (CLIPFRAC_KEY, c_tok), (APPROX_KL_KEY, c_tok))):

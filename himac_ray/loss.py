@@ -13,6 +13,9 @@ from himac_ray.metrics import APPROX_KL as APPROX_KL_KEY
 from himac_ray.metrics import CLIPFRAC as CLIPFRAC_KEY
 from himac_ray.metrics import ENTROPY as ENTROPY_KEY
 from himac_ray.metrics import KL as KL_KEY
+from himac_ray.metrics import IS_TRUNCATED as IS_TRUNCATED_KEY
+from himac_ray.metrics import IS_WEIGHT_MAX as IS_WEIGHT_MAX_KEY
+from himac_ray.metrics import IS_WEIGHT_MEAN as IS_WEIGHT_MEAN_KEY
 from himac_ray.metrics import PG_LOSS as PG_LOSS_KEY
 
 AGGREGATIONS = ("token-mean", "seq-mean-token-mean")
@@ -51,6 +54,7 @@ def compute_policy_loss(
     entropy: torch.Tensor | None = None,
     entropy_coef: float = 0.0,
     aggregation: str = "token-mean",
+    is_weights: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """PPO clipped surrogate + kl_coef * KL(pi || pi_ref) - entropy_coef * entropy.
 
@@ -58,6 +62,9 @@ def compute_policy_loss(
     pg = max(-A * ratio, -A * clip(ratio, 1 - clip_coef, 1 + clip_coef_high)),
     kl = k3 = exp(ref - logp) - (ref - logp) - 1 (Schulman's low-variance, non-negative
     estimator of KL(pi || pi_ref); clamped to <= KL_CLAMP), then `aggregation` over tokens.
+    With `is_weights` (truncated importance sampling, `truncated_is_weights`) each token's pg term
+    is multiplied by its weight min(pi_old / pi_behaviour, cap): `old_logprobs` is then the learner's
+    recomputed old policy and the weight corrects for the sampler's (behaviour) policy.
 
     Args:
         logprobs: (B, T) current-policy logprobs (with grad), from `token_logprobs`.
@@ -72,6 +79,7 @@ def compute_policy_loss(
         entropy_coef: weight of the entropy bonus (subtracted from the loss).
         aggregation: "token-mean" (mean over all trained tokens in the batch) or
             "seq-mean-token-mean" (mean over tokens per sequence, then over sequences).
+        is_weights: (B, T) truncated importance weights (no grad), or None for none.
 
     Returns:
         loss: scalar tensor.
@@ -92,6 +100,8 @@ def compute_policy_loss(
     pg_unclipped = -adv * ratio
     pg_clipped = -adv * torch.clamp(ratio, 1.0 - clip_coef, 1.0 + clip_coef_high)
     pg_tok = torch.maximum(pg_unclipped, pg_clipped)
+    if is_weights is not None:
+        pg_tok = pg_tok * is_weights.to(pg_tok.dtype).detach()
 
     kl_tok = zero
     if ref_logprobs is not None:
@@ -120,6 +130,38 @@ def compute_policy_loss(
             APPROX_KL_KEY: _aggregate(approx_kl, mask, "token-mean").item(),
         }
     return loss, metrics
+
+
+def truncated_is_weights(
+    *, old_logprobs: list[list[float]], behaviour_logprobs: list[list[float]], cap: float,
+) -> tuple[list[list[float]], dict[str, float]]:
+    """Truncated importance sampling weights (TIS, as verl's `tis_imp_ratio_cap`), per response token.
+
+    w = min(pi_old / pi_behaviour, cap) = min(exp(old - behaviour), cap): pi_behaviour is the
+    sampler that generated the token (its sampling logprob: stale weights in async mode, another
+    engine's numerics in both modes), pi_old the learner's recomputation with the weights it is about
+    to update. Truncation bounds the variance a large ratio would add.
+
+    Args:
+        old_logprobs: per record, one float per response token (the learner's recomputation).
+        behaviour_logprobs: per record, the sampler's logprobs of the same tokens.
+        cap: upper bound of a weight (>= 1).
+
+    Returns:
+        weights: per record, one float per response token.
+        metrics: IS_WEIGHT_MEAN_KEY, IS_WEIGHT_MAX_KEY (of the weights before truncation) and
+            IS_TRUNCATED_KEY (fraction of tokens whose weight exceeded `cap`); all 0 without tokens.
+    """
+    lengths = [len(lp) for lp in old_logprobs]
+    old = torch.tensor([x for lp in old_logprobs for x in lp], dtype=torch.float64)
+    behaviour = torch.tensor([x for lp in behaviour_logprobs for x in lp], dtype=torch.float64)
+    raw = torch.exp((old - behaviour).clamp(max=20.0))  # exp(20) ~ 5e8: far above any cap, never inf
+    truncated = raw.clamp(max=cap)
+    metrics = {IS_WEIGHT_MEAN_KEY: 0.0, IS_WEIGHT_MAX_KEY: 0.0, IS_TRUNCATED_KEY: 0.0}
+    if raw.numel():
+        metrics = {IS_WEIGHT_MEAN_KEY: raw.mean().item(), IS_WEIGHT_MAX_KEY: raw.max().item(),
+                   IS_TRUNCATED_KEY: (raw > cap).double().mean().item()}
+    return [part.tolist() for part in torch.split(truncated, lengths)], metrics
 
 
 def token_logprobs(

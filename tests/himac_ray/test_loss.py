@@ -182,3 +182,30 @@ def test_token_logprobs_alignment_with_pad_batch():
     _, m = compute_policy_loss(logprobs=lp, old_logprobs=b["old_logprobs"],
                                advantages=torch.ones(2), response_mask=b["response_mask"])
     assert m[CLIPFRAC_KEY] == 0.0 and abs(m[APPROX_KL_KEY]) < 1e-6
+
+
+def test_truncated_is_weights_by_hand():
+    from himac_ray.loss import IS_TRUNCATED_KEY, IS_WEIGHT_MAX_KEY, IS_WEIGHT_MEAN_KEY, truncated_is_weights
+
+    old = [[math.log(0.5), math.log(0.2)], [math.log(0.9)]]
+    behaviour = [[math.log(0.5), math.log(0.1)], [math.log(0.3)]]  # raw weights 1, 2, 3
+    weights, m = truncated_is_weights(old_logprobs=old, behaviour_logprobs=behaviour, cap=2.5)
+    assert [[round(w, 9) for w in ws] for ws in weights] == [[1.0, 2.0], [2.5]]
+    assert m[IS_WEIGHT_MEAN_KEY] == pytest.approx(2.0) and m[IS_WEIGHT_MAX_KEY] == pytest.approx(3.0)
+    assert m[IS_TRUNCATED_KEY] == pytest.approx(1 / 3)
+
+
+def test_is_weights_scale_each_tokens_policy_gradient():
+    torch.manual_seed(0)
+    B, T = 3, 5
+    logprobs = torch.randn(B, T, requires_grad=True)
+    kw = dict(old_logprobs=torch.randn(B, T), advantages=torch.tensor([1.0, -0.5, 2.0]),
+              response_mask=torch.ones(B, T), clip_coef=0.2, kl_coef=0.0)
+    base, _ = compute_policy_loss(logprobs=logprobs, **kw)
+    same, _ = compute_policy_loss(logprobs=logprobs, is_weights=torch.ones(B, T), **kw)
+    assert same.item() == pytest.approx(base.item(), abs=1e-7)
+    w = torch.rand(B, T) * 2
+    weighted, _ = compute_policy_loss(logprobs=logprobs, is_weights=w, **kw)
+    (g_base,) = torch.autograd.grad(base, logprobs)
+    (g_w,) = torch.autograd.grad(weighted, logprobs)
+    assert torch.allclose(g_w, g_base * w, atol=1e-6)
