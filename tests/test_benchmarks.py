@@ -14,7 +14,7 @@ from himac_ray.envs.sokoban import ACTIONS
 
 
 def test_registry_lists_every_benchmark():
-    assert set(BENCHES) == {"env", "rollout", "sync", "learner", "learning", "rllib", "profile", "faults", "quick"}
+    assert set(BENCHES) == {"env", "rollout", "sync", "learner", "learning", "rllib", "profile", "faults", "pipeline", "quick"}
     assert set(QUICK_SET) <= set(BENCHES)
     with pytest.raises(KeyError, match="unknown benchmark"):
         run_bench("nope")
@@ -101,3 +101,16 @@ def test_fault_schedule_is_seeded_one_fault_per_kind_in_distinct_middle_iteratio
     assert sorted(f["kind"] for f in a) == sorted(FAULT_KINDS)
     assert sorted(f["iteration"] for f in a) == [1, 2, 3, 4]  # never the last iteration
     assert all(0 < f["at_fraction"] < 1 for f in a)
+
+
+def test_pipeline_bench_summary_weighs_busy_fractions_by_iteration_time():
+    from benchmarks.pipeline_bench import summarize
+
+    rows = [{"time/iteration": 10.0, "charts/env_steps_total": 30, "perf/sampler_busy_fraction": 1.0,
+             "perf/learner_busy_fraction": 0.0},
+            {"time/iteration": 30.0, "charts/env_steps_total": 90, "perf/sampler_busy_fraction": 0.5,
+             "perf/learner_busy_fraction": 0.5, "async/overlap_seconds": 4.0, "async/dropped_stale": 2}]
+    out = summarize(rows, mode="async")
+    assert out["env_steps"] == 90 and out["env_steps_per_s"] == pytest.approx(90 / 40)
+    assert out["sampler_idle"] == pytest.approx(1 - 25 / 40) and out["learner_idle"] == pytest.approx(1 - 15 / 40)
+    assert (out["overlap_s"], out["dropped_stale"]) == (4.0, 2)
