@@ -51,6 +51,15 @@ GAUGES: dict[str, tuple[str, tuple[str, ...]]] = {
     "mean_return": ("Mean episode return in the last iteration", ("run",)),
     "invalid_action_rate": ("Executor responses that did not parse into a valid action", ("run",)),
     "trainable_level": ("Level trained in the last iteration: 0 planner, 1 executor, 2 both", ("run",)),
+    "rollout_busy_fraction": ("Fraction of the last iteration's wall time a rollout was running", ("run",)),
+    "learner_busy_fraction": ("Fraction of the last iteration's wall time the learner was stepping", ("run",)),
+    "overlap_seconds": ("Seconds of the last iteration's rollout that ran beside other work (async)", ("run",)),
+    "dropped_stale": ("Records of the last iteration not trained: staler than run.max_staleness", ("run",)),
+    "staleness_records": ("Trained records of the last iteration by weights versions behind the learner",
+                          ("run", "staleness")),
+    "is_weight_mean": ("Mean importance weight pi_old / pi_sampler before truncation", ("run",)),
+    "is_weight_max": ("Largest importance weight pi_old / pi_sampler before truncation", ("run",)),
+    "is_truncated_fraction": ("Fraction of trained tokens whose importance weight hit algorithm.tis_cap", ("run",)),
 }
 ROW_GAUGES = {
     "env_steps_per_s": M.ENV_STEPS_PER_S,
@@ -58,6 +67,13 @@ ROW_GAUGES = {
     "success_rate": M.SUCCESS_RATE,
     "mean_return": M.MEAN_RETURN,
     "invalid_action_rate": M.INVALID_RATE,
+    "rollout_busy_fraction": M.SAMPLER_BUSY,
+    "learner_busy_fraction": M.LEARNER_BUSY,
+    "overlap_seconds": M.OVERLAP_SECONDS,
+    "dropped_stale": M.DROPPED_STALE,
+    "is_weight_mean": M.IS_WEIGHT_MEAN,
+    "is_weight_max": M.IS_WEIGHT_MAX,
+    "is_truncated_fraction": M.IS_TRUNCATED,
 }
 
 
@@ -134,6 +150,9 @@ def iteration_values(row: dict, rates: dict[str, dict[str, float]]) -> list[tupl
     for key, raw in row.items():
         if key.startswith(M.TIME_PREFIX) and (value := _number(raw)) is not None:
             out.append(("phase_seconds", value, {"phase": key[len(M.TIME_PREFIX):]}))
+        suffix = key[len(M.STALENESS_PREFIX):]
+        if key.startswith(M.STALENESS_PREFIX) and suffix.isdigit() and (value := _number(raw)) is not None:
+            out.append(("staleness_records", value, {"staleness": suffix}))
     level = TRAINABLE_LEVELS.get(row.get(M.TRAINABLE))
     if level is not None:
         out.append(("trainable_level", float(level), {}))

@@ -181,7 +181,12 @@ def _summary(row: dict) -> str:
             f"return {row[M.MEAN_RETURN]:+.2f} invalid {row[M.INVALID_RATE]:.2f} "
             f"informative {row.get(M.GROUPS_INFORMATIVE_FRACTION, float('nan')):.2f}{learn} "
             f"tok/s {row[M.ROLLOUT_TOKENS_PER_S]:.0f} steps/s {row[M.ENV_STEPS_PER_S]:.2f} "
-            f"sync {row[M.SYNC_SECONDS]:.2f}s"
+            f"sync {row[M.SYNC_SECONDS]:.2f}s busy sampler/learner {row.get(M.SAMPLER_BUSY, 0):.2f}/"
+            f"{row.get(M.LEARNER_BUSY, 0):.2f}"
+            + (f" | stale<= {row[M.STALENESS_MAX]} dropped {row[M.DROPPED_STALE]} overlap "
+               f"{row[M.OVERLAP_SECONDS]:.1f}s" if M.DROPPED_STALE in row else "")
+            + (f" | IS mean {row[M.IS_WEIGHT_MEAN]:.3f} max {row[M.IS_WEIGHT_MAX]:.2f} truncated "
+               f"{row[M.IS_TRUNCATED]:.3f}" if M.IS_WEIGHT_MEAN in row else "")
             + (f" | held-out {row[M.EVAL_SUCCESS]:.3f}" if M.EVAL_SUCCESS in row else ""))
 
 

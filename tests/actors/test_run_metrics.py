@@ -45,7 +45,10 @@ def row(**extra):
         "charts/invalid_action_rate": 0.1, "charts/mean_response_len": 17.0, "charts/env_steps_total": 60,
         "perf/rollout_tokens_per_s": 400.0, "perf/env_steps_per_s": 12.0, "perf/weight_sync_seconds": 0.2,
         "perf/learner_tokens_per_s": 900.0, "time/rollout": 5.0, "time/advantage": 0.01, "time/learn": 2.0,
-        "time/sync": 0.2, "time/record": 0.05,
+        "time/sync": 0.2, "time/record": 0.05, "perf/sampler_busy_fraction": 0.7, "perf/learner_busy_fraction": 0.3,
+        "async/overlap_seconds": 1.5, "async/dropped_stale": 0, "async/staleness_0": 3, "async/staleness_1": 5,
+        "async/staleness_max": 1, "off_policy/is_weight_mean": 1.01, "off_policy/is_weight_max": 1.3,
+        "off_policy/is_truncated_fraction": 0.0,
     }
     return {**base, **extra}
 
@@ -84,6 +87,8 @@ def test_record_iteration_sets_every_gauge():
     assert g["trainable_level"].values == {("r1",): 0.0}
     assert set(g["phase_seconds"].values) == {("r1", p) for p in ("rollout", "advantage", "learn", "sync", "record")}
     assert out[("phase_seconds", "learn")] == 2.0
+    assert g["staleness_records"].values == {("r1", "0"): 3.0, ("r1", "1"): 5.0}
+    assert g["learner_busy_fraction"].values == {("r1",): 0.3} and g["is_weight_max"].values == {("r1",): 1.3}
     assert all(gauge.values for gauge in g.values())
 
 
