@@ -65,9 +65,9 @@ from himac_ray.loss import (
     KL_KEY,
     PG_LOSS_KEY,
     compute_policy_loss,
-    truncated_is_weights,
     token_entropy,
     token_logprobs,
+    truncated_is_weights,
 )
 from himac_ray.models import is_vision_model, resolve_model, trainable_parameters
 from himac_ray.names import JOINT, LEVEL_OF, ROLE_OF

@@ -12,10 +12,10 @@ import torch
 from himac_ray.metrics import APPROX_KL as APPROX_KL_KEY
 from himac_ray.metrics import CLIPFRAC as CLIPFRAC_KEY
 from himac_ray.metrics import ENTROPY as ENTROPY_KEY
-from himac_ray.metrics import KL as KL_KEY
 from himac_ray.metrics import IS_TRUNCATED as IS_TRUNCATED_KEY
 from himac_ray.metrics import IS_WEIGHT_MAX as IS_WEIGHT_MAX_KEY
 from himac_ray.metrics import IS_WEIGHT_MEAN as IS_WEIGHT_MEAN_KEY
+from himac_ray.metrics import KL as KL_KEY
 from himac_ray.metrics import PG_LOSS as PG_LOSS_KEY
 
 AGGREGATIONS = ("token-mean", "seq-mean-token-mean")
