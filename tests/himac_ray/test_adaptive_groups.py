@@ -243,3 +243,15 @@ def test_tiny_model_on_vllm_keeps_the_invariants_and_the_budget(tmp_path):
             assert len(calls) - n_calls > 2 and max(sizes.values()) > 2
         assert row[M.GROUP_SIZE_MEAN["macro"]] >= 2 and row[M.GROUP_SIZE_MEAN["micro"]] >= 2
         assert learner.steps[-1][1]  # the scheduled level's records reached the learner
+
+
+def test_start_sizes_are_part_of_the_checkpointed_state(tmp_path):
+    from himac_ray.run_state import CoordinatorState
+
+    trainer, _, _ = make_trainer(tmp_path, tie_policy, "algorithm.auto_group.start=2", "algorithm.auto_group.max=4")
+    trainer.run_iteration()
+    trainer.state.save(tmp_path / "coordinator.json")
+    assert CoordinatorState.load(tmp_path / "coordinator.json").group_starts == {"macro": 4}
+    older = {k: v for k, v in json.loads((tmp_path / "coordinator.json").read_text()).items() if k != "group_starts"}
+    (tmp_path / "old.json").write_text(json.dumps(older))  # a checkpoint from before the field
+    assert CoordinatorState.load(tmp_path / "old.json").group_starts == {}
