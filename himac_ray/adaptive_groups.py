@@ -75,7 +75,7 @@ class AdaptiveRollout:
         rollout: the rollout service.
         mode: the phase's rollout mode: "macro", "micro" (macro groups, z*, micro groups) or "flat".
         planner_params, executor_params: the phase's sampling (micro mode scores blueprints greedily).
-        starts: level ("macro" | "micro" | "flat") -> start size this iteration.
+        starts: level ("macro" | "micro" | "flat") -> start size this iteration (`auto.start` when absent).
         auto: `algorithm.auto_group`.
         episode_score: `algorithm.episode_score`.
         num_groups: tasks of the iteration's own first round (`algorithm.num_groups`).
@@ -99,7 +99,7 @@ class AdaptiveRollout:
                 f"algorithm.auto_group.env_steps={budget} cannot cover one round of {num_groups} groups of "
                 f"{auto.min} members per level ({len(self.levels)} level(s), up to {step_cap} env steps each): "
                 f"it needs at least {len(self.levels) * num_groups * auto.min * step_cap}")
-        self.starts = {level: max(auto.min, min(starts[level], self.fit)) for level in self.levels}
+        self.starts = {level: max(auto.min, min(starts.get(level, auto.start), self.fit)) for level in self.levels}
         self.spent = 0
         """env steps taken so far this iteration"""
         self.first_scores: dict[str, list[list[float]]] = {level: [] for level in self.levels}

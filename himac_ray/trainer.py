@@ -356,11 +356,9 @@ class Trainer:
         a = self.cfg.algorithm
         if self._step_cap is None:
             self._step_cap = env_step_cap(self.cfg.env.id, self.cfg.env.kwargs)
-        levels = ("macro", "micro") if phase.mode == "micro" else (phase.mode,)
         return AdaptiveRollout(
             rollout=self.rollout, mode=phase.mode, planner_params=planner_params, executor_params=executor_params,
-            starts={level: self.state.group_starts.get(level, a.auto_group.start) for level in levels},
-            auto=a.auto_group, episode_score=a.episode_score, num_groups=a.num_groups, step_cap=self._step_cap,
+            starts=self.state.group_starts, auto=a.auto_group, episode_score=a.episode_score, num_groups=a.num_groups, step_cap=self._step_cap,
             budget=a.auto_group.env_steps)
 
     def _with_advantages(self, records, trainable):
