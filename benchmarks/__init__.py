@@ -78,6 +78,7 @@ BENCHES: dict[str, Callable[..., dict]] = {
     "sync": _lazy("sync_bench"),
     "learner": _lazy("learner_bench"),
     "learning": _lazy("learning_bench"),
+    "ablations": _lazy("ablation_bench"),
     "rllib": _lazy("rllib_bench"),
     "profile": _lazy("profile_bench"),
     "faults": _lazy("fault_bench"),

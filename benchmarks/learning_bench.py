@@ -87,6 +87,13 @@ def evaluate(stack, cfg) -> dict:
     return ev
 
 
+def start_eval_key(model: str, algo: str, spec: dict) -> str:
+    """What the warm start's evaluation is shared under: by the seeds and algorithms that start from
+    it (same warm-start folder, same held-out rooms and evaluation settings), never by others."""
+    cfg = make_cfg(WORK_DIR / "sft_cfg", algo=algo, seed=0, spec=spec)
+    return f"{Path(model).name}:rooms{cfg.env.eval_episodes}:T{cfg.env.eval_temperature:g}x{cfg.env.eval_samples}"
+
+
 def sampled_rise(start: dict, final: dict) -> dict:
     """The sampled evaluation's paired difference, final vs warm start ({} when not evaluated)."""
     from himac_ray.evaluate import SAMPLED, paired_interval
@@ -230,11 +237,7 @@ def run(args=None, quick: bool = True) -> dict:
             if key in out["runs"]:
                 continue
             model = warm_start(algo, spec)
-            # the warm start's evaluation is shared by the seeds and algorithms that start from it
-            # (same warm-start key, same held-out rooms and evaluation settings), never by others
-            cfg = make_cfg(WORK_DIR / "sft_cfg", algo=algo, seed=0, spec=spec)
-            start_key = (f"{Path(model).name}:rooms{cfg.env.eval_episodes}:T{cfg.env.eval_temperature:g}"
-                         f"x{cfg.env.eval_samples}")
+            start_key = start_eval_key(model, algo, spec)
             with local_ray():
                 res = run_one(algo, seed, spec, model, WORK_DIR / size / key, out["start_evals"].get(start_key))
             out["start_evals"].setdefault(start_key, res.pop("start_eval"))

@@ -108,7 +108,8 @@ def cmd_play(args) -> int:
 
 ALLOW_CHANGE_HELP = ("with --resume: continue although the config differs from the run's config.json "
                      "(the changes are logged and recorded in config_changes.jsonl)")
-BENCH_NAMES = ("env", "rollout", "sync", "learner", "learning", "rllib", "profile", "faults", "pipeline", "quick")
+BENCH_NAMES = ("env", "rollout", "sync", "learner", "learning", "ablations", "rllib", "profile", "faults", "pipeline",
+               "quick")
 
 
 def cmd_bench(args) -> int:
@@ -193,9 +194,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--compare", action="store_true",
                    help="profile bench: also profile the recipe before the fast CPU recipe, in the same run")
     p.add_argument("--algos", help="learning bench: comma-separated algorithms (default: the size's)")
-    p.add_argument("--seeds", help="learning bench: comma-separated RL seeds (default: the size's)")
-    p.add_argument("--budget", type=int, help="learning bench: env steps per run (default: the size's)")
-    p.add_argument("--minutes", type=float, help="learning bench: wall-clock cap per run (default: the size's)")
+    p.add_argument("--seeds", help="learning / ablations bench: comma-separated RL seeds (default: the size's)")
+    p.add_argument("--budget", type=int, help="learning / ablations bench: env steps per run (default: the size's)")
+    p.add_argument("--minutes", type=float,
+                   help="learning / ablations bench: wall-clock cap per run (default: the size's)")
+    p.add_argument("--variants", help="ablations bench: comma-separated variants (default: all; see "
+                   "benchmarks/ablation_bench.py)")
     p.set_defaults(func=cmd_bench)
     return parser
 

@@ -56,12 +56,42 @@ class EnvConfig:
     """sampled episodes per held-out task when eval_temperature > 0"""
 
 
+AUTO = "auto"
+"""`algorithm.group_size` value that turns on the adaptive group size (`algorithm.auto_group`)"""
+
+
+@dataclass(frozen=True)
+class AutoGroupConfig:
+    """Adaptive group size (`algorithm.group_size: auto`, docs/algorithm.md): per task, a group whose
+    members all score the same grows (doubling, up to `max`) while the iteration's env-step budget
+    covers the new members' worst case; each level's start size halves when at least half its groups
+    were high-variance at their start size and doubles when more than half had to grow."""
+
+    min: int = 2
+    """smallest start size of a group (members)"""
+    start: int = 4
+    """members every task's group starts with in the first iteration, per level (macro, micro, flat)"""
+    max: int = 16
+    """cap: most members a group grows to"""
+    shrink_std: float = 1.0
+    """a group whose members' scores (`algorithm.episode_score` units) have a sample std of at least
+    this, at its start size, is high-variance"""
+    env_steps: int = 0
+    """env-step budget of one iteration (every phase, growth and dynamic sampling's extra groups
+    included): a round is rolled out only when its worst case (members x the env's max_steps) fits.
+    0 = the worst case of a fixed-size iteration at the cap: levels rolled out x num_groups x max x
+    max_steps"""
+
+
 @dataclass(frozen=True)
 class AlgorithmConfig:
     name: str = "himac"
     """himac | grpo | gigpo | rloo (the last three train one flat policy)"""
-    group_size: int = 8
-    """G: blueprints per macro group and executions per micro group (flat: episodes per group)"""
+    group_size: int | str = 8
+    """G: blueprints per macro group and executions per micro group (flat: episodes per group);
+    auto = the adaptive group size of `auto_group`"""
+    auto_group: AutoGroupConfig = field(default_factory=AutoGroupConfig)
+    """adaptive group size, used when group_size is auto"""
     planner_group_size: int | None = None
     """blueprints per task in the planner (macro) phase and z*'s pre-pass; None = group_size"""
     executor_group_size: int | None = None
@@ -108,10 +138,16 @@ class AlgorithmConfig:
     each token's policy-gradient term by min(pi_old / pi_behaviour, tis_cap), pi_behaviour being the
     sampler's logprobs; 0 = off, the sampler's logprobs are the old policy (no extra forward pass)"""
 
+    @property
+    def adaptive(self) -> bool:
+        """Whether groups size themselves (`group_size: auto`)."""
+        return self.group_size == AUTO
+
     def group_size_of(self, mode: str) -> int:
-        """Members per group in a rollout mode: G (macro), N (micro) or group_size (flat)."""
+        """Members per group in a rollout mode: G (macro), N (micro) or group_size (flat); with
+        `group_size: auto`, the first iteration's start size."""
         size = {"macro": self.planner_group_size, "micro": self.executor_group_size}.get(mode)
-        return size or self.group_size
+        return size or (self.auto_group.start if self.adaptive else self.group_size)
 
 
 @dataclass(frozen=True)

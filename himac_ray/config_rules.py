@@ -38,7 +38,7 @@ CHOICES = {
     "run.pipeline": ("sync", "async"),
 }
 POSITIVE = (
-    "model.max_model_len", "algorithm.group_size", "algorithm.num_groups", "rollout.max_subgoals",
+    "model.max_model_len", "algorithm.num_groups", "rollout.max_subgoals",
     "rollout.plan_max_tokens", "rollout.action_max_tokens", "rollout.num_env_pools", "sampler.num_engines",
     "sampler.tensor_parallel_size", "learner.num_ranks", "learner.micro_batch_size",
     "learner.mini_batches", "learner.ppo_epochs", "learner.max_len", "learner.sync_bucket_mb",
@@ -99,12 +99,7 @@ def validate(cfg: TrainConfig) -> None:
                           "would shrink every on-policy token's gradient")
     if cfg.coevolution.planner_iters + cfg.coevolution.executor_iters < 1:
         raise ConfigError("coevolution.planner_iters + coevolution.executor_iters must be >= 1")
-    if cfg.algorithm.group_size < 2:  # every algorithm (himac, grpo, gigpo, rloo) compares within groups
-        raise ConfigError(f"algorithm.group_size={cfg.algorithm.group_size} must be >= 2 for algorithm.name="
-                          f"{cfg.algorithm.name!r}: groups of one have no relative advantage")
-    for key in ("algorithm.planner_group_size", "algorithm.executor_group_size"):
-        if _get(cfg, key) is not None and _get(cfg, key) < 2:
-            raise ConfigError(f"{key}={_get(cfg, key)!r} must be >= 2 or null: groups of one have no relative advantage")
+    _validate_group_sizes(cfg.algorithm)
     from himac_ray import trackers
 
     for name in cfg.run.loggers:
@@ -116,3 +111,30 @@ def validate(cfg: TrainConfig) -> None:
 
     if cfg.env.id not in ENV_IDS:
         raise ConfigError(f"env.id={cfg.env.id!r} is not a himac-ray env; choose one of {sorted(ENV_IDS)}")
+
+
+def _validate_group_sizes(a) -> None:
+    """`algorithm.group_size` (an int >= 2 or auto), the level sizes and `algorithm.auto_group`."""
+    if isinstance(a.group_size, str):
+        if a.group_size != "auto":
+            raise ConfigError(f"algorithm.group_size={a.group_size!r} must be an integer >= 2 or 'auto'")
+        for key in ("planner_group_size", "executor_group_size"):
+            if getattr(a, key) is not None:
+                raise ConfigError(f"algorithm.{key}={getattr(a, key)!r} must be null with algorithm.group_size=auto "
+                                  "(auto sizes every level's groups)")
+    elif a.group_size < 2:  # every algorithm (himac, grpo, gigpo, rloo) compares within groups
+        raise ConfigError(f"algorithm.group_size={a.group_size} must be >= 2 for algorithm.name="
+                          f"{a.name!r}: groups of one have no relative advantage")
+    for key in ("planner_group_size", "executor_group_size"):
+        if getattr(a, key) is not None and getattr(a, key) < 2:
+            raise ConfigError(f"algorithm.{key}={getattr(a, key)!r} must be >= 2 or null: groups of one have no "
+                              "relative advantage")
+    g = a.auto_group
+    if not 2 <= g.min <= g.start <= g.max:
+        raise ConfigError(f"algorithm.auto_group: need 2 <= min <= start <= max, got min={g.min}, start={g.start}, "
+                          f"max={g.max}")
+    if g.shrink_std <= 0:
+        raise ConfigError(f"algorithm.auto_group.shrink_std={g.shrink_std!r} must be > 0")
+    if g.env_steps < 0:
+        raise ConfigError(f"algorithm.auto_group.env_steps={g.env_steps!r} must be >= 0 (0 = the worst case of a "
+                          "fixed-size iteration at the cap)")

@@ -78,6 +78,11 @@ IS_WEIGHT_MEAN = "off_policy/is_weight_mean"
 IS_WEIGHT_MAX = "off_policy/is_weight_max"
 IS_TRUNCATED = "off_policy/is_truncated_fraction"
 """fraction of trained tokens whose importance weight exceeded algorithm.tis_cap"""
+GROUP_SIZE_MEAN = {level: f"groups/{level}_size_mean" for level in ("macro", "micro", "flat")}
+"""rollout level -> mean members per group of the iteration (extra groups included; with
+`algorithm.group_size: auto`, the grown sizes)"""
+GROUP_START = {level: f"groups/{level}_start" for level in ("macro", "micro", "flat")}
+"""`algorithm.group_size: auto`: rollout level -> its groups' start size in the next iteration"""
 FAULTS = {"faults/episodes_failed": "episodes_failed", "faults/env_pool_restarts": "env_pool_restarts",
           "faults/sampler_restarts": "sampler_restarts"}
 """metric key -> rollout metric: episodes left out because their env raised, env pools and

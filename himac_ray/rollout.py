@@ -134,6 +134,8 @@ def run_rollout(
     prompt_format: prompts.PromptFormat = prompts.VERL,
     plan_group_size: int | None = None,
     episode_score: str = "return",
+    group_ids: dict[int, str] | None = None,
+    first_member: int = 0,
 ) -> RolloutResult:
     """Run `len(seeds) * group_size` episodes in `mode` and collect their records.
 
@@ -163,6 +165,10 @@ def run_rollout(
             pre-pass that picks z* (default `group_size`, which is N there).
         episode_score: what makes a blueprint best for z*: "return" (the episode's return) or
             "won" (success first, then return), as `algorithm.episode_score` scores trajectories.
+        group_ids: seed -> the group id its episodes join (growing a group rolled out before, as
+            the adaptive group size does); default `{mode}-{index}-seed{seed}`.
+        first_member: member index of the first episode per seed: traj ids are
+            `{group_id}/{first_member + j}`, j < group_size (growth: the members launched so far).
 
     Returns:
         RolloutResult with records, per-episode summaries, metrics and blueprints.
@@ -193,9 +199,9 @@ def run_rollout(
     groups: list[list[Episode]] = []
     try:
         for i, seed in enumerate(seeds):
-            group_id = f"{mode}-{i}-seed{seed}"
+            group_id = (group_ids or {}).get(int(seed), f"{mode}-{i}-seed{seed}")
             groups.append([_reset_or_fail(env_id, env_kwargs, env_factory, int(seed), group_id, f"{group_id}/{j}", stats)
-                           for j in range(group_size)])
+                           for j in range(first_member, first_member + group_size)])
         _run_groups(
             groups, generator=generator, planner_generator=planner_generator, env_id=env_id, mode=mode,
             planner_params=planner_params, executor_params=executor_params, max_subgoals=max_subgoals,
@@ -253,12 +259,27 @@ def reset_episode(
     if stats is not None:
         stats[ENV_SECONDS] += time.perf_counter() - start
     text, image = split_obs(obs)
-    max_steps = getattr(env.unwrapped, "max_steps", None) or getattr(env.spec, "max_episode_steps", None)
+    max_steps = _step_cap(env)
     extra = {"task_type": info["task_type"]} if "task_type" in info else {}
     return Episode(
         env=env, group_id=group_id, traj_id=traj_id, seed=seed, task=str(info.get("task", "")),
-        obs_text=text, image=image, info=info, max_steps=int(max_steps or DEFAULT_MAX_STEPS), extra=extra,
+        obs_text=text, image=image, info=info, max_steps=max_steps, extra=extra,
     )
+
+
+def _step_cap(env) -> int:
+    """The most env steps one episode of `env` takes (its `max_steps`, else the gymnasium time limit)."""
+    cap = getattr(env.unwrapped, "max_steps", None) or getattr(env.spec, "max_episode_steps", None)
+    return int(cap or DEFAULT_MAX_STEPS)
+
+
+def env_step_cap(env_id: str, env_kwargs: dict, env_factory=None) -> int:
+    """`_step_cap` of a freshly built env: the worst case of one episode, in env steps."""
+    env = env_factory(env_id, **env_kwargs) if env_factory is not None else _gym_make(env_id, dict(env_kwargs))
+    try:
+        return _step_cap(env)
+    finally:
+        env.close()
 
 
 def _reset_or_fail(env_id, env_kwargs, env_factory, seed, group_id, traj_id, stats) -> Episode:

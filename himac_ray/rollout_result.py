@@ -70,14 +70,7 @@ def summarize_groups(groups: list[list], mode: str, stats: dict, episode_score: 
         }
         for e in episodes
     ]
-    blueprints = {}
-    if mode != "flat":
-        for g in groups:
-            if not g:  # every member failed: micro mode falls back to the default blueprint
-                continue
-            score = (lambda e: (e.won, e.ret)) if episode_score == "won" else (lambda e: (e.ret,))
-            best = max(range(len(g)), key=lambda j: (*score(g[j]), -j))  # ties -> first
-            blueprints[g[0].seed] = list(g[best].subgoals)
+    blueprints = best_blueprints(summaries, episode_score) if mode != "flat" else {}
     acts = [r for r in records if r.level == "act"]
     plans = [e for e in episodes if mode == "macro"]
     n = max(len(episodes), 1)
@@ -97,6 +90,23 @@ def summarize_groups(groups: list[list], mode: str, stats: dict, episode_score: 
                                  EPISODES_FAILED)},
     }
     return RolloutResult(records=records, episodes=summaries, metrics=metrics, blueprints=blueprints, failed=failed)
+
+
+def best_blueprints(episodes: Sequence[dict], episode_score: str = "return") -> dict[int, list[str]]:
+    """seed -> the blueprint of its group's best episode by `episode_score` ("won": success first, then
+    return); ties -> the first in `episodes` order (the first sampled). A group none of whose members
+    finished (every env failed) has no entry: micro mode then falls back to the default blueprint.
+
+    Args:
+        episodes: `RolloutResult.episodes` summaries (seed, won, return, subgoals), members of a group
+            in the order they were sampled.
+    """
+    best: dict[int, tuple] = {}
+    for j, e in enumerate(episodes):
+        key = (float(e["won"]), float(e["return"])) if episode_score == "won" else (float(e["return"]),)
+        if e["seed"] not in best or key > best[e["seed"]][0]:
+            best[e["seed"]] = (key, j)
+    return {seed: list(episodes[j]["subgoals"]) for seed, (_, j) in best.items()}
 
 
 def merge_results(results: Sequence[RolloutResult]) -> RolloutResult:

@@ -122,6 +122,9 @@ class CoordinatorState:
     """level trained in the last finished iteration"""
     extra_groups: int = 0
     """extra groups drawn by dynamic sampling so far (the cursor of their env seeds)"""
+    group_starts: dict = field(default_factory=dict)
+    """`algorithm.group_size: auto`: rollout level -> start size of its groups in the next iteration
+    (a level not yet rolled out starts at `algorithm.auto_group.start`)"""
 
     def save(self, path: Path) -> None:
         Path(path).write_text(json.dumps(asdict(self), indent=2))

@@ -21,6 +21,7 @@ from typing import Callable
 import numpy as np
 
 from himac_ray import metrics as M
+from himac_ray.adaptive_groups import AdaptiveRollout
 from himac_ray.advantage import compute_advantages, group_informative
 from himac_ray.coevolution import trainable_level
 from himac_ray.config import TrainConfig
@@ -29,6 +30,7 @@ from himac_ray.evaluate import SAMPLED, run_eval
 from himac_ray.generation import SamplingParams
 from himac_ray.names import FLAT_ALGORITHMS, JOINT, LEVEL_OF
 from himac_ray.pipeline import ASYNC, RolloutAhead, busy_seconds, lookahead, staleness_histogram, staleness_split
+from himac_ray.rollout import env_step_cap
 from himac_ray.rollout_result import RolloutResult, merge_results
 from himac_ray.run_state import (
     CoordinatorState,
@@ -133,6 +135,8 @@ class Trainer:
         """(start, end) perf_counter spans of the rollouts run inline and of the learner steps"""
         self._window_start: float | None = None
         """perf_counter at the end of the previous iteration (the busy fractions' window)"""
+        self._step_cap: int | None = None
+        """the env's max_steps (the adaptive group size's worst case per member), looked up once"""
 
     # ------------------------------------------------------------ lifecycle
 
@@ -374,12 +378,17 @@ class Trainer:
         `algorithm.min_informative_groups` groups have members that score differently, roll out
         more groups on fresh env seeds, at most `algorithm.max_extra_groups` in all. Tied groups
         stay in the batch (their records are kept and written; their advantage is 0), and every
-        env step counts. Returns the merged result and the groups/* metrics.
+        env step counts. With `algorithm.group_size: auto` every group is sized by
+        `AdaptiveRollout` and extra groups are drawn only while the iteration's env-step budget
+        covers them. Returns the merged result and the groups/* metrics.
         """
         a = self.cfg.algorithm
         planner_params, executor_params = sampling_params(self.cfg, phase)
+        sizer = self._adaptive(phase, planner_params, executor_params) if a.adaptive else None
 
         def roll(seeds: list[int]) -> RolloutResult:
+            if sizer is not None:
+                return sizer.roll(seeds)
             return self.rollout(seeds=seeds, mode=phase.mode, group_size=a.group_size_of(phase.mode),
                                 plan_group_size=a.group_size_of("macro"), planner_params=planner_params,
                                 executor_params=executor_params)
@@ -394,14 +403,36 @@ class Trainer:
         extra = 0
         while informative < a.min_informative_groups and extra < a.max_extra_groups:
             count = min(a.min_informative_groups - informative, a.max_extra_groups - extra)
+            if sizer is not None and (count := sizer.affordable(count)) == 0:
+                break  # the iteration's env-step budget cannot cover another task
             self.status["phase"] = f"rollout (+{count} groups)"
             results.append(roll(extra_seeds(self.cfg, self.state.extra_groups, count)))
             self.state.extra_groups += count
             extra += count
             informative += informative_groups(results[-1])
         total = a.num_groups + extra
-        return merge_results(results), {M.GROUPS_INFORMATIVE_FRACTION: informative / max(total, 1),
-                                        M.GROUPS_INFORMATIVE: informative, M.GROUPS_EXTRA: extra}
+        result = merge_results(results)
+        groups = {M.GROUPS_INFORMATIVE_FRACTION: informative / max(total, 1), M.GROUPS_INFORMATIVE: informative,
+                  M.GROUPS_EXTRA: extra}
+        for level, res in ((phase.mode, result), ("macro", result.pre)):
+            if res is not None:
+                members = [e["group_id"] for e in res.episodes]
+                groups[M.GROUP_SIZE_MEAN[level]] = len(members) / max(len(set(members)), 1)
+        if sizer is not None:
+            # a new dict, not an update in place: a rollout ahead (async) runs on a shallow copy of the state
+            self.state.group_starts = {**self.state.group_starts, **sizer.next_starts()}
+            groups.update({M.GROUP_START[level]: start for level, start in self.state.group_starts.items()})
+        return result, groups
+
+    def _adaptive(self, phase: Phase, planner_params, executor_params) -> AdaptiveRollout:
+        """This iteration's adaptive-size rollouts (`algorithm.group_size: auto`)."""
+        a = self.cfg.algorithm
+        if self._step_cap is None:
+            self._step_cap = env_step_cap(self.cfg.env.id, self.cfg.env.kwargs)
+        return AdaptiveRollout(
+            rollout=self.rollout, mode=phase.mode, planner_params=planner_params, executor_params=executor_params,
+            starts=self.state.group_starts, auto=a.auto_group, episode_score=a.episode_score, num_groups=a.num_groups,
+            step_cap=self._step_cap, budget=a.auto_group.env_steps)
 
     def _with_advantages(self, records, trainable):
         a = self.cfg.algorithm

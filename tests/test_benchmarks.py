@@ -14,7 +14,8 @@ from himac_ray.envs.sokoban import ACTIONS
 
 
 def test_registry_lists_every_benchmark():
-    assert set(BENCHES) == {"env", "rollout", "sync", "learner", "learning", "rllib", "profile", "faults", "pipeline", "quick"}
+    assert set(BENCHES) == {"env", "rollout", "sync", "learner", "learning", "ablations", "rllib", "profile",
+                           "faults", "pipeline", "quick"}
     assert set(QUICK_SET) <= set(BENCHES)
     with pytest.raises(KeyError, match="unknown benchmark"):
         run_bench("nope")
@@ -81,6 +82,31 @@ def test_hierarchy_turns_alternate_between_planner_and_executor():
     assert list(obs) == ["executor"]
     obs, rew, term, trunc, _ = h.step({"executor": 0})  # budget of 2 steps spent: back to the planner
     assert list(obs) == ["planner"] and rew["planner"] == pytest.approx(-0.2) and not term["__all__"]
+
+
+@pytest.mark.slow
+def test_ablation_bench_smoke_runs_each_kind_of_variant():
+    """Full HiMAC (the baseline), prompting only (no RL), flat GRPO (its own warm start) and the
+    adaptive group size, on the tiny model, through the registry."""
+    from benchmarks.ablation_bench import VARIANTS
+
+    variants = ["himac", "prompting_only", "no_hierarchy", "G=auto"]
+    out = run_bench("ablations", {"size": "smoke", "variants": ",".join(variants)})
+    budget = out["spec"]["budget"]
+    assert list(out["table"]) == variants and set(variants) <= set(VARIANTS)
+    runs = {r["variant"]: r for r in out["runs"].values()}
+    for name in ("himac", "no_hierarchy", "G=auto"):  # RL until the same env-step budget
+        assert runs[name]["env_steps"] >= budget and runs[name]["iterations"]
+    assert runs["prompting_only"]["env_steps"] == 0
+    assert runs["prompting_only"]["final_success"] == runs["himac"]["start_success"]  # the same warm start, no RL
+    assert runs["no_hierarchy"]["warm_start"] != runs["himac"]["warm_start"]  # flat prompts: its own warm start
+    for name in variants[1:]:  # paired with full HiMAC of the same seed over the same rooms
+        (vs,) = out["table"][name]["vs_himac"]
+        assert vs["ci95"][0] <= vs["diff"] <= vs["ci95"][1]
+    auto = runs["G=auto"]["iterations"]
+    assert all(2 <= it["groups/macro_size_mean"] <= 8 for it in auto if "groups/macro_size_mean" in it)
+    assert any("groups/macro_start" in it for it in auto)
+    assert json.loads(open(out["path"]).read())["table"] == out["table"]
 
 
 @pytest.mark.slow

@@ -49,7 +49,9 @@ work). Keys and values are checked before anything starts: an unknown key, a wro
 value outside the allowed range fails with a message naming the key, the value and what is
 allowed. `himac-ray config --config FILE [--set k=v]` prints the resulting config.
 
-Cross-field rules: `algorithm.group_size` must be >= 2 for `himac`;
+Cross-field rules: `algorithm.group_size` must be >= 2 or `auto` (then
+`algorithm.planner_group_size` / `executor_group_size` must be null and `algorithm.auto_group` needs
+2 <= min <= start <= max);
 `coevolution.planner_iters + coevolution.executor_iters` must be >= 1; `env.id` must be one of
 `himac_ray.envs.ENV_IDS`.
 """
@@ -109,6 +111,8 @@ def format_value(value) -> str:
         return repr(value)
     if isinstance(value, tuple):
         value = list(value)
+    if dataclasses.is_dataclass(value):
+        value = dataclasses.asdict(value)
     return json.dumps(value)
 
 
@@ -125,6 +129,11 @@ def allowed_of(key: str) -> str:
         from himac_ray.trackers import LOGGERS
 
         return "list of " + " | ".join(LOGGERS)
+    if key == "algorithm.group_size":
+        return ">= 2 or auto"
+    if key.startswith("algorithm.auto_group."):
+        return {"min": ">= 2", "start": "min .. max", "max": ">= start", "shrink_std": "> 0",
+                "env_steps": ">= 0"}[key.rsplit(".", 1)[1]]
     if key == "rollout.subgoal_step_budget":
         return ">= 1 or null"
     if key in config_rules.POSITIVE:
@@ -142,32 +151,41 @@ def render_config_docs() -> str:
     """The full text of docs/configuration.md."""
     out = [HEADER]
     for name, cls in sections():
-        docs = field_docstrings(cls)
-        types = field_annotations(cls)
         intro = class_docstring(cls) or SECTIONS.get(name, "")
         out.append(f"## `{name}`\n")
         if intro:
             out.append(_cell(intro) + "\n")
         out.append("| key | type | default | allowed | meaning |")
         out.append("|---|---|---|---|---|")
-        for f in dataclasses.fields(cls):
-            key = f"{name}.{f.name}"
-            default = format_value(default_of(f))
-            allowed = allowed_of(key)
-            out.append(
-                f"| `{key}` | `{_cell(types.get(f.name, ''))}` | `{_cell(default)}` | "
-                f"{_cell(allowed)} | {_cell(docs.get(f.name, ''))} |"
-            )
+        out += _rows(name, cls)
         out.append("")
     return "\n".join(out).rstrip() + "\n"
+
+
+def _rows(prefix: str, cls) -> list[str]:
+    """Table rows of a dataclass's fields; a nested dataclass (e.g. `algorithm.auto_group`) is followed
+    by one row per field of its own, keyed `prefix.field.sub`."""
+    docs, types, hints = field_docstrings(cls), field_annotations(cls), typing.get_type_hints(cls)
+    rows = []
+    for f in dataclasses.fields(cls):
+        key = f"{prefix}.{f.name}"
+        rows.append(f"| `{key}` | `{_cell(types.get(f.name, ''))}` | `{_cell(format_value(default_of(f)))}` | "
+                    f"{_cell(allowed_of(key))} | {_cell(docs.get(f.name, ''))} |")
+        if dataclasses.is_dataclass(hints[f.name]):
+            rows += _rows(key, hints[f.name])
+    return rows
 
 
 def missing_docstrings() -> list[str]:
     """Dotted keys of fields that have no docstring (should be empty)."""
     missing = []
-    for name, cls in sections():
-        docs = field_docstrings(cls)
+    todo = list(sections())
+    while todo:
+        name, cls = todo.pop(0)
+        docs, hints = field_docstrings(cls), typing.get_type_hints(cls)
         missing += [f"{name}.{f.name}" for f in dataclasses.fields(cls) if not docs.get(f.name)]
+        todo += [(f"{name}.{f.name}", hints[f.name]) for f in dataclasses.fields(cls)
+                 if dataclasses.is_dataclass(hints[f.name])]
     return missing
 
 

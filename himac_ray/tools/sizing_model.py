@@ -81,7 +81,7 @@ def workload_from_config(cfg, *, prompt_tokens: tuple[int, int, int] | None = No
     plan_p, act_p, flat_p = prompt_tokens or PROMPT_TOKENS.get(kind, PROMPT_TOKENS["generic"])
     return Workload(
         env_kind=kind, algorithm=cfg.algorithm.name, num_groups=cfg.algorithm.num_groups,
-        group_size=cfg.algorithm.group_size, max_steps=_env_max_steps(cfg.env.id, dict(cfg.env.kwargs)),
+        group_size=cfg.algorithm.group_size_of("flat"), max_steps=_env_max_steps(cfg.env.id, dict(cfg.env.kwargs)),
         plan_prompt=plan_p, act_prompt=act_p, flat_prompt=flat_p, plan_cap=cfg.rollout.plan_max_tokens,
         act_cap=cfg.rollout.action_max_tokens, max_len=cfg.learner.max_len, coevolution=cfg.coevolution.enabled,
         planner_iters=cfg.coevolution.planner_iters, executor_iters=cfg.coevolution.executor_iters,
