@@ -1,7 +1,8 @@
 """Learning: held-out success before and after RL, HiMAC vs flat GRPO vs GiGPO, on the fast CPU recipe.
 
 Setup (every run): the demo recipe (`configs/sokoban_embedded_cpu.yaml`: SmolLM2-135M, compact
-prompts, reasoning-free executor answers, dynamic sampling), warm-started by SFT on expert
+prompts, reasoning-free executor answers, dynamic sampling; the full size adds the learning
+recipe's overrides, `SIZES["full"]["overrides"]`), warm-started by SFT on expert
 demonstrations — one warm start per prompt family (HiMAC planner + executor prompts, or flat
 prompts), from the warm-start cache, shared by every RL seed and by GRPO and GiGPO — then RL with
 the real stack (`benchmarks.harness.Stack`: vLLM sampler, env pool, DeepSpeed learner, `Trainer`)
@@ -37,8 +38,14 @@ SIZES = {
     # quick / full: the demo config's SFT settings, so the demo and the bench share one cached warm start
     "quick": dict(model="embedded", budget=300, eval_points=(1.0,), seeds=[0], algos=("himac",), eval_episodes=32,
                   max_steps=10, num_groups=4, max_minutes=20),
-    "full": dict(model="embedded", budget=3000, eval_points=(0.5, 1.0), seeds=[0, 1, 2], algos=ALGOS, eval_episodes=64,
-                 max_steps=10, num_groups=4, max_minutes=40),
+    # full: the learning recipe of RESULTS.md 16.1 (session 6) on top of the demo config — 16 tasks per
+    # iteration (4-5 informative groups instead of 1-2), two executor iterations per planner one, lr 5e-5
+    # x 2 passes, clip-higher; `--set` adds overrides after these and tags the run key with all of them
+    "full": dict(model="embedded", budget=8000, eval_points=(0.5, 1.0), seeds=[0, 1, 2], algos=ALGOS, eval_episodes=64,
+                 max_steps=10, num_groups=16, max_minutes=45, overrides=(
+                     "algorithm.num_groups=16", "algorithm.min_informative_groups=4", "algorithm.max_extra_groups=8",
+                     "coevolution.executor_iters=2", "learner.lr=5e-5", "learner.ppo_epochs=2",
+                     "algorithm.clip_coef_high=0.28")),
 }
 
 
@@ -219,7 +226,7 @@ def run(args=None, quick: bool = True) -> dict:
     if opt(args, "minutes"):
         spec["max_minutes"] = float(opt(args, "minutes"))
     if opt(args, "overrides"):  # `--set key=value`: a variant of the recipe, tagged in the run keys
-        spec["overrides"] = tuple(opt(args, "overrides"))
+        spec["overrides"] = (*spec.get("overrides", ()), *opt(args, "overrides"))
     WORK_DIR.mkdir(parents=True, exist_ok=True)
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
     # learning_<size>.json holds session 3's runs of the earlier recipe (RESULTS.md section 5)
