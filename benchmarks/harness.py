@@ -82,7 +82,7 @@ class Stack:
     # ---------------------------------------------------------------- helpers
     def warm_up(self) -> None:
         """One tiny untimed rollout so the first timed iteration does not pay vLLM's first-call costs."""
-        from himac_ray.trainer import Phase, sampling_params
+        from himac_ray.schedule import Phase, sampling_params
 
         planner, executor = sampling_params(self.cfg, Phase("planner", "macro"))
         self.dispatcher(**self.fixed, seeds=[987654], mode="macro", group_size=2, planner_params=planner,

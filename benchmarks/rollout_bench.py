@@ -67,7 +67,7 @@ class Workload:
 def workload(model: str, size: str) -> Workload:
     n_seeds, group, naive = SIZES[(model, size)]
     plan_tokens, act_tokens = MAX_TOKENS[model]
-    # the planner phase of a HiMAC iteration: sampled blueprints, greedy executor (trainer.sampling_params)
+    # the planner phase of a HiMAC iteration: sampled blueprints, greedy executor (schedule.sampling_params)
     return Workload(
         model=model, seeds=list(range(SEED_START, SEED_START + n_seeds)), group_size=group, naive_episodes=naive,
         planner=SamplingParams(temperature=1.0, max_tokens=plan_tokens, stop=("</plan>",)),

@@ -15,7 +15,7 @@ The rules (docs/architecture.md, "Asynchronous pipeline"):
   from an older checkpoint); `max_staleness: 0` rolls nothing out ahead: async then runs exactly
   as sync (`lookahead`).
 - Co-evolution: a rollout ahead is made for one fixed iteration with that iteration's phase
-  (`trainer.phase_of`), so groups are only ever generated for the level that trains on them: at a
+  (`schedule.phase_of`), so groups are only ever generated for the level that trains on them: at a
   switch, the old level's groups are those of its last iteration, trained in it; none is dropped.
   The trainer still trains only records of the trained level (`level_mismatch` is a guard).
 - Checkpoint and resume: a checkpoint describes an iteration boundary; a rollout running ahead

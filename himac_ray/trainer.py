@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import copy
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -23,12 +22,10 @@ import numpy as np
 from himac_ray import metrics as M
 from himac_ray.adaptive_groups import AdaptiveRollout
 from himac_ray.advantage import compute_advantages, group_informative
-from himac_ray.coevolution import trainable_level
 from himac_ray.config import TrainConfig
 from himac_ray.data import write_parquet
 from himac_ray.evaluate import SAMPLED, run_eval
-from himac_ray.generation import SamplingParams
-from himac_ray.names import FLAT_ALGORITHMS, JOINT, LEVEL_OF
+from himac_ray.names import JOINT, LEVEL_OF
 from himac_ray.pipeline import ASYNC, RolloutAhead, busy_seconds, lookahead, staleness_histogram, staleness_split
 from himac_ray.rollout import env_step_cap
 from himac_ray.rollout_result import RolloutResult, merge_results
@@ -42,70 +39,7 @@ from himac_ray.run_state import (
     complete_checkpoints,
     latest_checkpoint,
 )
-
-
-@dataclass(frozen=True)
-class Phase:
-    """What iteration i does."""
-
-    trainable: str | None
-    """planner | executor | None (both levels: co-evolution disabled)"""
-    mode: str
-    """rollout mode: macro | micro | flat"""
-
-
-def phase_of(cfg: TrainConfig, iteration: int) -> Phase:
-    """The co-evolution schedule turned into a rollout mode (docs/algorithm.md)."""
-    if cfg.algorithm.name in FLAT_ALGORITHMS:
-        return Phase("executor", "flat")
-    co = cfg.coevolution
-    if not co.enabled:  # both levels train on one rollout of both phases (greedy scoring, z* kept)
-        return Phase(None, "micro")
-    level = trainable_level(
-        iteration, algorithm=cfg.algorithm.name, planner_iters=co.planner_iters,
-        executor_iters=co.executor_iters, executor_warmup=co.executor_warmup, start_with=co.start_with,
-    )
-    # both phases on the same tasks (paper) = a micro rollout with its macro pre-pass
-    return Phase(level, "micro" if both_phases(cfg) or level == "executor" else "macro")
-
-
-def both_phases(cfg: TrainConfig) -> bool:
-    """Whether a HiMAC iteration keeps its macro phase (`coevolution.iteration: paper`, or co-evolution
-    off): the micro rollout's pre-pass is then the macro phase proper, its records trained or
-    written, not dropped."""
-    co = cfg.coevolution
-    return cfg.algorithm.name not in FLAT_ALGORITHMS and (co.iteration == "paper" or not co.enabled)
-
-
-EXTRA_SEED_OFFSET = 10_000_000
-"""extra groups (dynamic sampling) draw env seeds from train_seed_start + this + a cursor kept in
-the checkpoint, disjoint from the iterations' own seeds"""
-
-
-def iteration_seeds(cfg: TrainConfig, iteration: int) -> list[int]:
-    """Env seeds of iteration i: a fixed function of i, so resumed runs see the same tasks."""
-    start = cfg.env.train_seed_start + iteration * cfg.algorithm.num_groups
-    return list(range(start, start + cfg.algorithm.num_groups))
-
-
-def extra_seeds(cfg: TrainConfig, cursor: int, count: int) -> list[int]:
-    """Env seeds of the next `count` extra groups, from `cursor` extra groups drawn so far."""
-    start = cfg.env.train_seed_start + EXTRA_SEED_OFFSET + cursor
-    return list(range(start, start + count))
-
-
-def sampling_params(cfg: TrainConfig, phase: Phase) -> tuple[SamplingParams, SamplingParams]:
-    """(planner, executor) sampling for a phase; blueprints are scored by a greedy executor."""
-    r = cfg.rollout
-    planner = SamplingParams(
-        temperature=r.planner_temperature, top_p=r.top_p, max_tokens=r.plan_max_tokens, stop=("</plan>",)
-    )
-    scoring = phase.mode == "macro" and phase.trainable == "planner"
-    executor = SamplingParams(
-        temperature=r.scoring_temperature if scoring else r.executor_temperature,
-        top_p=r.top_p, max_tokens=r.action_max_tokens, stop=("<sub_done>",),
-    )
-    return planner, executor
+from himac_ray.schedule import Phase, both_phases, extra_seeds, iteration_seeds, phase_of, sampling_params
 
 
 class Trainer:

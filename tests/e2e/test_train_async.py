@@ -22,7 +22,7 @@ from himac_ray.config import config_to_dict, load_config
 from himac_ray.data import table_to_records
 from himac_ray.models import resolve_model
 from himac_ray.names import LEVEL_OF
-from himac_ray.trainer import EXTRA_SEED_OFFSET, iteration_seeds
+from himac_ray.schedule import EXTRA_SEED_OFFSET, iteration_seeds
 from tests.ray_local import private_ray
 
 pytestmark = [pytest.mark.slow, pytest.mark.ray]

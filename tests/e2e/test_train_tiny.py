@@ -14,8 +14,8 @@ import ray
 
 from himac_ray.config import config_to_dict, load_config
 from himac_ray.models import resolve_model
+from himac_ray.schedule import iteration_seeds
 from himac_ray.train import train
-from himac_ray.trainer import iteration_seeds
 
 pytestmark = [pytest.mark.slow, pytest.mark.ray]
 ROOT = Path(__file__).parents[2]

@@ -11,7 +11,8 @@ from himac_ray.config import ConfigError, load_config
 from himac_ray.generation import ScriptedGenerator
 from himac_ray.hardware import resolve_dtype
 from himac_ray.rollout import run_rollout
-from himac_ray.trainer import EXTRA_SEED_OFFSET, Phase, Trainer, iteration_seeds
+from himac_ray.schedule import EXTRA_SEED_OFFSET, Phase, iteration_seeds
+from himac_ray.trainer import Trainer
 from himac_ray.warm_start import warm_start_dir
 
 SOKOBAN = "himac/Sokoban-v0"
@@ -54,7 +55,8 @@ def test_tied_groups_are_replaced_by_fresh_tasks(tmp_path):
     first, extra = calls
     assert first == iteration_seeds(trainer.cfg, 0)
     assert extra == [trainer.cfg.env.train_seed_start + EXTRA_SEED_OFFSET + j for j in range(2)]
-    assert groups == {"groups/informative_fraction": 0.5, "groups/informative": 2, "groups/extra": 2}
+    assert groups == {"groups/informative_fraction": 0.5, "groups/informative": 2, "groups/extra": 2,
+                      "groups/macro_size_mean": 3.0}
     assert trainer.state.extra_groups == 2
     # every group's records kept exactly once; env steps of the tied groups counted too
     keys = [(r.group_id, r.traj_id, r.step, r.level) for r in result.records]
@@ -85,7 +87,8 @@ def test_extra_groups_stop_at_the_cap(tmp_path):
     trainer.rollout = tied
     result, groups = trainer._collect(0, Phase("planner", "macro"))
     assert [len(c) for c in calls] == [2, 2, 1]
-    assert groups == {"groups/informative_fraction": 0.0, "groups/informative": 0, "groups/extra": 3}
+    assert groups == {"groups/informative_fraction": 0.0, "groups/informative": 0, "groups/extra": 3,
+                      "groups/macro_size_mean": 3.0}
     assert len(result.episodes) == 5 * 3
 
 

@@ -12,7 +12,7 @@ import pytest
 from himac_ray.data import Record
 from himac_ray.pipeline import RolloutAhead, busy_seconds, lookahead, staleness_histogram, staleness_split
 from himac_ray.run_state import CoordinatorState
-from himac_ray.trainer import EXTRA_SEED_OFFSET, iteration_seeds
+from himac_ray.schedule import EXTRA_SEED_OFFSET, iteration_seeds
 from tests.himac_ray.test_resume import make_trainer
 
 

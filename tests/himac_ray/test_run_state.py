@@ -24,7 +24,7 @@ from himac_ray.run_state import (
     latest_checkpoint,
     prepare_run_dir,
 )
-from himac_ray.trainer import iteration_seeds, phase_of, sampling_params
+from himac_ray.schedule import iteration_seeds, phase_of, sampling_params
 
 
 def test_himac_phases_alternate_and_pick_rollout_modes():
