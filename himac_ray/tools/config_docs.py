@@ -138,37 +138,49 @@ def _cell(text: str) -> str:
     return " ".join(str(text).split()).replace("|", "\\|")
 
 
+def _table(prefix: str, cls) -> list[str]:
+    """The key table of one (sub)section; a nested dataclass field gets its own table after it."""
+    docs, types = field_docstrings(cls), field_annotations(cls)
+    out = ["| key | type | default | allowed | meaning |", "|---|---|---|---|---|"]
+    nested = []
+    for f in dataclasses.fields(cls):
+        key = f"{prefix}.{f.name}"
+        default = default_of(f)
+        if dataclasses.is_dataclass(default):
+            nested.append((key, type(default)))
+            out.append(f"| `{key}` | section | | | {_cell(docs.get(f.name, ''))} (see `{key}.*` below) |")
+            continue
+        out.append(f"| `{key}` | `{_cell(types.get(f.name, ''))}` | `{_cell(format_value(default))}` | "
+                   f"{_cell(allowed_of(key))} | {_cell(docs.get(f.name, ''))} |")
+    for key, sub in nested:
+        out += ["", f"### `{key}`", "", *_table(key, sub)]
+    return out
+
+
 def render_config_docs() -> str:
     """The full text of docs/configuration.md."""
     out = [HEADER]
     for name, cls in sections():
-        docs = field_docstrings(cls)
-        types = field_annotations(cls)
         intro = class_docstring(cls) or SECTIONS.get(name, "")
         out.append(f"## `{name}`\n")
         if intro:
             out.append(_cell(intro) + "\n")
-        out.append("| key | type | default | allowed | meaning |")
-        out.append("|---|---|---|---|---|")
-        for f in dataclasses.fields(cls):
-            key = f"{name}.{f.name}"
-            default = format_value(default_of(f))
-            allowed = allowed_of(key)
-            out.append(
-                f"| `{key}` | `{_cell(types.get(f.name, ''))}` | `{_cell(default)}` | "
-                f"{_cell(allowed)} | {_cell(docs.get(f.name, ''))} |"
-            )
+        out += _table(name, cls)
         out.append("")
     return "\n".join(out).rstrip() + "\n"
 
 
 def missing_docstrings() -> list[str]:
-    """Dotted keys of fields that have no docstring (should be empty)."""
-    missing = []
-    for name, cls in sections():
-        docs = field_docstrings(cls)
-        missing += [f"{name}.{f.name}" for f in dataclasses.fields(cls) if not docs.get(f.name)]
-    return missing
+    """Dotted keys of fields that have no docstring (should be empty), nested sections included."""
+    def walk(prefix: str, cls) -> list[str]:
+        docs, missing = field_docstrings(cls), []
+        for f in dataclasses.fields(cls):
+            missing += [] if docs.get(f.name) else [f"{prefix}.{f.name}"]
+            if dataclasses.is_dataclass(default_of(f)):
+                missing += walk(f"{prefix}.{f.name}", type(default_of(f)))
+        return missing
+
+    return [key for name, cls in sections() for key in walk(name, cls)]
 
 
 def main(argv: list[str] | None = None) -> int:
