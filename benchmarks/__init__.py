@@ -81,6 +81,7 @@ BENCHES: dict[str, Callable[..., dict]] = {
     "rllib": _lazy("rllib_bench"),
     "profile": _lazy("profile_bench"),
     "faults": _lazy("fault_bench"),
+    "lora": _lazy("lora_bench"),
     "quick": _quick,
 }
 

@@ -108,7 +108,7 @@ def cmd_play(args) -> int:
 
 ALLOW_CHANGE_HELP = ("with --resume: continue although the config differs from the run's config.json "
                      "(the changes are logged and recorded in config_changes.jsonl)")
-BENCH_NAMES = ("env", "rollout", "sync", "learner", "learning", "rllib", "profile", "faults", "quick")
+BENCH_NAMES = ("env", "rollout", "sync", "learner", "learning", "rllib", "profile", "faults", "lora", "quick")
 
 
 def cmd_bench(args) -> int:

@@ -14,7 +14,7 @@ from himac_ray.envs.sokoban import ACTIONS
 
 
 def test_registry_lists_every_benchmark():
-    assert set(BENCHES) == {"env", "rollout", "sync", "learner", "learning", "rllib", "profile", "faults", "quick"}
+    assert set(BENCHES) == {"env", "rollout", "sync", "learner", "learning", "rllib", "profile", "faults", "lora", "quick"}
     assert set(QUICK_SET) <= set(BENCHES)
     with pytest.raises(KeyError, match="unknown benchmark"):
         run_bench("nope")
