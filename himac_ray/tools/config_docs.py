@@ -101,6 +101,8 @@ def format_value(value) -> str:
     """A default as it would be written in YAML."""
     if value is dataclasses.MISSING:
         return "(required)"
+    if dataclasses.is_dataclass(value):
+        return "(section)"
     if value is None:
         return "null"
     if isinstance(value, bool):
@@ -146,12 +148,12 @@ def _table(prefix: str, cls) -> list[str]:
     for f in dataclasses.fields(cls):
         key = f"{prefix}.{f.name}"
         default = default_of(f)
+        meaning = docs.get(f.name, "")
         if dataclasses.is_dataclass(default):
             nested.append((key, type(default)))
-            out.append(f"| `{key}` | section | | | {_cell(docs.get(f.name, ''))} (see `{key}.*` below) |")
-            continue
+            meaning += f" (keys: `{key}.*` below)"
         out.append(f"| `{key}` | `{_cell(types.get(f.name, ''))}` | `{_cell(format_value(default))}` | "
-                   f"{_cell(allowed_of(key))} | {_cell(docs.get(f.name, ''))} |")
+                   f"{_cell(allowed_of(key))} | {_cell(meaning)} |")
     for key, sub in nested:
         out += ["", f"### `{key}`", "", *_table(key, sub)]
     return out
