@@ -193,9 +193,11 @@ class Coordinator:
     def sampler_stats(self) -> list[dict]:
         return ray.get([s.stats.remote() for s in self.fleet.all()], timeout=60)
 
-    def sampler_logprobs(self, records: list) -> list[list[float]]:
-        """Sampler-side logprobs of fixed responses (teacher forcing through vLLM), for sync checks."""
-        return ray.get(self.executors[0].score.remote(records, self.fleet.adapter("executor")))
+    def sampler_logprobs(self, records: list, policy: str = "executor") -> list[list[float]]:
+        """Sampler-side logprobs of fixed responses (teacher forcing through vLLM) under `policy`'s
+        weights (and LoRA adapter), for sync checks."""
+        sampler = (self.planners or self.executors)[0] if policy == "planner" else self.executors[0]
+        return ray.get(sampler.score.remote(records, self.fleet.adapter(policy)))
 
     def learner_logprobs(self, records: list) -> list[list[float]]:
         return self.learner.compute_logprobs(records)
