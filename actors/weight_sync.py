@@ -42,8 +42,9 @@ class WeightSync:
 
     def jobs(self, trainable: str | None) -> list[tuple[str, str]]:
         """(policy, sampler role) pairs a sync of `trainable` (None: both levels) updates."""
-        if "planner" not in self.fleet.actors and self.fleet.adapter("planner") != self.fleet.adapter("executor"):
-            return [(p, "both") for p in ("planner", "executor") if trainable in (None, p)]  # per-level adapters
+        lora = self.cfg.learner.lora
+        if "planner" not in self.fleet.actors and lora.enabled and lora.per_level:  # one engine, two adapters
+            return [(p, "both") for p in ("planner", "executor") if trainable in (None, p)]
         if "planner" not in self.fleet.actors:
             return [("executor", "both")]
         return [(p, p) for p in ("planner", "executor") if trainable in (None, p)]
