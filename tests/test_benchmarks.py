@@ -93,6 +93,15 @@ def test_rollout_bench_smoke_returns_the_ratio_keys():
     json.dumps(out)
 
 
+@pytest.mark.slow
+def test_lora_bench_smoke_syncs_only_the_adapter():
+    out = run_bench("lora", {"model": "tiny", "size": "smoke"})
+    full, lora = out["systems"]["full"], out["systems"]["lora"]
+    assert lora["trainable_params"] < full["trainable_params"] / 20
+    assert out["sync_bytes_ratio"] >= 20 and lora["learner_tokens"] == full["learner_tokens"] > 0
+    json.dumps(out)
+
+
 def test_fault_schedule_is_seeded_one_fault_per_kind_in_distinct_middle_iterations():
     from benchmarks.fault_bench import FAULT_KINDS, make_schedule
 
