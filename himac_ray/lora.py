@@ -81,8 +81,8 @@ def adapter_params(module, name: str) -> list[tuple[str, torch.nn.Parameter]]:
 
 
 def adapter_config(module, name: str) -> dict:
-    """Adapter `name`'s `adapter_config.json` content (JSON-safe)."""
-    cfg = module.peft_config[name].to_dict()
+    """Adapter `name`'s `adapter_config.json` content (JSON-safe), as `PeftModel.save_pretrained` writes it."""
+    cfg = {**module.peft_config[name].to_dict(), "inference_mode": True}
     return json.loads(json.dumps(cfg, default=lambda v: sorted(v) if isinstance(v, set) else str(v)))
 
 
