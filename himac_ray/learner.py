@@ -16,6 +16,12 @@ rank short of records runs a 2-token dummy with zero mask so ZeRO's collectives 
 
 Logprobs use temperature 1, like vLLM's default `raw_logprobs` sampling logprobs.
 
+LoRA (`learner.lora`, `himac_ray.lora`): the policy module is a PeftModel over the frozen base;
+each adapter has its own DeepSpeed engine whose optimizer holds only that adapter (per-level
+adapters: two engines over one module, the active adapter switched before every forward), the KL
+reference is the base with adapters disabled, weight sync exports only the adapter
+(`export_adapter` / `save_adapter`) and checkpoints add the adapter to the merged HF weights.
+
 Vision-language policies (a model folder with a `vision_config`, e.g. the local Idefics3 VLM or
 Qwen2.5-VL): records carry the PNG of the observation they saw (`Record.image`) and prompt ids
 with the image tokens already expanded (as vLLM saw them); every forward feeds the same pixels
