@@ -183,3 +183,8 @@ def test_vllm_serves_the_synced_adapter_like_the_learner(tmp_path, per_level):
         vllm.load_adapter(path, name=learner.adapters[policy], version=version)
     for policy in policies:
         assert worst_gap(policy) < 1e-3
+        # teacher-forced scoring (the coordinator's sync check) of several pairs under the adapter
+        recs = make_records(learner.tokenizer, 3, tag="s")
+        scored = vllm.score([(r.prompt_ids, r.response_ids) for r in recs], adapter=learner.adapters[policy])
+        lp = learner.compute_logprobs(recs, policy=policy)
+        assert max(abs(a - b) for x, y in zip(scored, lp) for a, b in zip(x, y)) < 1e-3
