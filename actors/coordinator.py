@@ -63,12 +63,12 @@ class Coordinator:
     def setup(self) -> dict:
         cfg = self.cfg
         self.status_["phase"] = "starting samplers"
-        nccl = uses_nccl(cfg.learner.weight_sync, learner_gpus=cfg.learner.gpus_per_rank,
-                         sampler_gpus=cfg.sampler.gpus_per_engine)
+        nccl = not cfg.learner.lora.enabled and uses_nccl(  # adapters go by shm / object store
+            cfg.learner.weight_sync, learner_gpus=cfg.learner.gpus_per_rank, sampler_gpus=cfg.sampler.gpus_per_engine)
         paths = {"executor": self.model_path, "planner": self.planner_path} if self.planner_path else {
             "both": self.model_path}
         self.fleet = SamplerFleet(paths, model=cfg.model, sampler=cfg.sampler, weight_transfer=nccl,
-                                  timeout_s=cfg.run.generate_timeout_s)
+                                  timeout_s=cfg.run.generate_timeout_s, lora=cfg.learner.lora)
         self.status_["phase"] = "starting learner"
         self.learner = self._start_learner()
         self.weight_sync = WeightSync(learner=self.learner, fleet=self.fleet, cfg=cfg, run_id=self.run_id,
@@ -193,9 +193,11 @@ class Coordinator:
     def sampler_stats(self) -> list[dict]:
         return ray.get([s.stats.remote() for s in self.fleet.all()], timeout=60)
 
-    def sampler_logprobs(self, records: list) -> list[list[float]]:
-        """Sampler-side logprobs of fixed responses (teacher forcing through vLLM), for sync checks."""
-        return ray.get(self.executors[0].score.remote(records))
+    def sampler_logprobs(self, records: list, policy: str = "executor") -> list[list[float]]:
+        """Sampler-side logprobs of fixed responses (teacher forcing through vLLM) under `policy`'s
+        weights (and LoRA adapter), for sync checks."""
+        sampler = (self.planners or self.executors)[0] if policy == "planner" else self.executors[0]
+        return ray.get(sampler.score.remote(records, self.fleet.adapter(policy)))
 
     def learner_logprobs(self, records: list) -> list[list[float]]:
         return self.learner.compute_logprobs(records)

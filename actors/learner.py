@@ -68,6 +68,15 @@ class LearnerWorker:
                 refs.append(ray.put(bucket))
         return refs
 
+    def save_adapter(self, path: str, *, policy: str) -> str:
+        return str(self.learner.save_adapter(path, policy=policy))
+
+    def export_adapter_to_object_store(self, *, policy: str):
+        """Cross-node adapter sync: rank 0 puts (config, tensors) of `policy`'s LoRA adapter (serving
+        dtype) into Ray's object store and returns its ref (None on the other ranks)."""
+        adapter = self.learner.export_adapter(policy=policy, dtype=self.learner.serve_dtype)
+        return ray.put(adapter) if self.rank == 0 else None
+
     def init_nccl_sync(self, *, policy: str, samplers: list, master_addr: str, master_port: int,
                        tensor_parallel_size: int, bucket_mb: int) -> None:
         """Set up vLLM's NCCL trainer engine for `policy` (all ranks at once; rank 0 joins the
@@ -157,6 +166,14 @@ class LearnerGroup:
     def save_weights(self, path: str | os.PathLike, *, policy: str) -> Path:
         """One safetensors file of `policy`'s HF-named weights, written by rank 0 (on rank 0's node)."""
         return Path(self.get(self.async_save_weights(path, policy=policy), what="save_weights")[0])
+
+    def save_adapter(self, path: str | os.PathLike, *, policy: str) -> Path:
+        """`policy`'s LoRA adapter as a PEFT folder (serving dtype), written by rank 0 (on rank 0's node)."""
+        return Path(self._call("save_adapter", str(path), policy=policy)[0])
+
+    def export_adapter_to_object_store(self, *, policy: str) -> ray.ObjectRef:
+        """`policy`'s LoRA adapter as one object-store entry (ref owned by rank 0) for samplers on other nodes."""
+        return self._call("export_adapter_to_object_store", policy=policy)[0]
 
     def export_to_object_store(self, *, policy: str) -> list[ray.ObjectRef]:
         """`policy`'s weights as object-store buckets (refs owned by rank 0) for samplers on other nodes."""

@@ -9,8 +9,9 @@ import ray
 from ray.util.placement_group import placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-from himac_ray.config import ModelConfig, SamplerConfig
+from himac_ray.config import LoraConfig, ModelConfig, SamplerConfig
 from himac_ray.generation import SamplingParams
+from himac_ray.lora import adapter_name
 from himac_ray.names import ROLES
 
 SAMPLER_ROLES = (*ROLES, "both")
@@ -35,30 +36,43 @@ class SamplerDiedError(RuntimeError):
 @ray.remote
 class SamplerActor:
     """Hosts one vLLM generator (text or vision-language, by the model folder); `role` says which
-    level's prompts it serves."""
+    level's prompts it serves. With `lora` on, the engine serves LoRA adapters by name."""
 
     def __init__(self, model_path: str, *, role: str, model: ModelConfig, sampler: SamplerConfig, seed: int,
-                 index: int = 0, weight_transfer: bool = False):
+                 index: int = 0, weight_transfer: bool = False, lora: LoraConfig | None = None):
         from himac_ray.engines.vlm_engine import vllm_generator
 
         self.role = role
+        lora_kwargs = {}
+        if lora is not None and lora.enabled:
+            lora_kwargs = {"max_lora_rank": lora.rank, "max_loras": 2 if lora.per_level else 1}
         self.gen = vllm_generator(
             model_path, seed=seed, max_model_len=model.max_model_len, kv_cache_gb=sampler.kv_cache_gb,
             dtype=model.dtype, gpu_memory_utilization=sampler.gpu_memory_utilization,
             tensor_parallel_size=sampler.tensor_parallel_size, in_process=sampler.tensor_parallel_size == 1,
             threads=sampler.threads or max(1, int(sampler.cpus_per_engine)), prefix_caching=sampler.prefix_caching,
-            **({"weight_transfer_config": {"backend": "nccl"}} if weight_transfer else {}),
+            **({"weight_transfer_config": {"backend": "nccl"}} if weight_transfer else {}), **lora_kwargs,
         )
+        served = f", LoRA adapters in vLLM (rank <= {lora.rank})" if lora_kwargs else ""
         print(f"[sampler {role} {index}] dtype {self.gen.dtype} ({self.gen.dtype_reason}), "
-              f"{self.gen.threads} thread(s), prefix caching {'on' if sampler.prefix_caching else 'off'}", flush=True)
+              f"{self.gen.threads} thread(s), prefix caching {'on' if sampler.prefix_caching else 'off'}{served}",
+              flush=True)
         self.index, self.tensor_parallel_size = index, sampler.tensor_parallel_size
         self.started = time.time()
 
-    def generate(self, prompts, params: SamplingParams):
-        return self.gen.generate(prompts, params)
+    def generate(self, prompts, params: SamplingParams, adapter: str | None = None):
+        return self.gen.generate(prompts, params, adapter=adapter)
 
-    def score(self, records) -> list[list[float]]:
-        return self.gen.score([(r.prompt_ids, r.response_ids) for r in records])
+    def score(self, records, adapter: str | None = None) -> list[list[float]]:
+        return self.gen.score([(r.prompt_ids, r.response_ids) for r in records], adapter=adapter)
+
+    def load_adapter(self, path: str, name: str, version: int) -> float:
+        """Adapter-only sync on the learner's node: load the PEFT folder at `path` as LoRA adapter `name`."""
+        return self.gen.load_adapter(path, name=name, version=version)
+
+    def load_adapter_from_ref(self, adapter: tuple, name: str, version: int) -> float:
+        """Adapter-only sync across nodes: (config, tensors) from Ray's object store (resolved by Ray)."""
+        return self.gen.load_adapter(tuple(adapter), name=name, version=version)
 
     def reload_weights(self, path: str, version: int) -> float:
         return self.gen.reload_weights(path, version=version)
@@ -119,18 +133,19 @@ class SamplerPool:
     """
 
     def __init__(self, actors: list, *, role: str = "both", epochs: list[int] | None = None,
-                 timeout_s: float | None = None):
+                 timeout_s: float | None = None, adapter: str | None = None):
         if not actors:
             raise ValueError("SamplerPool needs at least one sampler actor")
         self.actors = list(actors)
-        self.role, self.timeout_s = role, timeout_s
+        self.role, self.timeout_s, self.adapter = role, timeout_s, adapter
+        """`adapter`: the LoRA adapter every request of this pool uses (None: the engine's weights)"""
         self.epochs = list(epochs) if epochs is not None else [0] * len(self.actors)
 
     def generate(self, prompts, params: SamplingParams):
         prompts = list(prompts)
         k = len(self.actors)
         bounds = [round(j * len(prompts) / k) for j in range(k + 1)]
-        calls = [(i, self.actors[i].generate.remote(prompts[lo:hi], params))
+        calls = [(i, self.actors[i].generate.remote(prompts[lo:hi], params, self.adapter))
                  for i, (lo, hi) in enumerate(zip(bounds, bounds[1:])) if hi > lo]
         _, pending = ray.wait([ref for _, ref in calls], num_returns=len(calls), timeout=self.timeout_s or None)
         chunks = []
@@ -157,8 +172,10 @@ class SamplerFleet:
     """
 
     def __init__(self, paths: dict[str, str], *, model: ModelConfig, sampler: SamplerConfig,
-                 weight_transfer: bool = False, timeout_s: float | None = None, ready_timeout_s: float = 600.0):
+                 weight_transfer: bool = False, timeout_s: float | None = None, ready_timeout_s: float = 600.0,
+                 lora: LoraConfig | None = None):
         self.model, self.sampler, self.weight_transfer = model, sampler, weight_transfer
+        self.lora = lora if lora is not None and lora.enabled else None
         self.paths, self.timeout_s, self.ready_timeout_s = dict(paths), timeout_s, ready_timeout_s
         self.actors: dict[str, list] = {}
         self.epochs: dict[str, list[int]] = {}
@@ -168,20 +185,31 @@ class SamplerFleet:
         for role, path in self.paths.items():
             self.actors[role], self.placement_groups[role] = create_samplers(
                 path, role=role, model=model, sampler=sampler, seed_offset=self._seed_offset(role),
-                weight_transfer=weight_transfer)
+                weight_transfer=weight_transfer, lora=self.lora)
             self.epochs[role] = [0] * len(self.actors[role])
 
     @staticmethod
     def _seed_offset(role: str) -> int:
         return 1000 if role == "planner" else 0
 
-    def pool(self, role: str) -> SamplerPool:
-        return SamplerPool(self.actors[role], role=role, epochs=self.epochs[role], timeout_s=self.timeout_s)
+    def adapter(self, policy: str) -> str | None:
+        """The LoRA adapter `policy`'s requests use (`himac_ray.lora.adapter_name`), None without LoRA."""
+        if self.lora is None:
+            return None
+        return adapter_name(policy, per_level=self.lora.per_level, shared="planner" not in self.actors)
+
+    def pool(self, role: str, policy: str | None = None) -> SamplerPool:
+        """The samplers of `role`, their requests using `policy`'s adapter (default: the role's)."""
+        return SamplerPool(self.actors[role], role=role, epochs=self.epochs[role], timeout_s=self.timeout_s,
+                           adapter=self.adapter(policy or ("executor" if role == "both" else role)))
 
     def generators(self) -> dict:
-        """`generator` and `planner_generator` keyword arguments of `run_rollout`."""
+        """`generator` and `planner_generator` keyword arguments of `run_rollout` (per-level LoRA:
+        one engine, planner requests with the planner adapter, executor requests with the executor's)."""
         if "planner" in self.actors:
             return {"generator": self.pool("executor"), "planner_generator": self.pool("planner")}
+        if self.lora is not None and self.lora.per_level:
+            return {"generator": self.pool("both", "executor"), "planner_generator": self.pool("both", "planner")}
         return {"generator": self.pool("both"), "planner_generator": None}
 
     def all(self) -> list:
@@ -198,7 +226,7 @@ class SamplerFleet:
             pass
         actor = _start_sampler(self.placement_groups[role], i, self.paths[role], role=role, model=self.model,
                                sampler=self.sampler, seed_offset=self._seed_offset(role),
-                               weight_transfer=self.weight_transfer)
+                               weight_transfer=self.weight_transfer, lora=self.lora)
         ready, _ = ray.wait([actor.weights_version.remote()], timeout=self.ready_timeout_s)
         if not ready:
             ray.kill(actor, no_restart=True)
@@ -222,9 +250,9 @@ class SamplerFleet:
 
 def create_samplers(model_path: str, *, role: str, model: ModelConfig, sampler: SamplerConfig,
                     seed_offset: int = 0, pg_timeout_s: float = 120.0,
-                    weight_transfer: bool = False) -> tuple[list, object]:
+                    weight_transfer: bool = False, lora: LoraConfig | None = None) -> tuple[list, object]:
     """Start `sampler.num_engines` actors for `role` in a placement group (`sampler.placement_strategy`);
-    `weight_transfer` enables vLLM's NCCL weight transfer in their engines.
+    `weight_transfer` enables vLLM's NCCL weight transfer in their engines, `lora` LoRA adapters.
 
     Returns (actors, placement_group). Fails with a clear message when the cluster cannot
     host them (instead of waiting forever for resources).
@@ -243,16 +271,16 @@ def create_samplers(model_path: str, *, role: str, model: ModelConfig, sampler: 
             f"cluster has {ray.cluster_resources()} (lower sampler.num_engines / sampler.cpus_per_engine)"
         )
     actors = [_start_sampler(pg, i, model_path, role=role, model=model, sampler=sampler, seed_offset=seed_offset,
-                             weight_transfer=weight_transfer) for i in range(sampler.num_engines)]
+                             weight_transfer=weight_transfer, lora=lora) for i in range(sampler.num_engines)]
     ray.get([a.weights_version.remote() for a in actors])  # wait until every engine is up
     return actors, pg
 
 
 def _start_sampler(pg, i: int, model_path: str, *, role: str, model: ModelConfig, sampler: SamplerConfig,
-                   seed_offset: int, weight_transfer: bool):
+                   seed_offset: int, weight_transfer: bool, lora: LoraConfig | None = None):
     """Sampler i of `role` on bundle i of `pg` (also how a dead one is replaced: same seed, same bundle)."""
     return SamplerActor.options(
         num_cpus=sampler.cpus_per_engine, num_gpus=sampler.gpus_per_engine,
         scheduling_strategy=PlacementGroupSchedulingStrategy(pg, placement_group_bundle_index=i),
     ).remote(model_path, role=role, model=model, sampler=sampler, seed=sampler.seed + seed_offset + i,
-             index=i, weight_transfer=weight_transfer)
+             index=i, weight_transfer=weight_transfer, lora=lora)

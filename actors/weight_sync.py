@@ -1,7 +1,9 @@
 """Ray binding of the weight sync: pushes the learner's weights into a `SamplerFleet`'s samplers.
 
 The paths and the export walk live in `himac_ray.weight_sync`; this class only does the remote
-calls (`Coordinator.sync` is one call of it). Every call is bounded by `run.sync_timeout_s`; a
+calls. With `learner.lora` only the adapters travel (`_push_adapter`): a PEFT adapter folder in
+/dev/shm, or (config, tensors) through the object store, loaded into vLLM as a LoRA adapter; the
+log names the path (`lora-shm`, `lora-object_store`) (`Coordinator.sync` is one call of it). Every call is bounded by `run.sync_timeout_s`; a
 sampler that dies or hangs during a sync is replaced through the fleet (within `run.max_restarts`)
 and the sync is done again; the shared-memory weights file is removed in every case. The fleet's
 restarted samplers, also those restarted during a rollout, get the learner's current weights here.
@@ -15,7 +17,7 @@ import ray
 
 from actors.sampler import SamplerDiedError
 from himac_ray.config import TrainConfig
-from himac_ray.weight_sync import shm_dir, sync_paths, sync_through_file
+from himac_ray.weight_sync import shm_dir, sync_paths, sync_through_path
 
 
 class WeightSync:
@@ -40,6 +42,9 @@ class WeightSync:
 
     def jobs(self, trainable: str | None) -> list[tuple[str, str]]:
         """(policy, sampler role) pairs a sync of `trainable` (None: both levels) updates."""
+        lora = self.cfg.learner.lora
+        if "planner" not in self.fleet.actors and lora.enabled and lora.per_level:  # one engine, two adapters
+            return [(p, "both") for p in ("planner", "executor") if trainable in (None, p)]
         if "planner" not in self.fleet.actors:
             return [("executor", "both")]
         return [(p, p) for p in ("planner", "executor") if trainable in (None, p)]
@@ -76,16 +81,20 @@ class WeightSync:
         """A new engine starts from the model folder (version 0): give it the learner's weights."""
         if self.version == 0:
             return
-        self._push("executor" if role == "both" else role, role, [(index, actor)], self.version)
+        for policy, _ in [job for job in self.jobs(None) if job[1] == role]:
+            self._push(policy, role, [(index, actor)], self.version)
 
     def _push(self, policy: str, role: str, samplers: list[tuple[int, object]], version: int) -> set[str]:
         """`policy`'s weights into `samplers` ((fleet index, actor) pairs) as `version`; the paths used."""
         cfg = self.cfg
         learner_node = self.learner.node_ids()[0]
         nodes = self._call(samplers, role, "node_id")
-        paths = sync_paths(cfg.learner.weight_sync, learner_node=learner_node, sampler_nodes=nodes,
+        mode = "shm_object_store" if cfg.learner.lora.enabled else cfg.learner.weight_sync  # adapters: MBs, no NCCL
+        paths = sync_paths(mode, learner_node=learner_node, sampler_nodes=nodes,
                            learner_gpus=cfg.learner.gpus_per_rank, sampler_gpus=cfg.sampler.gpus_per_engine)
         by_path = {path: [s for s, p in zip(samplers, paths) if p == path] for path in set(paths)}
+        if cfg.learner.lora.enabled:
+            return self._push_adapter(policy, role, by_path, version)
         if "nccl" in by_path:
             if len(by_path["nccl"]) < len(self.fleet.actors[role]):
                 raise RuntimeError(f"sampler {role} restarted on the NCCL weight-sync path: its NCCL group cannot "
@@ -101,12 +110,25 @@ class WeightSync:
             self._call(samplers, role, "update_weight_version", version)
         if "shm" in by_path:
             path = shm_dir() / f"himac-{self.run_id}-{policy}-v{version}.safetensors"
-            sync_through_file(path, save=lambda p: self.learner.save_weights(p, policy=policy),
+            sync_through_path(path, save=lambda p: self.learner.save_weights(p, policy=policy),
                               reload=lambda p: self._call(by_path["shm"], role, "reload_weights", p, version))
         if "object_store" in by_path:
             refs = self.learner.export_to_object_store(policy=policy)
             self._call(by_path["object_store"], role, "reload_weights_from_refs", refs, version)
         return set(by_path)
+
+    def _push_adapter(self, policy: str, role: str, by_path: dict[str, list], version: int) -> set[str]:
+        """Only `policy`'s LoRA adapter into the samplers, as vLLM adapter `fleet.adapter(policy)`;
+        the paths used (`lora-shm`, `lora-object_store`). The config rules keep LoRA off NCCL."""
+        adapter = self.fleet.adapter(policy)
+        if "shm" in by_path:
+            path = shm_dir() / f"himac-{self.run_id}-{adapter}-v{version}"
+            sync_through_path(path, save=lambda p: self.learner.save_adapter(p, policy=policy),
+                              reload=lambda p: self._call(by_path["shm"], role, "load_adapter", p, adapter, version))
+        if "object_store" in by_path:
+            ref = self.learner.export_adapter_to_object_store(policy=policy)
+            self._call(by_path["object_store"], role, "load_adapter_from_ref", ref, adapter, version)
+        return {f"lora-{path}" for path in by_path}
 
     def _call(self, samplers: list[tuple[int, object]], role: str, method: str, *args) -> list:
         """`method(*args)` on every sampler within `run.sync_timeout_s`; a dead or hung one raises

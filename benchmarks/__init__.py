@@ -83,6 +83,7 @@ BENCHES: dict[str, Callable[..., dict]] = {
     "profile": _lazy("profile_bench"),
     "faults": _lazy("fault_bench"),
     "pipeline": _lazy("pipeline_bench"),
+    "lora": _lazy("lora_bench"),
     "quick": _quick,
 }
 

@@ -109,7 +109,7 @@ def cmd_play(args) -> int:
 ALLOW_CHANGE_HELP = ("with --resume: continue although the config differs from the run's config.json "
                      "(the changes are logged and recorded in config_changes.jsonl)")
 BENCH_NAMES = ("env", "rollout", "sync", "learner", "learning", "ablations", "rllib", "profile", "faults", "pipeline",
-               "quick")
+               "lora", "quick")
 
 
 def cmd_bench(args) -> int:

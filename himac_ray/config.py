@@ -222,6 +222,28 @@ class SamplerConfig:
 
 
 @dataclass(frozen=True)
+class LoraConfig:
+    rank: int | None = 0
+    """LoRA rank r of every adapted projection (PEFT); 0 or null = off: full fine-tuning. On: the
+    base weights are frozen, only the adapters train, and weight sync sends only the adapters
+    (into vLLM as LoRA adapters). Needs the `lora` extra (peft)"""
+    alpha: float = 16.0
+    """LoRA scale numerator: a projection W becomes W + (alpha / rank) * B @ A"""
+    target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+    """module names (suffixes) that get an adapter; the defaults are every attention and MLP
+    projection of Llama / Qwen2 decoders"""
+    dropout: float = 0.0
+    """dropout on the adapter's input while training (0 keeps the learner's logprobs deterministic)"""
+    per_level: bool = False
+    """one frozen base and two adapters, `planner` (trained in planner phases, serves `plan`
+    requests) and `executor` (executor phases, `act` requests); false = one adapter for both levels"""
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.rank)
+
+
+@dataclass(frozen=True)
 class LearnerConfig:
     num_ranks: int = 1
     """DeepSpeed data-parallel ranks (Ray actors)"""
@@ -274,6 +296,8 @@ class LearnerConfig:
     """Ray placement strategy of the ranks' bundles: PACK | SPREAD | STRICT_PACK | STRICT_SPREAD"""
     resources: dict = field(default_factory=dict)
     """extra Ray resources per rank bundle, e.g. {learner_node: 1}"""
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    """LoRA adapters instead of full fine-tuning (off by default)"""
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from himac_ray.names import ALGORITHMS
+from himac_ray.names import ALGORITHMS, FLAT_ALGORITHMS
 
 if TYPE_CHECKING:
     from himac_ray.config import TrainConfig
@@ -59,6 +59,8 @@ NON_NEGATIVE = (
     "run.max_restarts", "run.max_learner_restarts", "run.rollout_timeout_s", "run.generate_timeout_s",
     "run.learner_timeout_s", "run.sync_timeout_s", "run.max_staleness", "algorithm.tis_cap",
 )
+MAX_LORA_RANK = 512
+"""the largest adapter rank vLLM serves (`max_lora_rank` choices end at 512)"""
 
 
 def _get(cfg: TrainConfig, dotted: str):
@@ -100,6 +102,7 @@ def validate(cfg: TrainConfig) -> None:
     if cfg.coevolution.planner_iters + cfg.coevolution.executor_iters < 1:
         raise ConfigError("coevolution.planner_iters + coevolution.executor_iters must be >= 1")
     _validate_group_sizes(cfg.algorithm)
+    _validate_lora(cfg)
     from himac_ray import trackers
 
     for name in cfg.run.loggers:
@@ -138,3 +141,44 @@ def _validate_group_sizes(a) -> None:
     if g.env_steps < 0:
         raise ConfigError(f"algorithm.auto_group.env_steps={g.env_steps!r} must be >= 0 (0 = the worst case of a "
                           "fixed-size iteration at the cap)")
+
+
+def _validate_lora(cfg: TrainConfig) -> None:
+    """`learner.lora`: ranges, the peft package, and the modes adapters do not combine with."""
+    lora = cfg.learner.lora
+    if lora.rank is None or lora.rank == 0:
+        return
+    if not 1 <= lora.rank <= MAX_LORA_RANK:
+        raise ConfigError(f"learner.lora.rank={lora.rank!r} must be in [1, {MAX_LORA_RANK}] (vLLM's largest "
+                          "max_lora_rank), or 0 / null for full fine-tuning")
+    if not lora.alpha > 0:
+        raise ConfigError(f"learner.lora.alpha={lora.alpha!r} must be > 0")
+    if not 0 <= lora.dropout < 1:
+        raise ConfigError(f"learner.lora.dropout={lora.dropout!r} must be in [0, 1)")
+    if not lora.target_modules:
+        raise ConfigError("learner.lora.target_modules is empty: name the projections that get an adapter")
+    from himac_ray.lora import missing_peft
+
+    if (missing := missing_peft()) is not None:
+        raise ConfigError(f"learner.lora: {missing}")
+    if cfg.learner.train_layers:
+        raise ConfigError(f"learner.train_layers={cfg.learner.train_layers} and learner.lora.rank={lora.rank} "
+                          "both choose what trains: with LoRA only the adapters do; set learner.train_layers=0")
+    if cfg.learner.weight_sync == "nccl":
+        raise ConfigError("learner.weight_sync='nccl' with learner.lora: only the adapters are synced (a few MB), "
+                          "through shared memory or the object store; use auto or shm_object_store")
+    if lora.per_level:
+        # two adapters on one module: each needs its own optimizer (its Adam moments must not move
+        # while the other level trains), i.e. two DeepSpeed engines over one module, which ZeRO-3's
+        # parameter partitioning cannot share
+        why = None
+        if cfg.model.planner_path is not None:
+            why = "model.planner_path is set: two models already train apart (each gets its own adapter)"
+        elif cfg.algorithm.name in FLAT_ALGORITHMS:
+            why = f"algorithm.name={cfg.algorithm.name!r} is flat: it has no planner level"
+        elif not cfg.coevolution.enabled:
+            why = "coevolution.enabled=false trains both levels in one joint step of one shared policy"
+        elif cfg.learner.zero_stage != 2:
+            why = "learner.zero_stage=3 cannot share one module between the two adapters' engines; use 2"
+        if why is not None:
+            raise ConfigError(f"learner.lora.per_level=true does not apply: {why}")

@@ -22,6 +22,12 @@ recomputation with the weights about to be updated, each token's policy-gradient
 by the truncated importance weight min(pi_old / pi_sampler, tis_cap) (`loss.truncated_is_weights`):
 the correction for stale weights in async mode and for sampler/learner numerics in both modes.
 
+LoRA (`learner.lora`, `himac_ray.lora`): the policy module is a PeftModel over the frozen base;
+each adapter has its own DeepSpeed engine whose optimizer holds only that adapter (per-level
+adapters: two engines over one module, the active adapter switched before every forward), the KL
+reference is the base with adapters disabled, weight sync exports only the adapter
+(`export_adapter` / `save_adapter`) and checkpoints add the adapter to the merged HF weights.
+
 Vision-language policies (a model folder with a `vision_config`, e.g. the local Idefics3 VLM or
 Qwen2.5-VL): records carry the PNG of the observation they saw (`Record.image`) and prompt ids
 with the image tokens already expanded (as vLLM saw them); every forward feeds the same pixels
@@ -58,6 +64,18 @@ from himac_ray.batch import pad_batch
 from himac_ray.config import AlgorithmConfig, LearnerConfig, ModelConfig
 from himac_ray.data import LEVELS, Record, png_image, table_to_records
 from himac_ray.hardware import resolve_dtype
+from himac_ray.lora import (
+    FrozenBase,
+    adapter_config,
+    adapter_name,
+    adapter_params,
+    hf_forward,
+    load_adapter_state,
+    merged_walk,
+    read_adapter,
+    wrap_with_adapters,
+    write_adapter,
+)
 from himac_ray.loss import (
     APPROX_KL_KEY,
     CLIPFRAC_KEY,
@@ -164,12 +182,23 @@ class Learner:
             self.processor = AutoProcessor.from_pretrained(executor_path)
         self.pad_token_id = self.tokenizer.pad_token_id
         self.pad_token_id = self.tokenizer.eos_token_id if self.pad_token_id is None else self.pad_token_id
-        executor = self._build_policy(deepspeed, executor_path)
-        planner = executor if model.planner_path is None else self._build_policy(
-            deepspeed, resolve_model(model.planner_path))
+        lora = learner.lora if learner.lora.enabled else None
+        shared = model.planner_path is None
+        self.adapters = {p: adapter_name(p, per_level=lora.per_level, shared=shared) if lora else None
+                         for p in ("planner", "executor")}
+        """policy -> its LoRA adapter's name (`himac_ray.lora.adapter_name`), None without LoRA"""
+        if shared:
+            names = tuple(dict.fromkeys(self.adapters.values())) if lora else ()
+            built = self._build_policies(deepspeed, executor_path, adapters=names)
+            planner, executor = built[0], built[-1]  # per-level: one module, an engine per adapter
+        else:
+            executor = self._build_policies(deepspeed, executor_path, adapters=("executor",) if lora else ())[0]
+            planner = self._build_policies(deepspeed, resolve_model(model.planner_path),
+                                           adapters=("planner",) if lora else ())[0]
         self.policies = {"planner": planner, "executor": executor}
-        """policy name -> (engine, frozen reference or None); shared mode maps both to one pair"""
-        self._keeps_logits = all("logits_to_keep" in inspect.signature(e.module.forward).parameters
+        """policy name -> (engine, frozen reference or None); shared mode maps both to one pair
+        (per-level LoRA: two engines over one module, one per adapter, each with its own optimizer)"""
+        self._keeps_logits = all("logits_to_keep" in inspect.signature(hf_forward(e.module)).parameters
                                  for e, _ in self.policies.values())
         """every policy's forward takes `logits_to_keep` (logits only for the response window)"""
         self.steps = 0
@@ -210,23 +239,50 @@ class Learner:
             "wall_clock_breakdown": False,
         }
 
-    def _build_policy(self, deepspeed, path: Path):
+    def _build_policies(self, deepspeed, path: Path, *, adapters: tuple[str, ...]) -> list[tuple]:
+        """(engine, frozen KL reference or None) of the model at `path`: one, fully trained, or with
+        LoRA one per adapter over one frozen base module (each engine's optimizer holds only its
+        adapter, so training one adapter never moves the other's weights or Adam moments)."""
         from transformers import AutoModelForCausalLM, AutoModelForImageTextToText
 
         auto = AutoModelForImageTextToText if is_vision_model(path) else AutoModelForCausalLM
         module = auto.from_pretrained(path, dtype=torch.float32)
-        params = trainable_parameters(module, self.cfg.train_layers or None)
-        optimizer = torch.optim.AdamW(params, lr=self.cfg.lr, weight_decay=self.cfg.weight_decay)
-        engine, *_ = deepspeed.initialize(model=module, optimizer=optimizer, config=self._ds_config(train=True))
+        if adapters:
+            module = wrap_with_adapters(module, self.cfg.lora, adapters)
+        engines = []
+        for name in adapters or (None,):
+            if name is not None:  # ZeRO hooks only the parameters that require grad at initialize
+                module.set_adapter(name)
+            params = trainable_parameters(module, self.cfg.train_layers or None)
+            optimizer = torch.optim.AdamW(params, lr=self.cfg.lr, weight_decay=self.cfg.weight_decay)
+            engine, *_ = deepspeed.initialize(model=module, optimizer=optimizer, config=self._ds_config(train=True))
+            engines.append(engine)
         ref = None
-        if self.algo.kl_coef != 0.0:
+        if self.algo.kl_coef != 0.0 and adapters:
+            ref = FrozenBase(module)  # the base under the adapters: no second copy
+        elif self.algo.kl_coef != 0.0:
             ref_module = auto.from_pretrained(path, dtype=torch.float32).eval().requires_grad_(False)
             if self.cfg.zero_stage == 3:  # partition the reference too; forwards gather it layer by layer
                 ref, *_ = deepspeed.initialize(model=ref_module, config=self._ds_config(train=False))
             else:
-                ref = ref_module.to(engine.device)
+                ref = ref_module.to(engines[0].device)
             ref.eval()
-        return engine, ref
+        return [(engine, ref) for engine in engines]
+
+    def _engine(self, policy: str):
+        """`policy`'s DeepSpeed engine, with its LoRA adapter made the active (and trainable) one."""
+        engine = self.policies[policy][0]
+        if self.adapters[policy] is not None:
+            engine.module.set_adapter(self.adapters[policy])
+        return engine
+
+    def _lora_layout(self) -> dict | None:
+        """What a checkpoint's adapters must match: rank, alpha, targets and adapter names (None without LoRA)."""
+        lora = self.cfg.lora
+        if not lora.enabled:
+            return None
+        return {"rank": lora.rank, "alpha": lora.alpha, "target_modules": sorted(lora.target_modules),
+                "adapters": sorted(set(self.adapters.values()))}
 
     def _unique_policies(self) -> dict[str, tuple]:
         p = self.policies
@@ -284,7 +340,8 @@ class Learner:
         keys = (PG_LOSS_KEY, KL_KEY, ENTROPY_KEY, CLIPFRAC_KEY, APPROX_KL_KEY, GRAD_NORM_KEY)
         totals = dict.fromkeys(keys, 0.0)
         tokens, steps = 0.0, 0
-        engine, ref = self.policies["executor" if trainable == JOINT else trainable]
+        policy = "executor" if trainable == JOINT else trainable
+        engine, ref = self._engine(policy), self.policies[policy][1]
         engine.train()
         ordered = [records[i] for i in stable_order(records)]
         for _ in range(self.cfg.ppo_epochs):
@@ -426,7 +483,7 @@ class Learner:
         for i, r in enumerate(records):
             by_engine.setdefault(id(self.policies[policy or LEVEL_POLICY[r.level]]), []).append(i)
         for idx in by_engine.values():
-            engine = self.policies[policy or LEVEL_POLICY[records[idx[0]].level]][0]
+            engine = self._engine(policy or LEVEL_POLICY[records[idx[0]].level])
             order = [idx[j] for j in stable_order([records[i] for i in idx])]
             mine, mb = order[self.rank::self.world_size], self.cfg.micro_batch_size
             engine.eval()
@@ -455,13 +512,20 @@ class Learner:
         aliases such as `lm_head.weight` (a copy of `model.embed_tokens.weight`). vLLM's in-place
         reload needs the alias: without it the LM head keeps its old weights ("ParallelLMHead:
         Failed to load weights"). Under ZeRO-3 each bucket is gathered with ONE
-        `GatheredParameters` call, so every rank must exhaust the iterator.
+        `GatheredParameters` call, so every rank must exhaust the iterator. A LoRA policy exports
+        the HF model with its adapter merged in (`himac_ray.lora.merged_walk`; the module is not
+        changed): what checkpoints hold, while weight sync sends only the adapter (`export_adapter`).
         """
         import deepspeed
 
-        params, named_buffers = export_walk(self.policies[policy][0].module)
-        unique = [p for p, _ in params]
-        names = {id(p): aliases for p, aliases in params}
+        module, adapter = self.policies[policy][0].module, self.adapters[policy]
+        if adapter is None:
+            params, named_buffers = export_walk(module)
+            params = [(p, aliases, None) for p, aliases in params]
+        else:
+            params, named_buffers = merged_walk(module, adapter, export_walk)
+        unique = [p for p, _, _ in params]
+        names = {id(p): (aliases, layer) for p, aliases, layer in params}
         limit, bucket, size = bucket_mb * 2**20, [], 0
         for i, p in enumerate(unique):
             bucket.append(p)
@@ -469,11 +533,14 @@ class Learner:
             if size < limit and i < len(unique) - 1:
                 continue
             out = {}
-            with deepspeed.zero.GatheredParameters(bucket, enabled=self.cfg.zero_stage == 3):
+            factors = [f for q in bucket if (layer := names[id(q)][1]) is not None
+                       for f in (layer.lora_A[adapter].weight, layer.lora_B[adapter].weight)]
+            with deepspeed.zero.GatheredParameters(bucket + factors, enabled=self.cfg.zero_stage == 3), torch.no_grad():
                 for q in bucket:
-                    first, *aliases = names[id(q)]
+                    (first, *aliases), layer = names[id(q)]
                     cast = dtype if dtype is not None and q.is_floating_point() else q.dtype
-                    out[first] = q.detach().to("cpu", dtype=cast, copy=True).contiguous()
+                    w = q.detach() if layer is None else q.detach() + layer.get_delta_weight(adapter)
+                    out[first] = w.to("cpu", dtype=cast, copy=True).contiguous()
                     out.update({alias: out[first].clone() for alias in aliases})  # safetensors refuses shared storage
             yield out
             bucket, size = [], 0
@@ -501,6 +568,28 @@ class Learner:
         dist.barrier()
         return path
 
+    def export_adapter(self, *, policy: str, dtype: torch.dtype | None = None) -> tuple[dict, dict[str, torch.Tensor]]:
+        """(adapter_config.json content, CPU tensors named as in PEFT's adapter_model.safetensors)
+        of `policy`'s LoRA adapter (collective: ZeRO-3 gathers it); `dtype` casts as in `export_weights`."""
+        import deepspeed
+
+        module, name = self.policies[policy][0].module, self.adapters[policy]
+        if name is None:
+            raise ValueError("export_adapter needs learner.lora (this learner trains the full weights)")
+        named = adapter_params(module, name)
+        with deepspeed.zero.GatheredParameters([p for _, p in named], enabled=self.cfg.zero_stage == 3):
+            state = {k: p.detach().to("cpu", dtype=dtype or p.dtype, copy=True).contiguous() for k, p in named}
+        return adapter_config(module, name), state
+
+    def save_adapter(self, directory: str | os.PathLike, *, policy: str) -> Path:
+        """Write `policy`'s adapter as a PEFT folder in the serving dtype (rank 0), for the samplers'
+        LoRA load (the adapter-only weight sync)."""
+        config, state = self.export_adapter(policy=policy, dtype=self.serve_dtype)
+        if self.rank == 0:
+            write_adapter(directory, config=config, state=state)
+        dist.barrier()
+        return Path(directory)
+
     # ------------------------------------------------------------- checkpoints
 
     def save_checkpoint(self, directory: str | os.PathLike) -> Path:
@@ -508,6 +597,8 @@ class Learner:
 
         Layout: `<dir>/<policy>/` (config, tokenizer, model.safetensors; "policy" in shared mode,
         else "planner" and "executor"), `<dir>/<policy>/optim_rank<r>.pt`, `<dir>/learner_state.json`.
+        With LoRA, model.safetensors holds the merged weights (an HF model eval and `model.path`
+        can use) and `<dir>/<policy>/adapter/` the float32 adapter that a resume loads.
         Written into `<dir>.partial` and renamed at the end; `directory` must be on storage all ranks see.
         """
         from safetensors.torch import save_file
@@ -520,8 +611,12 @@ class Learner:
         dist.barrier()
         for name, (engine, _) in self._unique_policies().items():
             sub = tmp / name
-            state = self._full_state_dict("executor" if name == "policy" else name)
+            policy = "executor" if name == "policy" else name
+            state = self._full_state_dict(policy)
+            adapter = self.export_adapter(policy=policy) if self.adapters[policy] else None
             if self.rank == 0:
+                if adapter is not None:
+                    write_adapter(sub / "adapter", config=adapter[0], state=adapter[1])
                 sub.mkdir(exist_ok=True)
                 save_file(state, str(sub / "model.safetensors"), metadata={"format": "pt"})
                 engine.module.config.save_pretrained(sub)
@@ -535,7 +630,7 @@ class Learner:
         dist.barrier()
         if self.rank == 0:
             meta = {"world_size": self.world_size, "zero_stage": self.cfg.zero_stage, "steps": self.steps,
-                    "policies": list(self._unique_policies())}
+                    "policies": list(self._unique_policies()), "lora": self._lora_layout()}
             (tmp / _STATE_FILE).write_text(json.dumps(meta, indent=2))
             shutil.rmtree(final, ignore_errors=True)
             os.replace(tmp, final)
@@ -554,12 +649,15 @@ class Learner:
         directory = Path(directory)
         meta = json.loads((directory / _STATE_FILE).read_text())
         want = {"world_size": self.world_size, "zero_stage": self.cfg.zero_stage,
-                "policies": list(self._unique_policies())}
+                "policies": list(self._unique_policies()), "lora": self._lora_layout()}
         got = {k: meta.get(k) for k in want}
         if got != want:
             raise ValueError(f"checkpoint {directory} was saved with {got}; this learner has {want}")
         for name, (engine, _) in self._unique_policies().items():
-            if self.cfg.zero_stage < 3:  # ZeRO-2 restores only the fp32 masters: load the module's copy too
+            adapter = self.adapters["executor" if name == "policy" else name]
+            if self.cfg.zero_stage < 3 and adapter is not None:  # the base is model.path's, frozen
+                load_adapter_state(engine.module, adapter, read_adapter(directory / name / "adapter")[1])
+            elif self.cfg.zero_stage < 3:  # ZeRO-2 restores only the fp32 masters: load the module's copy too
                 engine.module.load_state_dict(load_file(str(directory / name / "model.safetensors")))
             saved = torch.load(directory / name / f"optim_rank{self.rank}.pt", weights_only=True)
             state = from_plain(saved["optimizer"], engine.optimizer.state_dict())

@@ -4,7 +4,8 @@
 order and `export_layout` reports the same names without gathering. `sync_paths` picks each
 sampler's path for `actors.coordinator.Coordinator.sync`:
 
-- `shm`: a safetensors file in /dev/shm, reloaded in place, for samplers on learner rank 0's node;
+- `shm`: a safetensors file in /dev/shm, reloaded in place, for samplers on learner rank 0's node
+  (with `learner.lora`, a PEFT adapter folder loaded as a vLLM LoRA adapter instead);
 - `object_store`: weight buckets through Ray's object store, for samplers on other nodes;
 - `nccl`: vLLM's weight transfer (`vllm.distributed.weight_transfer`, backend "nccl"): learner
   rank 0 broadcasts the tensors from its GPU to every vLLM worker of the policy's engines. One
@@ -20,6 +21,7 @@ likewise. Pure: no Ray (the actors do the Ray calls).
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Sequence
@@ -52,15 +54,18 @@ def shm_dir() -> Path:
     return Path("/dev/shm" if os.path.isdir("/dev/shm") else tempfile.gettempdir())
 
 
-def sync_through_file(path: Path, *, save: Callable[[str], object], reload: Callable[[str], object]) -> None:
-    """The `shm` path: `save(path)` writes the weights file, `reload(path)` has the samplers load it.
-    The file is removed afterwards whether or not both succeeded (a failed sync leaves nothing in
-    /dev/shm, which is RAM)."""
+def sync_through_path(path: Path, *, save: Callable[[str], object], reload: Callable[[str], object]) -> None:
+    """The `shm` path: `save(path)` writes the weights file (or a LoRA adapter folder), `reload(path)`
+    has the samplers load it. It is removed afterwards whether or not both succeeded (a failed sync
+    leaves nothing in /dev/shm, which is RAM)."""
     try:
         save(str(path))
         reload(str(path))
     finally:
-        path.unlink(missing_ok=True)
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
 
 
 def export_walk(module) -> tuple[list[tuple[torch.Tensor, list[str]]], list[tuple[str, torch.Tensor]]]:

@@ -15,7 +15,7 @@ from himac_ray.envs.sokoban import ACTIONS
 
 def test_registry_lists_every_benchmark():
     assert set(BENCHES) == {"env", "rollout", "sync", "learner", "learning", "ablations", "rllib", "profile",
-                           "faults", "pipeline", "quick"}
+                           "faults", "pipeline", "lora", "quick"}
     assert set(QUICK_SET) <= set(BENCHES)
     with pytest.raises(KeyError, match="unknown benchmark"):
         run_bench("nope")
@@ -116,6 +116,15 @@ def test_rollout_bench_smoke_returns_the_ratio_keys():
         assert key in out
     assert out["models"]["tiny"]["a_himac_ray"]["gen_tokens"] > 0
     assert out["models"]["tiny"]["c_raw_vllm"]["gen_tokens"] == out["models"]["tiny"]["a_himac_ray"]["gen_tokens"]
+    json.dumps(out)
+
+
+@pytest.mark.slow
+def test_lora_bench_smoke_syncs_only_the_adapter():
+    out = run_bench("lora", {"model": "tiny", "size": "smoke"})
+    full, lora = out["systems"]["full"], out["systems"]["lora"]
+    assert lora["trainable_params"] < full["trainable_params"] / 20
+    assert out["sync_bytes_ratio"] >= 20 and lora["learner_tokens"] == full["learner_tokens"] > 0
     json.dumps(out)
 
 

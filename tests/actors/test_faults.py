@@ -109,7 +109,7 @@ class FakeSampler:
     def __init__(self, sleep_s: float = 0.0, fail_reload: bool = False):
         self.sleep_s, self.fail_reload, self.version, self.loaded = sleep_s, fail_reload, 0, []
 
-    def generate(self, prompts, params):
+    def generate(self, prompts, params, adapter=None):
         time.sleep(self.sleep_s)
         return scripted().generate(prompts, params)
 

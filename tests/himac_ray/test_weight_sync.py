@@ -99,7 +99,7 @@ def test_weight_source_metadata_matches_iteration(learner):
 
 
 def test_shm_file_is_removed_when_the_sync_fails(tmp_path):
-    from himac_ray.weight_sync import sync_through_file
+    from himac_ray.weight_sync import sync_through_path
 
     path = tmp_path / "w.safetensors"
 
@@ -108,7 +108,7 @@ def test_shm_file_is_removed_when_the_sync_fails(tmp_path):
         raise OSError("sampler gone")
 
     with pytest.raises(OSError, match="sampler gone"):
-        sync_through_file(path, save=lambda p: Path(p).write_bytes(b"w"), reload=reload)
+        sync_through_path(path, save=lambda p: Path(p).write_bytes(b"w"), reload=reload)
     assert not path.exists()
-    sync_through_file(path, save=lambda p: Path(p).write_bytes(b"w"), reload=lambda p: None)
+    sync_through_path(path, save=lambda p: Path(p).write_bytes(b"w"), reload=lambda p: None)
     assert not path.exists()
