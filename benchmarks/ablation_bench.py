@@ -122,13 +122,7 @@ def run(args=None, quick: bool = True) -> dict:
     """`himac-ray bench ablations`: options `size` (smoke | quick | full), `seeds`, `budget`, `minutes`
     (wall-clock cap per run), `variants`."""
     size = opt(args, "size", "quick" if quick else "full")
-    spec = dict(SIZES[size], size=size, variants=list(VARIANTS))
-    if opt(args, "seeds"):
-        spec["seeds"] = [int(s) for s in str(opt(args, "seeds")).split(",")]
-    if opt(args, "budget"):
-        spec["budget"] = int(opt(args, "budget"))
-    if opt(args, "minutes"):
-        spec["max_minutes"] = float(opt(args, "minutes"))
+    spec = L.with_run_options(dict(SIZES[size], size=size, variants=list(VARIANTS)), args)
     if opt(args, "variants"):
         spec["variants"] = str(opt(args, "variants")).split(",")
         unknown = sorted(set(spec["variants"]) - set(VARIANTS))

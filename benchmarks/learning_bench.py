@@ -212,19 +212,24 @@ def summarize(out: dict) -> None:
         out["steps_to_grpo_best"] = {a: steps_to_reach(c, best) for a, c in out["curves"].items()}
 
 
-def run(args=None, quick: bool = True) -> dict:
-    """`himac-ray bench learning`: options `size` (smoke | quick | full), `algos`, `seeds`, `budget`,
-    `minutes` (wall-clock cap per run)."""
-    size = opt(args, "size", "quick" if quick else "full")
-    spec = dict(SIZES[size])
-    if opt(args, "algos"):
-        spec["algos"] = tuple(opt(args, "algos").split(","))
+def with_run_options(spec: dict, args) -> dict:
+    """`spec` with the command's `seeds`, `budget` and `minutes` (wall-clock cap per run) applied."""
     if opt(args, "seeds"):
         spec["seeds"] = [int(s) for s in str(opt(args, "seeds")).split(",")]
     if opt(args, "budget"):
         spec["budget"] = int(opt(args, "budget"))
     if opt(args, "minutes"):
         spec["max_minutes"] = float(opt(args, "minutes"))
+    return spec
+
+
+def run(args=None, quick: bool = True) -> dict:
+    """`himac-ray bench learning`: options `size` (smoke | quick | full), `algos`, `seeds`, `budget`,
+    `minutes` (wall-clock cap per run)."""
+    size = opt(args, "size", "quick" if quick else "full")
+    spec = with_run_options(dict(SIZES[size]), args)
+    if opt(args, "algos"):
+        spec["algos"] = tuple(opt(args, "algos").split(","))
     if opt(args, "overrides"):  # `--set key=value`: a variant of the recipe, tagged in the run keys
         spec["overrides"] = (*spec.get("overrides", ()), *opt(args, "overrides"))
     WORK_DIR.mkdir(parents=True, exist_ok=True)

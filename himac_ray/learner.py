@@ -209,8 +209,10 @@ class Learner:
     def _init_distributed(self, deepspeed) -> None:
         if not dist.is_initialized():
             env = {"RANK": str(self.rank), "WORLD_SIZE": str(self.world_size), "LOCAL_RANK": "0"}
-            if self.world_size == 1:  # a lone process still goes through deepspeed's init, on a local port
-                env.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()))
+            if self.world_size == 1:
+                # a lone process still goes through deepspeed's init, on a fresh local port: never one
+                # inherited from a parent process whose own store may still listen on it
+                os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()))
             elif not {"MASTER_ADDR", "MASTER_PORT"} <= os.environ.keys():
                 raise RuntimeError("world_size > 1 needs MASTER_ADDR and MASTER_PORT in the environment")
             for key, value in env.items():

@@ -16,20 +16,12 @@ from himac_ray.generation import ScriptedGenerator
 from himac_ray.rollout import episode_settings, run_rollout
 from himac_ray.rollout_result import best_blueprints
 from himac_ray.trainer import Trainer
+from tests.himac_ray.test_ablations import RecordingLearner
 
 SOKOBAN = "himac/Sokoban-v0"
 MAX_STEPS = 3
 KWARGS = {"dim_room": [6, 6], "num_boxes": 1, "max_steps": MAX_STEPS}
 PLAN = "<plan>\n1. first\n2. second\n3. third\n</plan>"
-
-
-class RecordingLearner:
-    def __init__(self):
-        self.steps = []
-
-    def train_step(self, records, *, trainable):
-        self.steps.append((trainable, list(records)))
-        return {"loss": 0.0}
 
 
 def tie_policy(chat, i):
