@@ -245,6 +245,8 @@ def test_cluster_launcher_turns_on_token_authentication_on_every_node():
     cfg = yaml.safe_load((DEPLOY / "cluster.yaml").read_text())
     starts = [c for c in cfg["head_start_ray_commands"] + cfg["worker_start_ray_commands"] if "ray start" in c]
     assert len(starts) == 2 and all("RAY_AUTH_MODE=token ray start" in c for c in starts)
+    # `ray stop` signals every Ray process on the node by name, not only the ones this launcher started
+    assert not any("ray stop" in c for c in cfg["head_start_ray_commands"] + cfg["worker_start_ray_commands"])
     assert "~/.ray/auth_token" in cfg["file_mounts"]  # the same token on every node
 
 
