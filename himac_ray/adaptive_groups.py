@@ -25,6 +25,7 @@ import dataclasses
 import statistics
 from collections.abc import Callable, Sequence
 
+from himac_ray.advantage import member_scores
 from himac_ray.config import AutoGroupConfig
 from himac_ray.config_rules import ConfigError
 from himac_ray.generation import SamplingParams
@@ -32,15 +33,6 @@ from himac_ray.rollout_result import ENV_STEPS, RolloutResult, best_blueprints, 
 
 MAJORITY = 0.5
 """fraction of a level's groups that moves its start size (see the module docstring)"""
-
-
-def member_scores(episodes: Sequence[dict], *, episode_score: str) -> dict[str, list[float]]:
-    """group_id -> its members' trajectory scores, in sampling order (as `advantage.group_informative`)."""
-    scores: dict[str, list[float]] = {}
-    for e in episodes:
-        score = float(e["won"]) if episode_score == "won" else float(e["return"])
-        scores.setdefault(e["group_id"], []).append(round(score, 9))
-    return scores
 
 
 def tied(scores: Sequence[float]) -> bool:

@@ -397,8 +397,13 @@ def group_informative(episodes: Sequence[dict], *, episode_score: str = "return"
     member, so it teaches nothing at that level. `episodes` are `RolloutResult.episodes`
     summaries (`group_id`, `return`, `won`); `episode_score` as in `compute_advantages`.
     """
-    scores: dict[str, set[float]] = {}
+    return {group: len(set(values)) > 1 for group, values in member_scores(episodes, episode_score=episode_score).items()}
+
+
+def member_scores(episodes: Sequence[dict], *, episode_score: str = "return") -> dict[str, list[float]]:
+    """group_id -> its members' trajectory scores (rounded to 1e-9), in sampling order."""
+    scores: dict[str, list[float]] = {}
     for e in episodes:
         score = float(e["won"]) if episode_score == "won" else float(e["return"])
-        scores.setdefault(e["group_id"], set()).add(round(score, 9))
-    return {group: len(values) > 1 for group, values in scores.items()}
+        scores.setdefault(e["group_id"], []).append(round(score, 9))
+    return scores

@@ -8,8 +8,8 @@ from collections import Counter
 import pytest
 
 from himac_ray import metrics as M
-from himac_ray.adaptive_groups import member_scores, next_start, tied
-from himac_ray.advantage import compute_advantages
+from himac_ray.adaptive_groups import next_start, tied
+from himac_ray.advantage import compute_advantages, member_scores
 from himac_ray.config import AutoGroupConfig, ConfigError, load_config
 from himac_ray.data import read_parquet, table_to_records
 from himac_ray.generation import ScriptedGenerator
