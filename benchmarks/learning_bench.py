@@ -22,6 +22,7 @@ skipped when the same command runs again) and PNGs beside it.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import statistics
 import time
@@ -32,6 +33,8 @@ from benchmarks.common import RESULTS_DIR, ROOT, local_ray, log, machine, opt, s
 CONFIG = ROOT / "configs" / "sokoban_embedded_cpu.yaml"
 WORK_DIR = ROOT / "bench_out" / "learning"
 ALGOS = ("himac", "grpo", "gigpo")
+MAX_DIR_NAME = 120
+"""longest run-directory name (the run key is kept whole in the JSON)"""
 SIZES = {
     "smoke": dict(model="tiny", budget=20, eval_points=(1.0,), seeds=[0], algos=("himac",), eval_episodes=2,
                   sft_episodes=2, sft_epochs=1, max_steps=3, num_groups=1, max_minutes=10),
@@ -223,6 +226,14 @@ def with_run_options(spec: dict, args) -> dict:
     return spec
 
 
+def run_dir_name(key: str) -> str:
+    """A run key as a directory name: itself while short, else its head and a hash of it (a key
+    with several `--set` overrides exceeds the 255-byte file-name limit)."""
+    if len(key) <= MAX_DIR_NAME:
+        return key
+    return f"{key[:MAX_DIR_NAME - 13]}-{hashlib.sha1(key.encode()).hexdigest()[:12]}"
+
+
 def run(args=None, quick: bool = True) -> dict:
     """`himac-ray bench learning`: options `size` (smoke | quick | full), `algos`, `seeds`, `budget`,
     `minutes` (wall-clock cap per run)."""
@@ -251,7 +262,7 @@ def run(args=None, quick: bool = True) -> dict:
             model = warm_start(algo, spec)
             start_key = start_eval_key(model, algo, spec)
             with local_ray():
-                res = run_one(algo, seed, spec, model, WORK_DIR / size / key, out["start_evals"].get(start_key))
+                res = run_one(algo, seed, spec, model, WORK_DIR / size / run_dir_name(key), out["start_evals"].get(start_key))
             out["start_evals"].setdefault(start_key, res.pop("start_eval"))
             res.pop("start_eval", None)
             res["variant"] = tag

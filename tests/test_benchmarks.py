@@ -54,6 +54,17 @@ def test_learning_curve_helpers():
     assert steps_to_reach(agg, 0.4) == 50 and steps_to_reach(agg, 0.9) is None
 
 
+def test_long_run_keys_make_short_distinct_directories(tmp_path):
+    from benchmarks.learning_bench import MAX_DIR_NAME, run_dir_name
+
+    short = "himac-seed0-budget8000[learner.lr=5e-5]"
+    assert run_dir_name(short) == short
+    tags = ",".join(f"algorithm.option_{i}=value" for i in range(12))
+    a, b = run_dir_name(f"himac-seed1-budget8000[{tags}]"), run_dir_name(f"himac-seed1-budget8000[{tags},x=1]")
+    assert len(a) == MAX_DIR_NAME and a != b and a.startswith("himac-seed1-budget8000[")
+    (tmp_path / a).mkdir()  # a valid file name
+
+
 def test_grid_env_is_the_text_env_with_planes():
     env = SokobanGridEnv({"seeds": [3, 4]})
     obs, info = env.reset()
