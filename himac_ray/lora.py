@@ -138,9 +138,11 @@ def create_adapter_dir(root: str | Path | None = None) -> Path:
 
 
 def remove_adapter_dir(directory: str | Path) -> None:
-    """Remove an adapter folder `create_adapter_dir` made (one without the marker stays)."""
+    """Remove an adapter folder `create_adapter_dir` made in this process; any other folder stays
+    (no marker, or another process's: e.g. an at-exit call in a forked child)."""
     directory = Path(directory)
-    if _owner(directory) is not None:
+    owner = _owner(directory)
+    if owner is not None and owner["pid"] == os.getpid() and owner["host"] == socket.gethostname():
         shutil.rmtree(directory, ignore_errors=True)
 
 

@@ -98,8 +98,9 @@ def test_stale_adapter_dirs_removed_only_when_marked_and_dead(tmp_path):
         assert kept.is_dir(), kept
     assert (live / "executor-v3" / lora.ADAPTER_CONFIG).is_file() and (unmarked / "policy-v1").is_dir()
 
-    lora.remove_adapter_dir(unmarked)  # the shutdown path also needs the marker
-    assert unmarked.is_dir()
+    lora.remove_adapter_dir(unmarked)  # the shutdown path needs the marker, and this process's pid
+    lora.remove_adapter_dir(elsewhere)
+    assert unmarked.is_dir() and elsewhere.is_dir()
     lora.remove_adapter_dir(live)
     assert not live.exists()
 
