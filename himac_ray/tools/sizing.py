@@ -29,6 +29,9 @@ mean response length m:
                    b * flops_fwd(ctx) / (tp * peak * decode_mfu)) + tp_overhead
 Learner: trained tokens * (6N + attention [+ 2N reference forward]) / (ranks * peak * train_mfu),
 bounded below by ZeRO's per-micro-step collectives. Sync: bf16 weights over the layout's path.
+Iteration: rollout + learn + sync (`iter s`, run.pipeline sync); async (`async s`, one rollout ahead):
+max(rollout, learn) + sync on split layouts, the next rollout beside this learner step, the sync
+overlapping nothing (`ASYNC_ASSUMPTION`); colocated layouts: no gain counted.
 
 Pure Python (no Ray, no torch); `measure_prompt_tokens` imports the envs, prompts and a tokenizer.
 """
@@ -44,6 +47,7 @@ from himac_ray.tools.sizing_model import *  # noqa: F401,F403
 from himac_ray.tools.sizing_model import (
     SYNC_PATHS,
     Workload,
+    pipeline_of,
     plan,
     plan_from_config,
     sync_seconds,
@@ -111,6 +115,10 @@ def paper_rows(gpu: str = DEFAULT_GPU, a: Assumptions | None = None, *, split_on
 # ---------------------------------------------------------------------------------------------
 # Output
 # ---------------------------------------------------------------------------------------------
+ASYNC_ASSUMPTION = ("async s = max(rollout, learn) + sync per iteration (run.pipeline=async: the next rollout runs "
+                    "beside this learner step; samplers load new weights between generate calls, so the sync "
+                    "overlaps nothing); colocated layouts: = iter s (the same GPUs do both)")
+"""the one-line statement of the async estimate `himac-ray plan` prints"""
 COLUMNS = (
     ("setting", "setting", "{}"),
     ("layout", "layout", "{}"),
@@ -119,6 +127,7 @@ COLUMNS = (
     ("sync_path", "sync path", "{}"),
     ("sync_s", "sync s", "{:.1f}"),
     ("iter_s", "iter s", "{:.0f}"),
+    ("async_iter_s", "async s", "{:.0f}"),
     ("gpu_busy", "GPU busy", "{:.0%}"),
     ("gen_tokens_per_s", "gen tok/s", "{:,.0f}"),
     ("sampler_mem_gb", "sampler GB", "{:.0f}"),
@@ -315,7 +324,10 @@ def run(args) -> int:
     print(format_tokens(w, a, markdown=args.markdown))
     print()
     print(format_plan_table(rows, markdown=args.markdown, columns=COLUMNS + (NOTE_COLUMN,)))
-    print("\n* = fastest layout that fits in memory. Estimates; see docs/scaling.md for the model and its sources.")
+    mode = "async s" if pipeline_of(cfg) == "async" else "iter s"
+    print(f"\n* = fastest layout that fits in memory (by {mode}: the config's run.pipeline). "
+          "Estimates; see docs/scaling.md for the model and its sources.")
+    print(ASYNC_ASSUMPTION + ".")
     for r in rows:
         if (r["best"] or r["origin"] == "config") and r["advice"]:
             print(f"{r['layout']}: " + "; ".join(r["advice"]))

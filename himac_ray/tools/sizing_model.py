@@ -354,6 +354,32 @@ def sampler_memory_gb(m: ModelSpec, *, seqs: float, context: float, tp: int, dty
     return (m.weight_bytes(dtype_bytes) / tp + seqs * context * m.kv_bytes_per_token_per_gpu(tp, dtype_bytes)) / GB
 
 
+def async_iteration_seconds(*, rollout_s: float, learn_s: float, sync_s: float) -> float:
+    """Seconds per iteration of `run.pipeline: async` in steady state, on a split layout.
+
+    One rollout ahead (himac_ray/pipeline.py): iteration i+1's rollout starts when iteration i's
+    rollout is taken, so it runs beside i's advantages, learner step and record. The weight sync
+    overlaps nothing: a sampler actor serves one call at a time, so it loads the new weights
+    between two generate calls and generates nothing meanwhile, while the learner waits for it.
+    Hence max(rollout, learn) + sync, against rollout + learn + sync in sync mode.
+    """
+    return max(rollout_s, learn_s) + sync_s
+
+
+def _async_cycle_seconds(w: Workload, rows: list[tuple[Phase, float, float]], sync: float) -> float:
+    """Mean async iteration seconds over the co-evolution cycle: each iteration's learner step
+    runs beside the *next* iteration's rollout, whose phase may differ (planner_iters planner
+    iterations, then executor_iters executor iterations)."""
+    by_name = {p.name: (roll, train) for p, roll, train in rows}
+    if len(rows) == 1:
+        cycle = [rows[0][0].name]
+    else:
+        cycle = ["planner"] * w.planner_iters + ["executor"] * w.executor_iters
+    pairs = zip(cycle, cycle[1:] + cycle[:1])  # (this iteration, the next one), cyclically
+    return sum(async_iteration_seconds(rollout_s=by_name[nxt][0], learn_s=by_name[cur][1], sync_s=sync)
+               for cur, nxt in pairs) / len(cycle)
+
+
 def estimate(w: Workload, m: ModelSpec, g: GPUSpec, layout: Layout, a: Assumptions | None = None, *,
              gpu_memory_utilization: float | None = None, bucket_mb: int = 256) -> dict:
     """One row: time and memory of `w` on `layout` (see the module docstring for the formulas)."""
@@ -417,6 +443,8 @@ def estimate(w: Workload, m: ModelSpec, g: GPUSpec, layout: Layout, a: Assumptio
     t_roll = sum(p.weight * r for p, r, _ in rows)
     t_train = sum(p.weight * t for p, _, t in rows)
     t_iter = t_roll + t_train + sync
+    # colocated: the same GPUs roll out and learn, so running both at once gains nothing here
+    t_async = t_iter if layout.colocated else _async_cycle_seconds(w, rows, sync)
     gen = sum(p.weight * sum(r.seqs * r.cap * a.response_fill for r in p.rounds) for p, _, _ in rows)
     steps = sum(p.weight * (p.act_records) for p, _, _ in rows)
     busy = (layout.sampler_gpus * t_roll + layout.learner_gpus * t_train) / (layout.total * t_iter)
@@ -439,6 +467,8 @@ def estimate(w: Workload, m: ModelSpec, g: GPUSpec, layout: Layout, a: Assumptio
         "sync_path": path,
         "sync_s": sync,
         "iter_s": t_iter,
+        "async_iter_s": t_async,
+        "phase_s": {p.name: {"rollout_s": r, "train_s": t} for p, r, t in rows},
         "gpu_busy": busy,
         "gen_tokens_per_s": gen / t_iter,
         "env_steps_per_s": steps / t_iter,
@@ -453,15 +483,17 @@ def estimate(w: Workload, m: ModelSpec, g: GPUSpec, layout: Layout, a: Assumptio
 
 
 def plan(w: Workload, m: ModelSpec, g: GPUSpec, total_gpus: int, a: Assumptions | None = None, *,
-         extra: Layout | None = None, bucket_mb: int = 256) -> list[dict]:
-    """Every candidate layout of `total_gpus` (plus `extra`, e.g. the config's own), fastest first;
-    the fastest layout that fits in memory is marked `best`."""
+         extra: Layout | None = None, bucket_mb: int = 256, pipeline: str = "sync") -> list[dict]:
+    """Every candidate layout of `total_gpus` (plus `extra`, e.g. the config's own), fastest first
+    in `pipeline` mode (`iter_s` for sync, `async_iter_s` for async); the fastest layout that fits
+    in memory is marked `best`."""
     a = a or Assumptions()
     layouts = candidate_layouts(total_gpus, gpus_per_node=a.gpus_per_node, model=m)
     if extra is not None:
         layouts = [lay for lay in layouts if dataclasses.replace(lay, origin="config") != extra] + [extra]
     rows = [estimate(w, m, g, lay, a, bucket_mb=bucket_mb) for lay in layouts]
-    rows.sort(key=lambda r: (not r["fits"], r["iter_s"]))
+    key = "async_iter_s" if pipeline == "async" else "iter_s"
+    rows.sort(key=lambda r: (not r["fits"], r[key]))
     for r in rows:
         if r["fits"]:
             r["best"] = True
@@ -472,7 +504,8 @@ def plan(w: Workload, m: ModelSpec, g: GPUSpec, total_gpus: int, a: Assumptions 
 def plan_from_config(cfg, *, gpus: int | None = None, gpu: str = DEFAULT_GPU, assumptions: Assumptions | None = None,
                      model: str | None = None, prompt_tokens: tuple[int, int, int] | None = None) -> list[dict]:
     """Sizing rows for a `TrainConfig`: every layout of `gpus` GPUs (default: as many as the config's
-    sampler + learner settings use), the config's own layout marked `origin == "config"`."""
+    sampler + learner settings use), the config's own layout marked `origin == "config"`, ranked by
+    the iteration time of the config's `run.pipeline` (`pipeline_of`)."""
     if gpu not in GPUS:
         raise SizingError(f"unknown GPU {gpu!r}; choose one of {sorted(GPUS)}")
     a = assumptions or Assumptions()
@@ -487,6 +520,14 @@ def plan_from_config(cfg, *, gpus: int | None = None, gpu: str = DEFAULT_GPU, as
     w = workload_from_config(cfg, prompt_tokens=prompt_tokens)
     m = model_spec(model or cfg.model.path)
     extra = own if own is not None and own.total == gpus else None
-    return plan(w, m, GPUS[gpu], gpus, a, extra=extra, bucket_mb=cfg.learner.sync_bucket_mb)
+    return plan(w, m, GPUS[gpu], gpus, a, extra=extra, bucket_mb=cfg.learner.sync_bucket_mb, pipeline=pipeline_of(cfg))
+
+
+def pipeline_of(cfg) -> str:
+    """"async" when the config rolls out ahead of the learner, else "sync" (`max_staleness: 0`
+    makes async run exactly as sync)."""
+    from himac_ray.pipeline import lookahead
+
+    return "async" if lookahead(pipeline=cfg.run.pipeline, max_staleness=cfg.run.max_staleness) else "sync"
 
 

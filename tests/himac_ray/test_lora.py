@@ -9,12 +9,20 @@ W + BA in another summation order); vLLM vs learner after the sync 1e-3 nats, as
 tests/himac_ray/test_learner.py; weights exact everywhere else.
 """
 
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 
 from himac_ray.config import AlgorithmConfig, ConfigError, LearnerConfig, LoraConfig, ModelConfig, load_config
 from himac_ray.data import Record
 from himac_ray.learner import Learner
+from himac_ray.lora import OWNER_FILE
 from tests.himac_ray.test_learner import PROMPTS, make_records, on_policy
 
 LORA = ["learner.lora.rank=8"]
@@ -49,6 +57,77 @@ def test_lora_config_rules(monkeypatch):
     monkeypatch.setattr(himac_ray.lora.importlib.util, "find_spec", lambda name: None)
     with pytest.raises(ConfigError, match=r"learner.lora: LoRA needs the peft package.*himac-ray\[lora\]"):
         load_config(None, LORA)
+
+
+def _marked(root, name, *, pid, host=None):
+    """An adapter folder as `create_adapter_dir` leaves it, owned by `pid` on `host`."""
+    from himac_ray import lora
+
+    directory = root / f"{lora.ADAPTER_DIR_PREFIX}{name}"
+    (directory / "executor-v3").mkdir(parents=True)
+    (directory / "executor-v3" / lora.ADAPTER_CONFIG).write_text("{}")
+    owner = {"program": lora.OWNER_PROGRAM, "pid": pid, "host": host or socket.gethostname()}
+    (directory / lora.OWNER_FILE).write_text(json.dumps(owner))
+    return directory
+
+
+def _dead_pid() -> int:
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    return child.pid
+
+
+def test_stale_adapter_dirs_removed_only_when_marked_and_dead(tmp_path):
+    from himac_ray import lora
+
+    dead = _marked(tmp_path, "dead", pid=_dead_pid())
+    live = _marked(tmp_path, "live", pid=os.getpid())
+    elsewhere = _marked(tmp_path, "elsewhere", pid=_dead_pid(), host="another-host")  # its pid means nothing here
+    unmarked = tmp_path / f"{lora.ADAPTER_DIR_PREFIX}unmarked"
+    (unmarked / "policy-v1").mkdir(parents=True)
+    foreign = tmp_path / f"{lora.ADAPTER_DIR_PREFIX}foreign"  # a marker file, but not ours
+    foreign.mkdir()
+    (foreign / lora.OWNER_FILE).write_text(json.dumps({"program": "other", "pid": _dead_pid(), "host": "x"}))
+    other_name = tmp_path / "user-data"
+    other_name.mkdir()
+    (other_name / lora.OWNER_FILE).write_text((dead / lora.OWNER_FILE).read_text())  # marked, wrong name
+
+    assert lora.remove_stale_adapter_dirs(tmp_path) == [dead]
+    assert not dead.exists()
+    for kept in (live, elsewhere, unmarked, foreign, other_name):
+        assert kept.is_dir(), kept
+    assert (live / "executor-v3" / lora.ADAPTER_CONFIG).is_file() and (unmarked / "policy-v1").is_dir()
+
+    lora.remove_adapter_dir(unmarked)  # the shutdown path needs the marker, and this process's pid
+    lora.remove_adapter_dir(elsewhere)
+    assert unmarked.is_dir() and elsewhere.is_dir()
+    lora.remove_adapter_dir(live)
+    assert not live.exists()
+
+
+def test_a_killed_processes_adapter_dir_is_removed_by_the_next_one(tmp_path):
+    """A process that made its adapter folder and was killed (SIGKILL: no atexit) leaves it; the
+    next `create_adapter_dir` on the host removes it and marks its own with its pid."""
+    from himac_ray import lora
+
+    code = ("import sys, time; from himac_ray.lora import create_adapter_dir; "
+            f"print(create_adapter_dir({str(tmp_path)!r}), flush=True); time.sleep(600)")
+    child = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True,
+                             env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    try:
+        left = Path(child.stdout.readline().strip())
+        assert left.is_dir() and json.loads((left / lora.OWNER_FILE).read_text())["pid"] == child.pid
+        first = lora.create_adapter_dir(tmp_path)
+        assert first != left and left.is_dir()  # its owner is alive: kept
+        lora.remove_adapter_dir(first)
+    finally:
+        child.kill()  # the child this test started, by its own handle
+        child.wait()
+    mine = lora.create_adapter_dir(tmp_path)
+    assert not left.exists()
+    assert json.loads((mine / lora.OWNER_FILE).read_text())["pid"] == os.getpid()
+    lora.remove_adapter_dir(mine)
+    assert not mine.exists()
 
 
 def make_lora_learner(*, zero_stage=2, per_level=False, lr=1e-2, kl_coef=0.01) -> Learner:
@@ -188,3 +267,9 @@ def test_vllm_serves_the_synced_adapter_like_the_learner(tmp_path, per_level):
         scored = vllm.score([(r.prompt_ids, r.response_ids) for r in recs], adapter=learner.adapters[policy])
         lp = learner.compute_logprobs(recs, policy=policy)
         assert max(abs(a - b) for x, y in zip(scored, lp) for a, b in zip(x, y)) < 1e-3
+    # the engine's adapter copies live in its own marked folder, removed when it closes
+    folder = vllm.adapter_dir
+    assert json.loads((folder / OWNER_FILE).read_text())["pid"] == os.getpid()
+    assert {p.name for p in folder.iterdir()} >= {f"{learner.adapters[p]}-v{v}" for v, p in enumerate(policies, 1)}
+    vllm.close()
+    assert not folder.exists()

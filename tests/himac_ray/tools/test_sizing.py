@@ -131,6 +131,7 @@ def test_plan_from_paper_configs(path):
     assert all(r["gpus"] == own[0]["gpus"] for r in rows)
     for r in rows:
         assert r["iter_s"] == pytest.approx(r["rollout_s"] + r["train_s"] + r["sync_s"])
+        assert r["sync_s"] < r["async_iter_s"] <= r["iter_s"] + 1e-9
         assert 0 < r["gpu_busy"] <= 1.0 + 1e-9
     table = S.format_plan_table(rows)
     assert "(config)" in table and "* " in table
@@ -146,6 +147,35 @@ def test_more_gpus_are_not_slower_and_cpu_configs_need_gpus():
     with pytest.raises(S.SizingError, match="unknown model"):
         S.plan_from_config(tiny, gpus=2)  # a random tiny Llama: pass --model
     assert S.plan_from_config(tiny, gpus=2, model="qwen2.5-0.5b")
+
+
+def test_async_iteration_estimate():
+    """Async (one rollout ahead) per iteration = max(rollout, learn) + sync, never above sync's
+    rollout + learn + sync; with co-evolution each learner step runs beside the next phase's rollout."""
+    assert S.async_iteration_seconds(rollout_s=10.0, learn_s=4.0, sync_s=1.0) == 11.0
+    assert S.async_iteration_seconds(rollout_s=4.0, learn_s=10.0, sync_s=1.0) == 11.0
+    assert S.async_iteration_seconds(rollout_s=5.0, learn_s=5.0, sync_s=0.5) == 5.5 < 5.0 + 5.0 + 0.5
+
+    m = S.MODELS["qwen2.5-1.5b"]
+    split, colocated = S.Layout(1, 1, 1, False), S.Layout(2, 1, 2, True)
+    flat = dataclasses.replace(S.paper_workload("webshop", 15), algorithm="grpo")
+    r = S.estimate(flat, m, H100, split)
+    assert r["async_iter_s"] == pytest.approx(max(r["rollout_s"], r["train_s"]) + r["sync_s"])
+    assert r["async_iter_s"] < r["iter_s"] == pytest.approx(r["rollout_s"] + r["train_s"] + r["sync_s"])
+    c = S.estimate(flat, m, H100, colocated)
+    assert c["async_iter_s"] == c["iter_s"]  # the same GPUs would do both: no gain counted
+
+    for planner_iters, executor_iters in ((1, 1), (1, 3)):
+        w = dataclasses.replace(S.paper_workload("alfworld", 50), planner_iters=planner_iters,
+                                executor_iters=executor_iters)
+        r = S.estimate(w, m, H100, split)
+        (rp, lp), (re, le) = ((r["phase_s"][k]["rollout_s"], r["phase_s"][k]["train_s"]) for k in ("planner", "executor"))
+        sync = r["sync_s"]
+        # cycle P..P E..E: (P, P) x (P-1), (P, E), (E, E) x (E-1), (E, P); learner of one, rollout of the next
+        pairs = ([max(rp, lp)] * (planner_iters - 1) + [max(re, lp)] + [max(re, le)] * (executor_iters - 1)
+                 + [max(rp, le)])
+        assert r["async_iter_s"] == pytest.approx(sum(pairs) / len(pairs) + sync)
+        assert r["async_iter_s"] <= r["iter_s"]
 
 
 def test_paper_rows_and_report():
@@ -176,8 +206,12 @@ def test_main_prints_a_plan(capsys):
     assert S.main(["--config", cfg, "--gpus", "4", "--top", "2", "--assume", "mean_steps_fraction=0.5"]) == 0
     out = capsys.readouterr().out
     assert "Qwen2.5-1.5B" in out and "iter s" in out and "mean_steps_fraction=0.5" in out
+    assert "async s" in out and S.ASYNC_ASSUMPTION in out and "(by iter s:" in out
     assert S.main(["--config", cfg, "--json"]) == 0
-    assert '"iter_s"' in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert '"iter_s"' in out and '"async_iter_s"' in out
+    assert S.main(["--config", cfg, "--set", "run.pipeline=async", "--top", "1"]) == 0
+    assert "(by async s:" in capsys.readouterr().out
     assert S.main(["--config", cfg, "--assume", "nonsense=1"]) == 2
     assert S.main(["--config", str(ROOT / "configs" / "sokoban_tiny.yaml")]) == 2
     assert S.main(["--figures"]) == 0 and "source" in capsys.readouterr().out
