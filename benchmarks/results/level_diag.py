@@ -1,0 +1,61 @@
+# ruff: noqa: E402  (imports follow the sys.path insert of the repo root)
+"""Diagnostic (session 7): which level of the warm start fails? On held-out rooms 0-63: the greedy planner and
+executor; the expert (A*) blueprint with the greedy executor; the expert blueprint with the executor sampled at
+temperature 1.0, 4 per room. Then the first 8 rooms' greedy blueprints beside the expert's.
+Usage: .venv/bin/python benchmarks/results/level_diag.py (the learning bench's cached warm start).
+Output: one JSON line per setting (success, any of group, mixed-outcome rooms, per-room wins, rollout metrics)."""
+import dataclasses
+import json
+import sys
+import time
+
+sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parents[2]))
+from pathlib import Path
+
+import gymnasium as gym
+
+import himac_ray.envs  # noqa
+from benchmarks.learning_bench import SIZES, make_cfg, warm_start
+from himac_ray.evaluate import eval_params, eval_seeds, summarize
+from himac_ray.rollout import run_rollout
+from himac_ray.sft.expert import expert_blueprint
+
+spec = SIZES["full"]
+model = warm_start("himac", spec)
+cfg = make_cfg(Path("/tmp/himac-level-diag"), algo="himac", seed=0, spec=spec)
+from himac_ray.engines.vlm_engine import vllm_generator
+
+gen = vllm_generator(model, seed=0, max_model_len=cfg.model.max_model_len, in_process=True,
+                     kv_cache_gb=cfg.sampler.kv_cache_gb, dtype=cfg.model.dtype, threads=cfg.sampler.threads,
+                     prefix_caching=cfg.sampler.prefix_caching)
+r = cfg.rollout
+P, E = eval_params(cfg)
+seeds = eval_seeds(cfg, 64)
+bps = {}
+for s in seeds:
+    env = gym.make(cfg.env.id, **cfg.env.kwargs)
+    env.reset(seed=int(s))
+    bps[int(s)] = expert_blueprint(list(env.unwrapped.expert_subgoals()), r.max_subgoals)
+    env.close()
+common = dict(generator=gen, env_id=cfg.env.id, env_kwargs=cfg.env.kwargs, max_subgoals=r.max_subgoals,
+              subgoal_step_budget=r.subgoal_step_budget, history_length=r.history_length,
+              invalid_penalty=cfg.algorithm.invalid_penalty, prompt_format=r.prompt_format, seeds=seeds)
+out = {}
+for name, kw in [("greedy", dict(mode="macro", group_size=1, planner_params=P, executor_params=E)),
+                 ("expert_bp_greedy_exec", dict(mode="micro", group_size=1, blueprints=bps, executor_params=E)),
+                 ("expert_bp_exec1.0x4", dict(mode="micro", group_size=4, blueprints=bps, executor_params=dataclasses.replace(E, temperature=1.0))),
+                 ]:
+    t0 = time.time()
+    res = run_rollout(**common, **kw)
+    rooms = {}
+    for e in res.episodes:
+        rooms.setdefault(e["seed"], []).append(e["won"])
+    out[name] = dict(success=summarize(res)["success_rate"], any=sum(max(v) for v in rooms.values())/len(rooms),
+                     mixed=sum(max(v)!=min(v) for v in rooms.values())/len(rooms),
+                     won=[int(max(rooms[int(s)])) for s in seeds],
+                     metrics={k: round(v, 3) for k, v in res.metrics.items()}, secs=round(time.time()-t0))
+    print(name, json.dumps(out[name]), flush=True)
+    if name == "greedy":
+        for e in res.episodes[:8]:
+            print(e["seed"], e["won"], e.get("subgoals"), "| expert:", bps[e["seed"]], flush=True)
+print(json.dumps({k: (v["success"], v["any"], v["mixed"]) for k, v in out.items()}))
