@@ -6,20 +6,18 @@ of `<sub_done>` after the expert's action separate the steps that complete a sub
 Usage: .venv/bin/python benchmarks/results/executor_calibration.py [WARM_START_DIR]."""
 import sys
 
-sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parents[2]))
+sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parent))
 import torch
 
 torch.set_num_threads(1)
-from pathlib import Path
 
+from diag_common import diag_model_and_config
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from benchmarks.learning_bench import SIZES, make_cfg, warm_start
 from himac_ray.sft.expert import expert_demonstrations
 from himac_ray.sft.trainer import tokenize_example
 
-model_dir = sys.argv[1] if len(sys.argv) > 1 else warm_start("himac", SIZES["full"])
-cfg = make_cfg(Path("/tmp/himac-executor-calibration"), algo="himac", seed=0, spec=SIZES["full"])
+model_dir, cfg = diag_model_and_config("executor-calibration")
 r = cfg.rollout
 ex = [e for e in expert_demonstrations(cfg.env.id, list(range(64)), env_kwargs=cfg.env.kwargs, max_subgoals=r.max_subgoals,
       history_length=r.history_length, subgoal_step_budget=r.subgoal_step_budget, prompt_format=r.prompt_format) if e["level"] == "act"]

@@ -9,28 +9,17 @@ import json
 import sys
 import time
 
-sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parents[2]))
-from pathlib import Path
-
+sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parent))
 import gymnasium as gym
+from diag_common import diag_rollout_setup
 
-import himac_ray.envs  # noqa
-from benchmarks.learning_bench import SIZES, make_cfg, warm_start
-from himac_ray.evaluate import eval_params, eval_seeds, summarize
+import himac_ray.envs  # noqa: F401  (registers the env ids)
+from himac_ray.evaluate import summarize
 from himac_ray.rollout import run_rollout
 from himac_ray.sft.expert import expert_blueprint
 
-spec = SIZES["full"]
-model = warm_start("himac", spec)
-cfg = make_cfg(Path("/tmp/himac-level-diag"), algo="himac", seed=0, spec=spec)
-from himac_ray.engines.vlm_engine import vllm_generator
-
-gen = vllm_generator(model, seed=0, max_model_len=cfg.model.max_model_len, in_process=True,
-                     kv_cache_gb=cfg.sampler.kv_cache_gb, dtype=cfg.model.dtype, threads=cfg.sampler.threads,
-                     prefix_caching=cfg.sampler.prefix_caching)
+cfg, gen, P, E, seeds = diag_rollout_setup("level-diag")
 r = cfg.rollout
-P, E = eval_params(cfg)
-seeds = eval_seeds(cfg, 64)
 bps = {}
 for s in seeds:
     env = gym.make(cfg.env.id, **cfg.env.kwargs)

@@ -6,25 +6,14 @@ import json
 import sys
 import time
 
-sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parents[2]))
-from pathlib import Path
+sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parent))
+from diag_common import diag_rollout_setup  # noqa: E402  (after the path insert)
 
-from benchmarks.learning_bench import SIZES, make_cfg, warm_start
-from himac_ray.evaluate import eval_params, eval_seeds, summarize
-from himac_ray.rollout import run_rollout
+from himac_ray.evaluate import summarize  # noqa: E402
+from himac_ray.rollout import run_rollout  # noqa: E402
 
-spec = SIZES["full"]
-model = sys.argv[1] if len(sys.argv) > 1 else warm_start("himac", spec)
-print("model", model, flush=True)
-cfg = make_cfg(Path("/tmp/himac-warm-start-diag"), algo="himac", seed=0, spec=spec)
-from himac_ray.engines.vlm_engine import vllm_generator  # noqa: E402  (after the path insert)
-
-gen = vllm_generator(model, seed=0, max_model_len=cfg.model.max_model_len, in_process=True,
-                     kv_cache_gb=cfg.sampler.kv_cache_gb, dtype=cfg.model.dtype, threads=cfg.sampler.threads,
-                     prefix_caching=cfg.sampler.prefix_caching)
+cfg, gen, P, E, seeds = diag_rollout_setup("warm-start-diag")
 r = cfg.rollout
-P, E = eval_params(cfg)
-seeds = eval_seeds(cfg, 64)
 out = {}
 for name, pt, et, g in [("greedy", 0, 0, 1), ("both0.4", 0.4, 0.4, 4), ("exec1.0", 0, 1.0, 4), ("both1.0", 1.0, 1.0, 4)]:
     t0 = time.time()
