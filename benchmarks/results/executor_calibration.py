@@ -14,12 +14,13 @@ torch.set_num_threads(1)
 from diag_common import diag_model_and_config
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from himac_ray.evaluate import eval_seeds
 from himac_ray.sft.expert import expert_demonstrations
 from himac_ray.sft.trainer import tokenize_example
 
 model_dir, cfg = diag_model_and_config("executor-calibration")
 r = cfg.rollout
-ex = [e for e in expert_demonstrations(cfg.env.id, list(range(64)), env_kwargs=cfg.env.kwargs, max_subgoals=r.max_subgoals,
+ex = [e for e in expert_demonstrations(cfg.env.id, eval_seeds(cfg, 64), env_kwargs=cfg.env.kwargs, max_subgoals=r.max_subgoals,
       history_length=r.history_length, subgoal_step_budget=r.subgoal_step_budget, prompt_format=r.prompt_format) if e["level"] == "act"]
 tok = AutoTokenizer.from_pretrained(model_dir)
 m = AutoModelForCausalLM.from_pretrained(model_dir, torch_dtype=torch.float32).eval()
