@@ -1,5 +1,7 @@
-"""What the warm-start diagnostics in this folder share: the learning bench's full-size HiMAC config, its
-cached warm start (or a model directory given as the first argument) and an in-process vLLM engine on it."""
+"""What the warm-start diagnostics in this folder share: the learning bench's full-size HiMAC config (plus any
+`key=value` overrides on the command line), its cached warm start (or a model directory given on the command line),
+an in-process vLLM engine on it, the run's rollout arguments and per-room outcomes.
+Command line of every diagnostic: `[MODEL_DIR] [key=value ...]`."""
 
 from __future__ import annotations
 
@@ -12,10 +14,12 @@ from benchmarks.learning_bench import SIZES, make_cfg, warm_start  # noqa: E402 
 
 
 def diag_model_and_config(name: str):
-    """(model directory, TrainConfig) for a diagnostic called `name` (its run dir is /tmp/himac-<name>)."""
-    spec = SIZES["full"]
-    model = sys.argv[1] if len(sys.argv) > 1 else warm_start("himac", spec)
-    print("model", model, flush=True)
+    """(model directory, TrainConfig) for a diagnostic called `name` (its run dir is /tmp/himac-<name>): the full
+    recipe plus the command line's `key=value` overrides; its warm start unless a model directory is given."""
+    overrides = [a for a in sys.argv[1:] if "=" in a]
+    spec = dict(SIZES["full"], overrides=(*SIZES["full"]["overrides"], *overrides))
+    model = next((a for a in sys.argv[1:] if "=" not in a), None) or warm_start("himac", spec)
+    print("model", model, "overrides", overrides, flush=True)
     return model, make_cfg(Path(f"/tmp/himac-{name}"), algo="himac", seed=0, spec=spec)
 
 
@@ -29,9 +33,27 @@ def diag_generator(model: str, cfg):
 
 
 def diag_rollout_setup(name: str, rooms: int = 64):
-    """(config, engine, greedy planner params, greedy executor params, held-out room seeds) of a rollout diagnostic."""
+    """(config, `run_rollout` arguments every rollout of the diagnostic shares — engine, env, held-out room seeds,
+    the run's episode settings —, greedy planner params, greedy executor params) of a rollout diagnostic."""
     from himac_ray.evaluate import eval_params, eval_seeds
+    from himac_ray.rollout import episode_settings
 
     model, cfg = diag_model_and_config(name)
     planner, executor = eval_params(cfg)
-    return cfg, diag_generator(model, cfg), planner, executor, eval_seeds(cfg, rooms)
+    common = dict(generator=diag_generator(model, cfg), env_id=cfg.env.id, env_kwargs=cfg.env.kwargs,
+                  seeds=eval_seeds(cfg, rooms), **episode_settings(cfg))
+    return cfg, common, planner, executor
+
+
+def room_outcomes(result) -> dict:
+    """Per-room outcome of a rollout with one or more episodes per room: mean success, `any` (rooms won by at
+    least one episode: pass@k), `mixed` (rooms with both outcomes) as fractions of rooms, and `won` (room seed ->
+    1 if any episode won)."""
+    rooms: dict[int, list] = {}
+    for e in result.episodes:
+        rooms.setdefault(int(e["seed"]), []).append(int(e["won"]))
+    n = max(len(rooms), 1)
+    return dict(success=sum(map(sum, rooms.values())) / max(sum(map(len, rooms.values())), 1),
+                any=sum(max(v) for v in rooms.values()) / n,
+                mixed=sum(max(v) != min(v) for v in rooms.values()) / n,
+                won={s: max(v) for s, v in sorted(rooms.items())})

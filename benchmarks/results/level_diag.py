@@ -11,24 +11,19 @@ import time
 
 sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parent))
 import gymnasium as gym
-from diag_common import diag_rollout_setup
+from diag_common import diag_rollout_setup, room_outcomes
 
 import himac_ray.envs  # noqa: F401  (registers the env ids)
-from himac_ray.evaluate import summarize
 from himac_ray.rollout import run_rollout
 from himac_ray.sft.expert import expert_blueprint
 
-cfg, gen, P, E, seeds = diag_rollout_setup("level-diag")
-r = cfg.rollout
+cfg, common, P, E = diag_rollout_setup("level-diag")
 bps = {}
-for s in seeds:
+for s in common["seeds"]:
     env = gym.make(cfg.env.id, **cfg.env.kwargs)
     env.reset(seed=int(s))
-    bps[int(s)] = expert_blueprint(list(env.unwrapped.expert_subgoals()), r.max_subgoals)
+    bps[int(s)] = expert_blueprint(list(env.unwrapped.expert_subgoals()), cfg.rollout.max_subgoals)
     env.close()
-common = dict(generator=gen, env_id=cfg.env.id, env_kwargs=cfg.env.kwargs, max_subgoals=r.max_subgoals,
-              subgoal_step_budget=r.subgoal_step_budget, history_length=r.history_length,
-              invalid_penalty=cfg.algorithm.invalid_penalty, prompt_format=r.prompt_format, seeds=seeds)
 out = {}
 for name, kw in [("greedy", dict(mode="macro", group_size=1, planner_params=P, executor_params=E)),
                  ("expert_bp_greedy_exec", dict(mode="micro", group_size=1, blueprints=bps, executor_params=E)),
@@ -36,12 +31,8 @@ for name, kw in [("greedy", dict(mode="macro", group_size=1, planner_params=P, e
                  ]:
     t0 = time.time()
     res = run_rollout(**common, **kw)
-    rooms = {}
-    for e in res.episodes:
-        rooms.setdefault(e["seed"], []).append(e["won"])
-    out[name] = dict(success=summarize(res)["success_rate"], any=sum(max(v) for v in rooms.values())/len(rooms),
-                     mixed=sum(max(v)!=min(v) for v in rooms.values())/len(rooms),
-                     won=[int(max(rooms[int(s)])) for s in seeds],
+    rooms = room_outcomes(res)
+    out[name] = dict(success=rooms["success"], any=rooms["any"], mixed=rooms["mixed"], won=list(rooms["won"].values()),
                      metrics={k: round(v, 3) for k, v in res.metrics.items()}, secs=round(time.time()-t0))
     print(name, json.dumps(out[name]), flush=True)
     if name == "greedy":

@@ -1,5 +1,5 @@
 # ruff: noqa: E402  (imports follow the sys.path insert of the repo root)
-"""Held-out greedy wins of learning-bench runs split by room class (session 8): the 64 held-out 6x6 / 1-box rooms are
+"""Held-out greedy wins of learning-bench runs split by room class (session 8): the held-out 6x6 / 1-box rooms are
 either straight pushes (the expert's blueprint is one subgoal: 1-2 steps) or need a walk around the box (3+ subgoals:
 4-7 steps). Usage: .venv/bin/python benchmarks/results/room_classes.py [substring of run keys ...] — reads
 results/learning_recipe_full.json; prints, per matching run, each evaluation's wins in both classes."""
@@ -11,21 +11,25 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 import gymnasium as gym
 
 import himac_ray.envs  # noqa: F401  (registers the env ids)
+from benchmarks.learning_bench import SIZES, make_cfg
 
 results = json.loads((Path(__file__).resolve().parent / "learning_recipe_full.json").read_text())
 wanted = sys.argv[1:] or [""]
+env_cfg = make_cfg(Path("/tmp/himac-room-classes"), algo="himac", seed=0, spec=SIZES["full"]).env
 
 
 def straight(seed: int) -> bool:
-    env = gym.make("himac/Sokoban-v0", dim_room=(6, 6), num_boxes=1, max_steps=10)
+    env = gym.make(env_cfg.id, **env_cfg.kwargs)
     env.reset(seed=seed)
     one = len(env.unwrapped.expert_subgoals()) == 1
     env.close()
     return one
 
 
-classes = {s: straight(s) for s in range(64)}
-print(f"rooms: {sum(classes.values())} straight pushes, {64 - sum(classes.values())} walk-arounds")
+runs = {key: run for key, run in results["runs"].items() if any(w in key for w in wanted) and "evals" in run}
+seeds = sorted({int(s) for run in runs.values() for ev in run["evals"] for s in ev["won_by_seed"]})
+classes = {s: straight(s) for s in seeds}
+print(f"rooms: {sum(classes.values())} straight pushes, {len(seeds) - sum(classes.values())} walk-arounds")
 
 
 def split(won_by_seed: dict) -> str:
@@ -35,9 +39,7 @@ def split(won_by_seed: dict) -> str:
     return f"straight {a:g}, walk-around {b:g}"
 
 
-for key, run in results["runs"].items():
-    if not any(w in key for w in wanted) or "evals" not in run:
-        continue
+for key, run in runs.items():
     print(key)
     for ev in run["evals"]:  # env_steps 0 = the warm start
         print(f"  {ev['env_steps']:>10}: greedy {ev['success']:.3f} ({split(ev['won_by_seed'])})")

@@ -1,5 +1,5 @@
 """Diagnostic (session 5): a warm start's held-out success on rooms 0-63, greedy vs sampled, with its plan and
-action metrics. Usage: .venv/bin/python benchmarks/results/warm_start_diag.py [WARM_START_DIR] (default: build/reuse
+action metrics. Usage: .venv/bin/python benchmarks/results/warm_start_diag.py [WARM_START_DIR] [key=value ...] (default: build/reuse
 the learning bench's warm start). Output: one JSON line per setting (name, success, any_of_group, metrics)."""
 import dataclasses
 import json
@@ -7,28 +7,18 @@ import sys
 import time
 
 sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parent))
-from diag_common import diag_rollout_setup  # noqa: E402  (after the path insert)
+from diag_common import diag_rollout_setup, room_outcomes  # noqa: E402  (after the path insert)
 
-from himac_ray.evaluate import summarize  # noqa: E402
 from himac_ray.rollout import run_rollout  # noqa: E402
 
-cfg, gen, P, E, seeds = diag_rollout_setup("warm-start-diag")
-r = cfg.rollout
+cfg, common, P, E = diag_rollout_setup("warm-start-diag")
 out = {}
 for name, pt, et, g in [("greedy", 0, 0, 1), ("both0.4", 0.4, 0.4, 4), ("exec1.0", 0, 1.0, 4), ("both1.0", 1.0, 1.0, 4)]:
     t0 = time.time()
-    res = run_rollout(generator=gen, env_id=cfg.env.id, env_kwargs=cfg.env.kwargs, max_subgoals=r.max_subgoals,
-                      subgoal_step_budget=r.subgoal_step_budget, history_length=r.history_length,
-                      invalid_penalty=cfg.algorithm.invalid_penalty, prompt_format=r.prompt_format,
-                      seeds=seeds, mode="macro", group_size=g,
-                      planner_params=dataclasses.replace(P, temperature=pt),
+    res = run_rollout(**common, mode="macro", group_size=g, planner_params=dataclasses.replace(P, temperature=pt),
                       executor_params=dataclasses.replace(E, temperature=et))
-    s = summarize(res)
-    rooms = {}
-    for e in res.episodes:
-        rooms.setdefault(e["seed"], []).append(e["won"])
-    any_ = sum(max(v) for v in rooms.values()) / len(rooms)
-    out[name] = dict(success=s["success_rate"], any_of_group=any_, metrics={k: round(v, 3) for k, v in res.metrics.items()}, secs=time.time() - t0)
+    rooms = room_outcomes(res)
+    out[name] = dict(success=rooms["success"], any_of_group=rooms["any"], metrics={k: round(v, 3) for k, v in res.metrics.items()}, secs=time.time() - t0)
     print(name, json.dumps(out[name]), flush=True)
     if name == "greedy":
         for e in res.episodes[:6]:
