@@ -75,7 +75,7 @@ def env_kind(env_id: str) -> str:
 
 
 PROMPT_STYLES = ("verl", "compact")
-PROMPT_VERSION = 2
+PROMPT_VERSION = 3
 """bumped whenever a prompt's text changes: cached warm starts (`himac_ray.warm_start`) of another
 version are not reused"""
 ANSWER_FORMATS = ("think", "action")
@@ -373,9 +373,10 @@ _MOVES = (("up", -1, 0), ("down", 1, 0), ("left", 0, -1), ("right", 0, 1))
 
 
 def sokoban_moves(board: str) -> str:
-    """What each move does from the player's cell of a text board, e.g.
-    `"up: wall, down: push box onto target, left: floor, right: push box (blocked)"`; "" when the
-    board has no player. Derived from the observation only (the env's rules, one step ahead)."""
+    """What each move does from the player's cell of a text board and, when the player moves, the cell
+    it ends on, e.g. `"up: wall, down: push box onto target -> (row 2, col 1), left: floor -> (row 1, col 0),
+    right: push box (blocked)"`; "" when the board has no player. Derived from the observation only (the
+    env's rules, one step ahead), so a subgoal naming a cell ("Move to (row r, col c), ...") is a lookup."""
     rows = str(board).splitlines()[:64]
     player = next(((r, c) for r, line in enumerate(rows) for c, ch in enumerate(line[:64]) if ch in "PS"), None)
     if player is None:
@@ -395,6 +396,8 @@ def sokoban_moves(board: str) -> str:
                     "push box onto target" if beyond in "OS" else "push box")
         else:
             what = "target" if ahead in "OS" else "floor"
+        if what not in ("wall", "push box (blocked)"):
+            what += f" -> (row {player[0] + dr}, col {player[1] + dc})"
         out.append(f"{name}: {what}")
     return ", ".join(out)
 

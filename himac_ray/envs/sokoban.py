@@ -257,7 +257,8 @@ class SokobanTextEnv(TextEnv):
     def expert_subgoals(self) -> list[str]:
         """The expert plan as at most 5 ordered subgoals, one per push segment ([] if solved or stuck).
 
-        Each segment is "Move <side of> the box at (row r, col c)" (omitted when already there) then
+        Each segment is "Move to (row r, col c), <side of> the box at (row r, col c)" (the cell to push from;
+        omitted when already there) then
         "Push the box <dir> [k cells] onto the target at / to (row, col)". When that is longer than 5
         lines, each segment becomes one line; past 5 segments the tail is summarised.
         """
@@ -291,7 +292,8 @@ class SokobanTextEnv(TextEnv):
         fine = []
         for seg in segments:
             if seg[3]:
-                fine.append(f"Move {_PUSH_SIDE[seg[2]]} the box at {_cell(seg[0], W)}")
+                stand = seg[0] - self._steps[seg[2]]
+                fine.append(f"Move to {_cell(stand, W)}, {_PUSH_SIDE[seg[2]]} the box at {_cell(seg[0], W)}")
             fine.append(push_text(seg, from_box=not seg[3]))
         if len(fine) <= MAX_SUBGOALS:
             return fine

@@ -147,7 +147,7 @@ def test_expert_and_subgoals_on_hand_made_room():
     env = _make(OPEN_ROOM)
     assert env.expert_actions() == ["up", "right", "right"]
     assert env.expert_subgoals() == [
-        "Move to the left of the box at (row 2, col 2)",
+        "Move to (row 2, col 1), to the left of the box at (row 2, col 2)",
         "Push the box right 2 cells onto the target at (row 2, col 4)",
     ]
     env.step("up")
