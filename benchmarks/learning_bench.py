@@ -25,6 +25,7 @@ from __future__ import annotations
 import hashlib
 import json
 import statistics
+import textwrap
 import time
 from pathlib import Path
 
@@ -64,8 +65,8 @@ def make_cfg(run_dir: Path, *, algo: str, seed: int, spec: dict, extra=()):
     return load_config(CONFIG, overrides)
 
 
-def warm_start(algo: str, spec: dict) -> str:
-    """The cached SFT warm start of `algo`'s prompt family (built on first use)."""
+def warm_start(algo: str, spec: dict, *, build: bool = True) -> str:
+    """The cached SFT warm start of `algo`'s prompt family (built on first use unless `build` is False)."""
     from himac_ray.models import resolve_model
     from himac_ray.sft.trainer import sft_from_config
     from himac_ray.warm_start import is_built, warm_start_dir, write_key
@@ -73,7 +74,7 @@ def warm_start(algo: str, spec: dict) -> str:
     cfg = make_cfg(WORK_DIR / "sft_cfg", algo=algo, seed=0, spec=spec)
     base = resolve_model(cfg.model.path)
     out = warm_start_dir(cfg, base)
-    if not is_built(out):
+    if build and not is_built(out):
         t0 = time.perf_counter()
         log(f"learning: SFT warm start for {algo} ({cfg.sft.episodes} expert episodes x {cfg.sft.epochs} epochs) -> {out}")
         sft_from_config(cfg, out)
@@ -190,14 +191,32 @@ def steps_to_reach(agg: list[dict], target: float) -> float | None:
     return None
 
 
+def family(spec: dict) -> str:
+    """What runs are averaged over seeds and compared across algorithms within: the `--set` overrides
+    and the recipe's HiMAC warm-start folder (its key covers model, env, prompts and SFT settings, so a
+    prompt or SFT change makes a new family under the same overrides; all algorithms share it)."""
+    tag = ",".join(spec.get("overrides", ()))
+    return (f"[{tag}]" if tag else "") + f"@{Path(warm_start('himac', spec, build=False)).name}"
+
+
+def run_family(run: dict) -> str:
+    """A run's family (runs of sessions before families were recorded: `[overrides]` or "")."""
+    if "family" in run:
+        return run["family"]
+    return f"[{run['variant']}]" if run.get("variant") else ""
+
+
 def summarize(out: dict) -> None:
-    """Curves and means per algorithm and recipe variant (`--set` overrides), over their seeds."""
+    """Curves and means per algorithm and family (`family`; named `algo` + family), over their seeds;
+    within each family that has flat GRPO runs, GRPO's best mean success and the env steps each
+    algorithm of the family needs to reach it."""
     spec = out["spec"]
-    out["curves"], out["by_algo"] = {}, {}
-    groups: dict[str, list[dict]] = {}
+    out["curves"], out["by_algo"], out["grpo_best_success"], out["steps_to_grpo_best"] = {}, {}, {}, {}
+    groups: dict[tuple[str, str], list[dict]] = {}
     for r in out["runs"].values():
-        groups.setdefault(r["algo"] + (f"[{r['variant']}]" if r.get("variant") else ""), []).append(r)
-    for name, rs in sorted(groups.items()):
+        groups.setdefault((run_family(r), r["algo"]), []).append(r)
+    for (fam, algo), rs in sorted(groups.items()):
+        name = algo + fam
         out["curves"][name] = aggregate(rs, spec["budget"])
         out["by_algo"][name] = {
             "seeds": [r["seed"] for r in rs], "start": statistics.mean(r["start_success"] for r in rs),
@@ -209,10 +228,10 @@ def summarize(out: dict) -> None:
                 "final": statistics.mean(r["sampled"]["final_success"] for r in rs),
                 "rise": statistics.mean(r["sampled"]["rise"] for r in rs),
                 "every_interval_above_0": all(r["sampled"]["rise_ci95"][0] > 0 for r in rs)}
-    if "grpo" in out["curves"]:
-        best = max(p["mean"] for p in out["curves"]["grpo"])
-        out["grpo_best_success"] = best
-        out["steps_to_grpo_best"] = {a: steps_to_reach(c, best) for a, c in out["curves"].items()}
+    for fam in sorted({f for f, a in groups if a == "grpo"}):
+        best = max(p["mean"] for p in out["curves"]["grpo" + fam])
+        out["grpo_best_success"][fam] = best
+        out["steps_to_grpo_best"][fam] = {a: steps_to_reach(out["curves"][a + fam], best) for f, a in groups if f == fam}
 
 
 def with_run_options(spec: dict, args) -> dict:
@@ -253,10 +272,11 @@ def run(args=None, quick: bool = True) -> dict:
         saved = json.loads(result_path.read_text())
         out["runs"], out["start_evals"] = saved.get("runs", {}), saved.get("start_evals", {})
     out["spec"] = spec
+    fam = out["family"] = family(spec)
     for algo in spec["algos"]:
         for seed in spec["seeds"]:
             tag = ",".join(spec.get("overrides", ()))
-            key = f"{algo}-seed{seed}-budget{spec['budget']}" + (f"[{tag}]" if tag else "")
+            key = f"{algo}-seed{seed}-budget{spec['budget']}{fam}"
             if key in out["runs"]:
                 continue
             model = warm_start(algo, spec)
@@ -265,7 +285,7 @@ def run(args=None, quick: bool = True) -> dict:
                 res = run_one(algo, seed, spec, model, WORK_DIR / size / run_dir_name(key), out["start_evals"].get(start_key))
             out["start_evals"].setdefault(start_key, res.pop("start_eval"))
             res.pop("start_eval", None)
-            res["variant"] = tag
+            res["variant"], res["family"] = tag, fam
             res["warm_start"] = start_key
             out["runs"][key] = res
             log(f"learning: {key}: {res['start_success']:.3f} -> {res['final_success']:.3f}, rise {res['rise']:+.3f} "
@@ -301,9 +321,9 @@ def format_table(out: dict) -> str:
             sa = a["sampled"]
             lines.append(f"  {'':<6} sampled {sa['start']:.3f} -> {sa['final']:.3f} (rise {sa['rise']:+.3f}; every "
                          f"seed's interval above 0: {sa['every_interval_above_0']})")
-    if "steps_to_grpo_best" in out:
-        lines.append(f"  best GRPO mean success {out['grpo_best_success']:.3f}; env steps to reach it: "
-                     + ", ".join(f"{a} {s if s is not None else 'never'}" for a, s in out["steps_to_grpo_best"].items()))
+    for fam, steps in out.get("steps_to_grpo_best", {}).items():
+        lines.append(f"  best GRPO mean success {out['grpo_best_success'][fam]:.3f}{fam}; env steps to reach it: "
+                     + ", ".join(f"{a} {s if s is not None else 'never'}" for a, s in steps.items()))
     return "\n".join(lines)
 
 
@@ -317,14 +337,17 @@ def plot(out: dict, path: Path) -> None:
         return
     fig, ax = plt.subplots(figsize=(6.5, 4))
     for name, c in out["curves"].items():
+        if name.removesuffix(out["family"]) not in ALGOS:  # the command's family only (the JSON keeps every run)
+            continue
         xs = [q["env_steps"] for q in c]
-        ax.step(xs, [q["mean"] for q in c], where="post", label=name)
+        ax.step(xs, [q["mean"] for q in c], where="post", label=name.removesuffix(out["family"]))
         ax.fill_between(xs, [q["min"] for q in c], [q["max"] for q in c], step="post", alpha=0.15)
     spec = out["spec"]
     ax.set_xlabel("training env steps")
     ax.set_ylabel(f"held-out success ({spec['eval_episodes']} rooms)")
     ax.set_ylim(0, 1)
-    ax.set_title(f"{spec['model']} + SFT, Sokoban 6x6/1 box ({len(spec['seeds'])} seed(s), min-max band)", fontsize=9)
+    ax.set_title(f"{spec['model']} + SFT, Sokoban 6x6/1 box ({len(spec['seeds'])} seed(s), min-max band)\n"
+                 f"{textwrap.shorten(out['family'], 150)}", fontsize=8)
     ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=100)

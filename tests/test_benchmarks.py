@@ -54,6 +54,30 @@ def test_learning_curve_helpers():
     assert steps_to_reach(agg, 0.4) == 50 and steps_to_reach(agg, 0.9) is None
 
 
+def test_learning_summary_compares_algorithms_within_a_family():
+    from benchmarks.learning_bench import summarize
+
+    def run(algo, seed, fam, finals, **extra):
+        curve = [{"env_steps": 0, "success": 0.5}] + [{"env_steps": 50 * (i + 1), "success": f} for i, f in enumerate(finals)]
+        return {"algo": algo, "seed": seed, "curve": curve, "start_success": 0.5, "final_success": finals[-1],
+                "rise": finals[-1] - 0.5, "rise_ci95": [0.01, 0.2], **({"family": fam} if fam is not None else {}), **extra}
+
+    out = {"spec": {"budget": 100}, "runs": {
+        "a": run("himac", 0, "[lr=1]@ws2", [0.6, 0.8]), "b": run("himac", 1, "[lr=1]@ws2", [0.7, 0.7]),
+        "c": run("grpo", 0, "[lr=1]@ws2", [0.6, 0.65]),
+        "d": run("grpo", 0, "@ws1", [0.9, 0.9]),  # another warm start: not compared with the ones above
+        "e": run("himac", 0, None, [0.4, 0.4], variant="lr=1"),  # recorded before families: `[overrides]`
+    }}
+    summarize(out)
+    assert set(out["by_algo"]) == {"himac[lr=1]@ws2", "grpo[lr=1]@ws2", "grpo@ws1", "himac[lr=1]"}
+    assert out["by_algo"]["himac[lr=1]@ws2"]["seeds"] == [0, 1]
+    assert out["by_algo"]["himac[lr=1]@ws2"]["final"] == pytest.approx(0.75)
+    assert out["grpo_best_success"] == {"[lr=1]@ws2": 0.65, "@ws1": 0.9}
+    # HiMAC's seed mean reaches GRPO's best 0.65 at the first evaluation (50 steps); GRPO itself at 100
+    assert out["steps_to_grpo_best"]["[lr=1]@ws2"] == {"grpo": 100, "himac": 50}
+    assert out["steps_to_grpo_best"]["@ws1"] == {"grpo": 50}
+
+
 def test_long_run_keys_make_short_distinct_directories(tmp_path):
     from benchmarks.learning_bench import MAX_DIR_NAME, run_dir_name
 
