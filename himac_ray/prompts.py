@@ -75,7 +75,7 @@ def env_kind(env_id: str) -> str:
 
 
 PROMPT_STYLES = ("verl", "compact")
-PROMPT_VERSION = 3
+PROMPT_VERSION = 4
 """bumped whenever a prompt's text changes: cached warm starts (`himac_ray.warm_start`) of another
 version are not reused"""
 ANSWER_FORMATS = ("think", "action")
@@ -373,10 +373,11 @@ _MOVES = (("up", -1, 0), ("down", 1, 0), ("left", 0, -1), ("right", 0, 1))
 
 
 def sokoban_moves(board: str) -> str:
-    """What each move does from the player's cell of a text board and, when the player moves, the cell
-    it ends on, e.g. `"up: wall, down: push box onto target -> (row 2, col 1), left: floor -> (row 1, col 0),
+    """What each move does from the player's cell of a text board, with the cell a walk ends on or a push
+    moves the box to, e.g. `"up: wall, down: push box onto target at (row 3, col 1), left: floor -> (row 1, col 0),
     right: push box (blocked)"`; "" when the board has no player. Derived from the observation only (the
-    env's rules, one step ahead), so a subgoal naming a cell ("Move to (row r, col c), ...") is a lookup."""
+    env's rules, one step ahead), so the cell a subgoal names ("Move to (row r, col c), ...", "Push the box ...
+    to (row r, col c)") shows which move reaches it, and that the move completes the subgoal."""
     rows = str(board).splitlines()[:64]
     player = next(((r, c) for r, line in enumerate(rows) for c, ch in enumerate(line[:64]) if ch in "PS"), None)
     if player is None:
@@ -387,17 +388,16 @@ def sokoban_moves(board: str) -> str:
 
     out = []
     for name, dr, dc in _MOVES:
-        ahead = cell(player[0] + dr, player[1] + dc)
+        r, c = player[0] + dr, player[1] + dc
+        ahead = cell(r, c)
         if ahead == "#":
             what = "wall"
         elif ahead in "X√":
-            beyond = cell(player[0] + 2 * dr, player[1] + 2 * dc)
+            beyond = cell(r + dr, c + dc)
             what = ("push box (blocked)" if beyond in "#X√" else
-                    "push box onto target" if beyond in "OS" else "push box")
+                    f"push box {'onto target at' if beyond in 'OS' else 'to'} (row {r + dr}, col {c + dc})")
         else:
-            what = "target" if ahead in "OS" else "floor"
-        if what not in ("wall", "push box (blocked)"):
-            what += f" -> (row {player[0] + dr}, col {player[1] + dc})"
+            what = f"{'target' if ahead in 'OS' else 'floor'} -> (row {r}, col {c})"
         out.append(f"{name}: {what}")
     return ", ".join(out)
 
