@@ -16,6 +16,12 @@ from himac_ray.atomic import publish_file
 
 ITERATION = "iteration"
 TRAINABLE = "trainable"
+MODE = "mode"
+"""the rollout mode of the iteration: macro, micro or flat"""
+RECORDS = "records"
+"""records the iteration's rollout produced"""
+WEIGHTS_VERSION = "weights_version"
+"""the learner's weights version after the iteration's sync"""
 SUCCESS_RATE = "charts/success_rate"
 MEAN_RETURN = "charts/mean_return"
 ENV_STEPS = "charts/env_steps_total"

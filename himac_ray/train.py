@@ -307,7 +307,7 @@ def eval_summary(run_dir: Path) -> str:
         return ""
     first, last = evals[0], evals[-1]
     lines = [f"[himac-ray] held-out success, iteration {first['iteration']} -> {last['iteration']} "
-             f"({last.get('charts/env_steps_total', 0)} env steps):"]
+             f"({last.get(M.ENV_STEPS, 0)} env steps):"]
     for name, a, b in (("greedy", first, last), ("sampled", first.get(SAMPLED), last.get(SAMPLED))):
         if not (a and b and a.get("won_by_seed") and b.get("won_by_seed")):
             continue
