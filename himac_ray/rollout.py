@@ -2,7 +2,7 @@
 
 Runs many episodes at once. Every decision round batches the prompts of all live episodes into
 ONE `Generator.generate` call (the planner round is one call too), so a vLLM backend sees the
-whole batch. No Ray here: `actors/sampler.py` wraps `run_rollout`.
+whole batch. No Ray here: `actors/env_pool.py` runs it (as a `rollout_call.RolloutCall`) in env-pool actors.
 
 Modes (HiMAC, see docs/algorithm.md):
 
@@ -480,15 +480,6 @@ def _extra(e: Episode) -> dict:
 # --------------------------------------------------------------------------------------------
 # Observation helpers (also used by sft.py)
 # --------------------------------------------------------------------------------------------
-def episode_settings(cfg) -> dict:
-    """The `run_rollout` arguments a `TrainConfig` fixes for every rollout of a run (K, step budget,
-    history, invalid penalty, prompt format, z* scoring); callers add generator, seeds and mode."""
-    r = cfg.rollout
-    return dict(max_subgoals=r.max_subgoals, subgoal_step_budget=r.subgoal_step_budget,
-                history_length=r.history_length, invalid_penalty=cfg.algorithm.invalid_penalty,
-                prompt_format=r.prompt_format, episode_score=cfg.algorithm.episode_score)
-
-
 def split_obs(obs: Any) -> tuple[str, Any]:
     """`(text, image)` of an observation: str -> (obs, None); {"image", "text"} -> both."""
     if isinstance(obs, dict):

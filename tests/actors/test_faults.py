@@ -17,6 +17,7 @@ from actors.sampler import SamplerDiedError, SamplerPool
 from actors.weight_sync import WeightSync
 from himac_ray.config import load_config
 from himac_ray.generation import SamplingParams, ScriptedGenerator
+from himac_ray.rollout_call import EpisodeSettings, RolloutCall
 from tests.ray_local import private_ray
 
 pytestmark = [pytest.mark.ray]
@@ -48,8 +49,9 @@ class HangOnce:
         return self.inner.generate(chats, params)
 
 
-def roll(dispatcher, seeds, **kw):
-    return dispatcher(seeds=seeds, mode="macro", group_size=2, max_subgoals=2, **kw)
+def roll(dispatcher, seeds, **engines):
+    return dispatcher(RolloutCall(seeds=seeds, mode="macro", group_size=2, settings=EpisodeSettings(max_subgoals=2)),
+                      **engines)
 
 
 def check_every_group_once(result, seeds, group_size=2):

@@ -12,9 +12,16 @@ from actors.sampler import SamplerFleet, SamplerPool, create_samplers
 from himac_ray.config import load_config
 from himac_ray.generation import SamplingParams
 from himac_ray.models import resolve_model
+from himac_ray.rollout_call import EpisodeSettings, RolloutCall
 from tests.ray_local import private_ray
 
 pytestmark = [pytest.mark.slow, pytest.mark.ray]
+
+
+def macro_call(seeds: list[int], group_size: int) -> RolloutCall:
+    return RolloutCall(seeds=seeds, mode="macro", group_size=group_size, settings=EpisodeSettings(max_subgoals=2),
+                       planner_params=SamplingParams(temperature=1.0, max_tokens=24),
+                       executor_params=SamplingParams(temperature=0.0, max_tokens=16))
 
 
 @pytest.fixture(scope="module")
@@ -32,11 +39,7 @@ def test_killed_env_pool_is_restarted_and_its_seeds_redone(local_ray):
     killer = threading.Timer(1.0, lambda: ray.kill(victim))
     killer.start()
     start = time.time()
-    result = dispatcher(
-        seeds=seeds, mode="macro", group_size=group_size, generator=SamplerPool(samplers), max_subgoals=2,
-        planner_params=SamplingParams(temperature=1.0, max_tokens=24),
-        executor_params=SamplingParams(temperature=0.0, max_tokens=16),
-    )
+    result = dispatcher(macro_call(seeds, group_size), generator=SamplerPool(samplers))
     killer.join()
     assert dispatcher.restarts == 1, f"the pool was not killed mid-rollout ({time.time() - start:.1f}s)"
     assert len(result.episodes) == len(seeds) * group_size
@@ -68,11 +71,7 @@ def test_killed_sampler_is_restarted_with_the_current_weights_and_its_slices_red
     killer = threading.Timer(1.0, lambda: ray.kill(victim))
     killer.start()
     try:
-        result = dispatcher(
-            seeds=seeds, mode="macro", group_size=group_size, max_subgoals=2,
-            planner_params=SamplingParams(temperature=1.0, max_tokens=24),
-            executor_params=SamplingParams(temperature=0.0, max_tokens=16),
-        )
+        result = dispatcher(macro_call(seeds, group_size))
         killer.join()
         assert result.metrics["sampler_restarts"] == 1, "the sampler was not killed mid-rollout"
         assert pushed == [("both", 0)] and fleet.epochs["both"] == [1]

@@ -19,6 +19,7 @@ from actors.sampler import SamplerPool
 from himac_ray.config import config_to_dict, load_config
 from himac_ray.generation import SamplingParams
 from himac_ray.models import resolve_model
+from himac_ray.rollout_call import EpisodeSettings, RolloutCall
 
 pytestmark = [pytest.mark.slow, pytest.mark.ray]
 ROOT = Path(__file__).parents[2]
@@ -80,9 +81,10 @@ def test_node_removed_mid_rollout_iteration_completes_on_remaining_nodes(cluster
     remover = threading.Timer(0.3, lambda: c.remove_node(victim))
     remover.start()
     seeds, group_size = [21, 22, 23, 24], 2
-    result = dispatcher(seeds=seeds, mode="macro", group_size=group_size, generator=SamplerPool(samplers),
-                        max_subgoals=2, planner_params=SamplingParams(temperature=1.0, max_tokens=24),
-                        executor_params=SamplingParams(temperature=0.0, max_tokens=16))
+    call = RolloutCall(seeds=seeds, mode="macro", group_size=group_size, settings=EpisodeSettings(max_subgoals=2),
+                       planner_params=SamplingParams(temperature=1.0, max_tokens=24),
+                       executor_params=SamplingParams(temperature=0.0, max_tokens=16))
+    result = dispatcher(call, generator=SamplerPool(samplers))
     remover.join()
     assert dispatcher.restarts >= 1
     plans = Counter(r.traj_id for r in result.records if r.level == "plan")
