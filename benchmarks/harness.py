@@ -24,14 +24,15 @@ class Stack:
 
         from actors.env_pool import RolloutDispatcher
         from actors.learner import LearnerGroup
-        from actors.sampler import SamplerPool, create_samplers
+        from actors.sampler import SamplerPool, sampler_group
         from himac_ray.rollout_call import EpisodeSettings
         from himac_ray.trainer import Trainer
 
         self.cfg = cfg
         self.run_id = uuid.uuid4().hex[:8]
         t0 = time.perf_counter()
-        self.samplers, self.pg = create_samplers(model_path, role="both", model=cfg.model, sampler=cfg.sampler)
+        self.sampler_group = sampler_group(model_path, role="both", model=cfg.model, sampler=cfg.sampler)
+        self.samplers = self.sampler_group.actors
         self.startup = {"samplers": time.perf_counter() - t0}
         t0 = time.perf_counter()
         model = dataclasses.replace(cfg.model, path=model_path, planner_path=None)
@@ -106,7 +107,5 @@ class Stack:
         try:
             self.learner.shutdown()
         finally:
-            for a in self.samplers:
-                self._ray.kill(a)
+            self.sampler_group.shutdown()
             self.dispatcher.shutdown()
-            self._ray.util.remove_placement_group(self.pg)

@@ -102,7 +102,7 @@ def measure_pool(model_path: str, w: Workload):
     import ray
 
     from actors.env_pool import RolloutDispatcher
-    from actors.sampler import SamplerPool, create_samplers
+    from actors.sampler import SamplerPool, sampler_group
     from himac_ray.config import ModelConfig, SamplerConfig
 
     # the training default: one engine, one Ray CPU. Ray gives the actor OMP_NUM_THREADS=1 and vLLM
@@ -110,8 +110,9 @@ def measure_pool(model_path: str, w: Workload):
     # 2-core machine also computes on one thread (its CPU auto-binding reserves the other core
     # for the engine-core process), so (a) and (c) use the same compute.
     cpus = 1
-    actors, pg = create_samplers(model_path, role="both", model=ModelConfig(path=model_path, max_model_len=2048),
-                                 sampler=SamplerConfig(num_engines=1, kv_cache_gb=1, cpus_per_engine=cpus))
+    group = sampler_group(model_path, role="both", model=ModelConfig(path=model_path, max_model_len=2048),
+                          sampler=SamplerConfig(num_engines=1, kv_cache_gb=1, cpus_per_engine=cpus))
+    actors = group.actors
     dispatcher = RolloutDispatcher(ENV_ID, _env_kwargs(w), num_pools=1, log=log)
     try:
         pool = SamplerPool(actors)
@@ -127,9 +128,7 @@ def measure_pool(model_path: str, w: Workload):
         after = ray.get(actors[0].stats.remote())
     finally:
         dispatcher.shutdown()
-        for a in actors:
-            ray.kill(a)
-        ray.util.remove_placement_group(pg)
+        group.shutdown()
     m = result.metrics
     busy = after["busy_seconds"] - before["busy_seconds"]
     figures = _figures(m["gen_tokens"], m["env_steps"], seconds, m["episodes"], cpu, gen_calls=m["gen_calls"],

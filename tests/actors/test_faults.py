@@ -200,6 +200,24 @@ def test_group_call_past_its_timeout_names_the_ranks(local_ray):
         group.shutdown()
 
 
+def test_group_restart_starts_the_rank_again_on_its_bundle_with_its_arguments(local_ray):
+    group = ActorGroup(SlowRank, 2, cpus_per_actor=0.5, kwargs_for_rank=lambda r: {"seconds": r})
+
+    def seconds_and_group(actor):
+        return ray.get(actor.__ray_call__.remote(
+            lambda self: (self.seconds, ray.get_runtime_context().get_placement_group_id())), timeout=60)
+
+    try:
+        old = group.actors[1]
+        before = seconds_and_group(old)
+        new = group.restart(1)
+        assert group.actors[1] is new and seconds_and_group(new) == before == (1, group.placement_group.id.hex())
+        with pytest.raises(ray.exceptions.RayActorError):
+            ray.get(old.step.remote(), timeout=60)
+    finally:
+        group.shutdown()
+
+
 class FakeLearner:
     def __init__(self):
         self.saved = []

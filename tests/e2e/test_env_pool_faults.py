@@ -8,7 +8,7 @@ import pytest
 import ray
 
 from actors.env_pool import RolloutDispatcher
-from actors.sampler import SamplerFleet, SamplerPool, create_samplers
+from actors.sampler import SamplerFleet, SamplerPool, sampler_group
 from himac_ray.config import load_config
 from himac_ray.generation import SamplingParams
 from himac_ray.models import resolve_model
@@ -32,7 +32,7 @@ def local_ray():
 
 def test_killed_env_pool_is_restarted_and_its_seeds_redone(local_ray):
     cfg = load_config(None, ["model.path=tiny", "model.max_model_len=2048"])
-    samplers, _ = create_samplers(str(resolve_model("tiny")), role="both", model=cfg.model, sampler=cfg.sampler)
+    samplers = sampler_group(str(resolve_model("tiny")), role="both", model=cfg.model, sampler=cfg.sampler).actors
     dispatcher = RolloutDispatcher("himac/Sokoban-v0", {"max_steps": 8}, num_pools=2, log=lambda m: None)
     seeds, group_size = [11, 12, 13, 14], 3
     victim = dispatcher.pools[0]

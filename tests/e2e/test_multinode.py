@@ -67,11 +67,12 @@ def test_samplers_and_learner_on_different_nodes_sync_through_object_store(clust
 
 
 def test_node_removed_mid_rollout_iteration_completes_on_remaining_nodes(cluster):
-    from actors.sampler import create_samplers
+    from actors.sampler import sampler_group
 
     c, env_nodes = cluster
     cfg = load_config(ROOT / "configs" / "sokoban_tiny.yaml", ["sampler.resources={sampler_node: 1}"])
-    samplers, pg = create_samplers(str(resolve_model("tiny")), role="both", model=cfg.model, sampler=cfg.sampler)
+    group = sampler_group(str(resolve_model("tiny")), role="both", model=cfg.model, sampler=cfg.sampler)
+    samplers = group.actors
     # 40 steps of a random tiny model (every action invalid: no episode ends early) keep the rollout
     # running for seconds even on a fast CPU, so the node goes while its pool is busy
     dispatcher = RolloutDispatcher("himac/Sokoban-v0", {"max_steps": 40}, num_pools=2, log=print,
@@ -93,6 +94,4 @@ def test_node_removed_mid_rollout_iteration_completes_on_remaining_nodes(cluster
     survivors = ray.get([p.node_id.remote() for p in dispatcher.pools])
     assert victim.node_id not in survivors
     dispatcher.shutdown()
-    for s in samplers:
-        ray.kill(s)
-    ray.util.remove_placement_group(pg)
+    group.shutdown()
