@@ -16,8 +16,8 @@ and all examples of an env share a long leading block (system message + task tex
 tokens for Sokoban). With `share_prefix`, a (micro-)batch runs that common prefix once and
 broadcasts its KV cache to every row; gradients flow back through the broadcast, so loss and
 gradients equal the unshared forward (see tests) with ~40% fewer token positions on Sokoban.
-Logits are computed only at the positions that predict response tokens (the LM head over a
-49k vocabulary at every prompt position would be ~20% of the compute and most of the memory).
+Logits are computed only at the positions that predict response tokens (`sft.loss`, shared with
+the vision trainer).
 `train_layers` freezes all but the top blocks, which makes backward much cheaper on CPU.
 """
 
@@ -39,13 +39,12 @@ from himac_ray.engines.chat import render_chat
 from himac_ray.generation import SamplingParams, text_of
 from himac_ray.models import trainable_parameters
 from himac_ray.models.store import MODEL_MARKER, check_replaceable
+from himac_ray.sft.loss import IGNORE_INDEX, response_loss_sum
 
 if TYPE_CHECKING:
     from himac_ray.config import TrainConfig
     from himac_ray.generation import Generator
 
-IGNORE_INDEX = -100
-"""label of a position that is not trained on (prompt and padding)"""
 METRICS_FILE = "sft_metrics.json"
 """written into the saved model folder next to the weights"""
 
@@ -284,7 +283,6 @@ def _loss_sum(model, mb_rows, pad_id: int, share_prefix: bool):
     the suffix), the prefix runs once at batch size 1 and its KV cache is repeated per row.
     """
     import torch
-    import torch.nn.functional as F
 
     prompt_lens = [next(i for i, t in enumerate(labels) if t != IGNORE_INDEX) for _, labels in mb_rows]
     prefix = 0
@@ -316,12 +314,7 @@ def _loss_sum(model, mb_rows, pad_id: int, share_prefix: bool):
         ).last_hidden_state  # (B, width, H)
     else:
         hidden = decoder(input_ids=mb_ids, attention_mask=mb_mask).last_hidden_state  # (B, width, H)
-    # hidden at t predicts the token at t + 1: shift, then keep response positions only
-    targets = mb_labels[:, 1:]
-    keep = targets != IGNORE_INDEX  # (B, width - 1)
-    logits = model.get_output_embeddings()(hidden[:, :-1][keep])  # (N, V)
-    loss_sum = F.cross_entropy(logits.float(), targets[keep], reduction="sum")
-    return loss_sum, int(keep.sum())
+    return response_loss_sum(hidden, mb_labels, model.get_output_embeddings())
 
 
 def _save_atomic(model, tokenizer, out_dir: Path, metrics: dict) -> Path:
