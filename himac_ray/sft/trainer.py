@@ -25,10 +25,7 @@ from __future__ import annotations
 
 import collections
 import json
-import os
-import shutil
 import sys
-import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -38,7 +35,7 @@ from himac_ray import parsers, prompts
 from himac_ray.engines.chat import render_chat
 from himac_ray.generation import SamplingParams, text_of
 from himac_ray.models import trainable_parameters
-from himac_ray.models.store import MODEL_MARKER, check_replaceable
+from himac_ray.models.store import check_replaceable, save_model_atomic
 from himac_ray.sft.loss import IGNORE_INDEX, response_loss_sum
 
 if TYPE_CHECKING:
@@ -318,29 +315,9 @@ def _loss_sum(model, mb_rows, pad_id: int, share_prefix: bool):
 
 
 def _save_atomic(model, tokenizer, out_dir: Path, metrics: dict) -> Path:
-    """Save model + tokenizer (+ metrics) into a temporary sibling folder, then rename it to `out_dir`."""
-    out_dir = check_replaceable(out_dir)  # never replace a folder himac-ray did not write
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}-tmp-", dir=out_dir.parent))
-    old = None
-    try:
-        model.save_pretrained(tmp, safe_serialization=True)
-        tokenizer.save_pretrained(tmp)
-        (tmp / METRICS_FILE).write_text(json.dumps(metrics, indent=1, sort_keys=True) + "\n")
-        (tmp / MODEL_MARKER).write_text("a model folder written by himac-ray; it may replace it\n")
-        if out_dir.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}-old-", dir=out_dir.parent))
-            os.replace(out_dir, old / "model")
-        os.replace(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if old is not None and not out_dir.exists():
-            os.replace(old / "model", out_dir)  # put the previous folder back
-        raise
-    finally:
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    return out_dir
+    """Publish model + tokenizer + `sft_metrics.json` as the folder `out_dir` (`save_model_atomic`)."""
+    files = {METRICS_FILE: json.dumps(metrics, indent=1, sort_keys=True) + "\n"}
+    return save_model_atomic(model, tokenizer, out_dir, files=files)
 
 
 def sft_from_config(cfg: TrainConfig, out_dir: str | Path) -> Path:
