@@ -13,6 +13,7 @@ from pathlib import Path
 
 from himac_ray import trackers
 from himac_ray.atomic import publish_file
+from himac_ray.names import MODES
 
 ITERATION = "iteration"
 TRAINABLE = "trainable"
@@ -84,10 +85,10 @@ IS_WEIGHT_MEAN = "off_policy/is_weight_mean"
 IS_WEIGHT_MAX = "off_policy/is_weight_max"
 IS_TRUNCATED = "off_policy/is_truncated_fraction"
 """fraction of trained tokens whose importance weight exceeded algorithm.tis_cap"""
-GROUP_SIZE_MEAN = {level: f"groups/{level}_size_mean" for level in ("macro", "micro", "flat")}
+GROUP_SIZE_MEAN = {level: f"groups/{level}_size_mean" for level in MODES}
 """rollout level -> mean members per group of the iteration (extra groups included; with
 `algorithm.group_size: auto`, the grown sizes)"""
-GROUP_START = {level: f"groups/{level}_start" for level in ("macro", "micro", "flat")}
+GROUP_START = {level: f"groups/{level}_start" for level in MODES}
 """`algorithm.group_size: auto`: rollout level -> its groups' start size in the next iteration"""
 FAULTS = {"faults/episodes_failed": "episodes_failed", "faults/env_pool_restarts": "env_pool_restarts",
           "faults/sampler_restarts": "sampler_restarts"}

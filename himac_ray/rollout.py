@@ -63,6 +63,7 @@ import numpy as np
 from himac_ray import parsers, prompts
 from himac_ray.data import Record, png_bytes
 from himac_ray.generation import Generator, SamplingParams
+from himac_ray.names import MODES
 from himac_ray.rollout_result import (
     BUDGET_ADVANCES,
     ENV_SECONDS,
@@ -74,7 +75,6 @@ from himac_ray.rollout_result import (
     summarize_groups,
 )
 
-MODES = ("macro", "micro", "flat")
 PLANNER_PARAMS = SamplingParams(temperature=1.0)
 """default planner sampling: blueprints are sampled (macro groups need diversity)"""
 EXECUTOR_PARAMS = SamplingParams(temperature=0.0)
