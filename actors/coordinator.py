@@ -28,7 +28,7 @@ from actors.sampler import SamplerFleet
 from actors.weight_sync import WeightSync
 from himac_ray.config import config_from_dict
 from himac_ray.metrics import ITERATION
-from himac_ray.rollout import episode_settings
+from himac_ray.rollout_call import EpisodeSettings, RolloutCall
 from himac_ray.trainer import Trainer
 from himac_ray.weight_sync import uses_nccl
 
@@ -93,9 +93,9 @@ class Coordinator:
                             timeout_s=cfg.run.learner_timeout_s)
 
     def _new_trainer(self) -> Trainer:
-        fixed = episode_settings(self.cfg)
-        return Trainer(self.cfg, rollout=lambda **kw: self.dispatcher(**fixed, **kw), learner=self.learner,
-                       sync=self.sync, log=self._log)
+        settings = EpisodeSettings.from_config(self.cfg)
+        return Trainer(self.cfg, rollout=lambda **kw: self.dispatcher(RolloutCall(settings=settings, **kw)),
+                       learner=self.learner, sync=self.sync, log=self._log)
 
     def _log(self, message: str) -> None:
         print(message, flush=True)

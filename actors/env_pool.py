@@ -16,8 +16,9 @@ from typing import Callable
 import ray
 
 from actors.sampler import SamplerDiedError
-from himac_ray.rollout import run_rollout
-from himac_ray.rollout_result import ENV_POOL_RESTARTS, SAMPLER_RESTARTS, merge_results
+from himac_ray.generation import Generator
+from himac_ray.rollout_call import RolloutCall
+from himac_ray.rollout_result import ENV_POOL_RESTARTS, SAMPLER_RESTARTS, RolloutResult, merge_results
 
 
 @ray.remote(num_cpus=0)
@@ -26,15 +27,18 @@ class EnvPoolActor:
         self.env_id = env_id
         self.env_kwargs = dict(env_kwargs)
 
-    def rollout(self, **kwargs):
-        return run_rollout(env_id=self.env_id, env_kwargs=self.env_kwargs, **kwargs)
+    def rollout(self, call: RolloutCall, *, generator: Generator,
+                planner_generator: Generator | None = None) -> RolloutResult:
+        return call.run(generator=generator, planner_generator=planner_generator, env_id=self.env_id,
+                        env_kwargs=self.env_kwargs)
 
     def node_id(self) -> str:
         return ray.get_runtime_context().get_node_id()
 
 
 class RolloutDispatcher:
-    """Callable `rollout(*, seeds, **kwargs)` over `num_pools` env-pool actors, restarting failed ones.
+    """Callable `dispatcher(call, *, generator=None, planner_generator=None)` running a `RolloutCall`
+    over `num_pools` env-pool actors, each on a slice of its seeds, restarting failed ones.
 
     Args:
         max_restarts: restarts of each pool (and, with `samplers`, of each sampler engine) within
@@ -42,8 +46,8 @@ class RolloutDispatcher:
         timeout_s: seconds a pool may take for its slice (None or 0: no limit); a hung pool is
             killed and replaced like a dead one.
         samplers: a `SamplerFleet`: the `generator` / `planner_generator` of every slice come from
-            it, and a sampler that dies or hangs is replaced through it. Without one, the callers
-            pass the generators and a sampler failure stops the call.
+            it, and a sampler that dies or hangs is replaced through it. Without one, each call
+            passes the generators and a sampler failure stops the call.
         on_fault: `on_fault(kind, actor, error)` after each recovered failure (default: log it).
     """
 
@@ -76,8 +80,9 @@ class RolloutDispatcher:
         self.pools[j] = self._new_pool()
         self.restarts += 1
 
-    def __call__(self, *, seeds, **kwargs):
-        seeds = list(seeds)
+    def __call__(self, call: RolloutCall, *, generator: Generator | None = None,
+                 planner_generator: Generator | None = None) -> RolloutResult:
+        seeds = list(call.seeds)
         k = min(len(self.pools), len(seeds))
         slices = [seeds[j::k] for j in range(k)]
         results = [None] * k
@@ -85,8 +90,10 @@ class RolloutDispatcher:
         pending: dict = {}
 
         def submit(j: int) -> None:
-            kw = {**kwargs, **(self.samplers.generators() if self.samplers is not None else {})}
-            pending[self.pools[j].rollout.remote(seeds=slices[j], **kw)] = (j, time.monotonic())
+            engines = {"generator": generator, "planner_generator": planner_generator}
+            if self.samplers is not None:
+                engines = self.samplers.generators()
+            pending[self.pools[j].rollout.remote(call.with_seeds(slices[j]), **engines)] = (j, time.monotonic())
 
         for j in range(k):
             submit(j)

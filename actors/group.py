@@ -1,6 +1,7 @@
 """ActorGroup: N ranked Ray actors of one class in one placement group, plus call fan-out.
 
-Generic (used by the learner ranks; fits sampler engines too). Knows nothing about DeepSpeed.
+Generic: the learner's DeepSpeed ranks (`actors/learner.py`) and each role's vLLM sampler engines
+(`actors/sampler.py`) are ActorGroups. Knows nothing about DeepSpeed or vLLM.
 """
 
 from __future__ import annotations
@@ -39,8 +40,12 @@ class ActorGroup:
         cpus_per_actor / gpus_per_actor: Ray resources of each bundle and actor.
         strategy: placement strategy of the bundles (PACK keeps ranks on as few nodes as possible).
         resources: extra (custom) resources of each bundle, e.g. {"learner_node": 1}.
-        kwargs_for_rank: constructor keyword arguments of actor i (default: none).
-        ready_timeout_s: how long to wait for the placement group to be scheduled.
+        kwargs_for_rank: constructor keyword arguments of actor i (default: none); also those of
+            its replacement (`restart`).
+        ready_timeout_s: how long to wait for the placement group to be scheduled (then
+            TimeoutError, the placement group removed).
+        capture_child_tasks: whether tasks and actors the actors start are placed in the group
+            (None: as the caller's own setting).
     """
 
     def __init__(
@@ -54,6 +59,7 @@ class ActorGroup:
         resources: dict | None = None,
         kwargs_for_rank: Callable[[int], dict] | None = None,
         ready_timeout_s: float = 600.0,
+        capture_child_tasks: bool | None = True,
     ):
         bundle = {"CPU": cpus_per_actor, **({"GPU": gpus_per_actor} if gpus_per_actor else {}), **(resources or {})}
         self.placement_group = placement_group([dict(bundle) for _ in range(num_actors)], strategy=strategy)
@@ -63,21 +69,34 @@ class ActorGroup:
             raise TimeoutError(
                 f"placement group of {num_actors} x {bundle} ({strategy}) not scheduled within "
                 f"{ready_timeout_s:.0f}s; cluster resources: {ray.cluster_resources()}")
-        self.actors = [
-            actor_cls.options(
-                num_cpus=cpus_per_actor,
-                num_gpus=gpus_per_actor,
-                scheduling_strategy=PlacementGroupSchedulingStrategy(
-                    placement_group=self.placement_group,
-                    placement_group_bundle_index=i,
-                    placement_group_capture_child_tasks=True,
-                ),
-            ).remote(**(kwargs_for_rank(i) if kwargs_for_rank else {}))
-            for i in range(num_actors)
-        ]
+        self.actor_cls, self.cpus_per_actor, self.gpus_per_actor = actor_cls, cpus_per_actor, gpus_per_actor
+        self.kwargs_for_rank, self.capture_child_tasks = kwargs_for_rank, capture_child_tasks
+        self.actors = [self._start(i) for i in range(num_actors)]
+
+    def _start(self, rank: int):
+        """A new actor `rank` on bundle `rank` of the placement group."""
+        return self.actor_cls.options(
+            num_cpus=self.cpus_per_actor,
+            num_gpus=self.gpus_per_actor,
+            scheduling_strategy=PlacementGroupSchedulingStrategy(
+                placement_group=self.placement_group,
+                placement_group_bundle_index=rank,
+                placement_group_capture_child_tasks=self.capture_child_tasks,
+            ),
+        ).remote(**(self.kwargs_for_rank(rank) if self.kwargs_for_rank else {}))
 
     def __len__(self) -> int:
         return len(self.actors)
+
+    def restart(self, rank: int):
+        """Kill actor `rank` by handle (a hung one still holds its bundle) and start a new one with
+        the same constructor arguments on the same bundle; returns it without waiting for it."""
+        try:
+            ray.kill(self.actors[rank], no_restart=True)
+        except Exception:  # noqa: BLE001  (already gone)
+            pass
+        self.actors[rank] = self._start(rank)
+        return self.actors[rank]
 
     def async_run_method(self, method: str, *args, **kwargs) -> list[ray.ObjectRef]:
         """Call `method(*args, **kwargs)` on every actor; one ObjectRef per rank."""

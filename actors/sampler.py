@@ -1,14 +1,14 @@
-"""vLLM sampler actors (one engine each), `SamplerPool`, a `Generator` spreading a batch over them,
-and `SamplerFleet`, the restartable set of a run's samplers."""
+"""vLLM sampler actors (one engine each), started per role as an `ActorGroup` (`sampler_group`),
+`SamplerPool`, a `Generator` spreading a batch over them, and `SamplerFleet`, the restartable set of
+a run's samplers."""
 
 from __future__ import annotations
 
 import time
 
 import ray
-from ray.util.placement_group import placement_group
-from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
+from actors.group import ActorGroup
 from himac_ray.config import LoraConfig, ModelConfig, SamplerConfig
 from himac_ray.generation import SamplingParams
 from himac_ray.lora import adapter_name
@@ -169,9 +169,10 @@ class SamplerPool:
 class SamplerFleet:
     """The run's sampler actors by role ("both", or "planner" and "executor"), restartable in place.
 
-    `generators()` gives the rollout's `generator` / `planner_generator` over the current actors;
-    `replace(err)` kills the sampler a `SamplerDiedError` names (by handle), starts a new engine in
-    the same placement-group bundle and calls `on_restart(role, index, actor)` (the coordinator pushes the
+    One `sampler_group` per role. `generators()` gives the rollout's `generator` /
+    `planner_generator` over the current actors; `replace(err)` kills the sampler a
+    `SamplerDiedError` names (by handle), starts a new engine in the same placement-group bundle
+    (`ActorGroup.restart`) and calls `on_restart(role, index, actor)` (the coordinator pushes the
     learner's current weights into it). A second report of the same death is a no-op.
     """
 
@@ -181,16 +182,20 @@ class SamplerFleet:
         self.model, self.sampler, self.weight_transfer = model, sampler, weight_transfer
         self.lora = lora if lora is not None and lora.enabled else None
         self.paths, self.timeout_s, self.ready_timeout_s = dict(paths), timeout_s, ready_timeout_s
-        self.actors: dict[str, list] = {}
+        self.groups: dict[str, ActorGroup] = {}
         self.epochs: dict[str, list[int]] = {}
-        self.placement_groups: dict[str, object] = {}
         self.on_restart = None
         """callable(role, index, actor), set by the owner: bring a new engine up to the current weights"""
         for role, path in self.paths.items():
-            self.actors[role], self.placement_groups[role] = create_samplers(
-                path, role=role, model=model, sampler=sampler, seed_offset=self._seed_offset(role),
-                weight_transfer=weight_transfer, lora=self.lora)
-            self.epochs[role] = [0] * len(self.actors[role])
+            self.groups[role] = sampler_group(path, role=role, model=model, sampler=sampler,
+                                              seed_offset=self._seed_offset(role), weight_transfer=weight_transfer,
+                                              lora=self.lora)
+            self.epochs[role] = [0] * len(self.groups[role])
+
+    @property
+    def actors(self) -> dict[str, list]:
+        """role -> its sampler actors in index order (a replaced one appears in place)"""
+        return {role: group.actors for role, group in self.groups.items()}
 
     @staticmethod
     def _seed_offset(role: str) -> int:
@@ -222,20 +227,13 @@ class SamplerFleet:
     def replace(self, err: SamplerDiedError) -> bool:
         """Restart the sampler `err` names, unless that happened already; returns whether it did."""
         role, i = err.role, err.index
-        if role not in self.actors or not 0 <= i < len(self.actors[role]) or self.epochs[role][i] != err.epoch:
+        if role not in self.groups or not 0 <= i < len(self.groups[role]) or self.epochs[role][i] != err.epoch:
             return False
-        try:
-            ray.kill(self.actors[role][i], no_restart=True)  # a hung engine holds its bundle's CPUs
-        except Exception:  # noqa: BLE001  (already gone)
-            pass
-        actor = _start_sampler(self.placement_groups[role], i, self.paths[role], role=role, model=self.model,
-                               sampler=self.sampler, seed_offset=self._seed_offset(role),
-                               weight_transfer=self.weight_transfer, lora=self.lora)
+        actor = self.groups[role].restart(i)  # same seed, same bundle
         ready, _ = ray.wait([actor.weights_version.remote()], timeout=self.ready_timeout_s)
         if not ready:
             ray.kill(actor, no_restart=True)
             raise RuntimeError(f"the restarted sampler {role}[{i}] did not start within {self.ready_timeout_s:.0f}s")
-        self.actors[role][i] = actor
         self.epochs[role][i] += 1
         if self.on_restart is not None:
             self.on_restart(role, i, actor)
@@ -247,49 +245,41 @@ class SamplerFleet:
         closing = [actor.close.remote() for actor in self.all()]
         if closing:
             ray.wait(closing, num_returns=len(closing), timeout=close_timeout_s)
-        for actor in self.all():
-            try:
-                ray.kill(actor)
-            except Exception:  # noqa: BLE001  (already gone)
-                pass
-        for pg in self.placement_groups.values():
-            ray.util.remove_placement_group(pg)
-        self.actors, self.placement_groups = {}, {}
+        for group in self.groups.values():
+            group.shutdown()
+        self.groups = {}
 
 
-def create_samplers(model_path: str, *, role: str, model: ModelConfig, sampler: SamplerConfig,
-                    seed_offset: int = 0, pg_timeout_s: float = 120.0,
-                    weight_transfer: bool = False, lora: LoraConfig | None = None) -> tuple[list, object]:
-    """Start `sampler.num_engines` actors for `role` in a placement group (`sampler.placement_strategy`);
-    `weight_transfer` enables vLLM's NCCL weight transfer in their engines, `lora` LoRA adapters.
+def sampler_group(model_path: str, *, role: str, model: ModelConfig, sampler: SamplerConfig,
+                  seed_offset: int = 0, pg_timeout_s: float = 120.0,
+                  weight_transfer: bool = False, lora: LoraConfig | None = None) -> ActorGroup:
+    """Start `sampler.num_engines` sampler actors for `role` as an `ActorGroup` (one placement
+    group, `sampler.placement_strategy`; engine i gets seed `sampler.seed + seed_offset + i`, also
+    when restarted); `weight_transfer` enables vLLM's NCCL weight transfer in their engines, `lora`
+    LoRA adapters. Returns once every engine is up; `shutdown()` the group when done.
 
-    Returns (actors, placement_group). Fails with a clear message when the cluster cannot
-    host them (instead of waiting forever for resources).
+    Fails with a clear message when the cluster cannot host them (instead of waiting forever for
+    resources).
     """
     if role not in SAMPLER_ROLES:
         raise ValueError(f"role must be one of {SAMPLER_ROLES}, got {role!r}")
-    bundle = {"CPU": sampler.cpus_per_engine, **sampler.resources}
-    if sampler.gpus_per_engine:
-        bundle["GPU"] = sampler.gpus_per_engine
-    pg = placement_group([dict(bundle) for _ in range(sampler.num_engines)], strategy=sampler.placement_strategy)
-    ready, _ = ray.wait([pg.ready()], timeout=pg_timeout_s)
-    if not ready:
-        ray.util.remove_placement_group(pg)
+
+    def kwargs_for_rank(i: int) -> dict:
+        return dict(model_path=model_path, role=role, model=model, sampler=sampler,
+                    seed=sampler.seed + seed_offset + i, index=i, weight_transfer=weight_transfer, lora=lora)
+
+    try:
+        group = ActorGroup(SamplerActor, sampler.num_engines, cpus_per_actor=sampler.cpus_per_engine,
+                           gpus_per_actor=sampler.gpus_per_engine, strategy=sampler.placement_strategy,
+                           resources=sampler.resources, kwargs_for_rank=kwargs_for_rank,
+                           ready_timeout_s=pg_timeout_s, capture_child_tasks=None)
+    except TimeoutError:
+        bundle = {"CPU": sampler.cpus_per_engine, **sampler.resources}
+        if sampler.gpus_per_engine:
+            bundle["GPU"] = sampler.gpus_per_engine
         raise RuntimeError(
             f"cannot place {sampler.num_engines} {role} sampler(s) needing {bundle} each within {pg_timeout_s:.0f}s; "
             f"cluster has {ray.cluster_resources()} (lower sampler.num_engines / sampler.cpus_per_engine)"
-        )
-    actors = [_start_sampler(pg, i, model_path, role=role, model=model, sampler=sampler, seed_offset=seed_offset,
-                             weight_transfer=weight_transfer, lora=lora) for i in range(sampler.num_engines)]
-    ray.get([a.weights_version.remote() for a in actors])  # wait until every engine is up
-    return actors, pg
-
-
-def _start_sampler(pg, i: int, model_path: str, *, role: str, model: ModelConfig, sampler: SamplerConfig,
-                   seed_offset: int, weight_transfer: bool, lora: LoraConfig | None = None):
-    """Sampler i of `role` on bundle i of `pg` (also how a dead one is replaced: same seed, same bundle)."""
-    return SamplerActor.options(
-        num_cpus=sampler.cpus_per_engine, num_gpus=sampler.gpus_per_engine,
-        scheduling_strategy=PlacementGroupSchedulingStrategy(pg, placement_group_bundle_index=i),
-    ).remote(model_path, role=role, model=model, sampler=sampler, seed=sampler.seed + seed_offset + i,
-             index=i, weight_transfer=weight_transfer, lora=lora)
+        ) from None
+    ray.get([a.weights_version.remote() for a in group.actors])  # wait until every engine is up
+    return group

@@ -17,6 +17,7 @@ import ray
 
 from actors.sampler import SamplerDiedError
 from himac_ray.config import TrainConfig
+from himac_ray.names import ROLES
 from himac_ray.weight_sync import shm_dir, sync_paths, sync_through_path
 
 
@@ -44,10 +45,10 @@ class WeightSync:
         """(policy, sampler role) pairs a sync of `trainable` (None: both levels) updates."""
         lora = self.cfg.learner.lora
         if "planner" not in self.fleet.actors and lora.enabled and lora.per_level:  # one engine, two adapters
-            return [(p, "both") for p in ("planner", "executor") if trainable in (None, p)]
+            return [(p, "both") for p in ROLES if trainable in (None, p)]
         if "planner" not in self.fleet.actors:
             return [("executor", "both")]
-        return [(p, p) for p in ("planner", "executor") if trainable in (None, p)]
+        return [(p, p) for p in ROLES if trainable in (None, p)]
 
     def __call__(self, *, trainable: str | None, version: int) -> dict:
         """Push the trained policy (both when `trainable` is None) to its samplers; returns timing.

@@ -28,6 +28,7 @@ import statistics
 
 from benchmarks import learning_bench as L
 from benchmarks.common import RESULTS_DIR, ROOT, local_ray, log, machine, opt, script_main
+from himac_ray import metrics as M
 
 WORK_DIR = ROOT / "bench_out" / "ablations"
 BASELINE = "himac"
@@ -110,8 +111,7 @@ def compare(out: dict) -> None:
         if vs:
             row["vs_himac"] = vs
             row["vs_himac_mean"] = statistics.mean(v["diff"] for v in vs)
-        sizes = [it.get(f"groups/{level}_size_mean") for r in rs for it in r.get("iterations", [])
-                 for level in ("macro", "micro", "flat")]
+        sizes = [it.get(key) for r in rs for it in r.get("iterations", []) for key in M.GROUP_SIZE_MEAN.values()]
         sizes = [x for x in sizes if x is not None]
         if sizes:
             row["mean_group_size"] = statistics.mean(sizes)

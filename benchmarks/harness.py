@@ -24,14 +24,15 @@ class Stack:
 
         from actors.env_pool import RolloutDispatcher
         from actors.learner import LearnerGroup
-        from actors.sampler import SamplerPool, create_samplers
-        from himac_ray.rollout import episode_settings
+        from actors.sampler import SamplerPool, sampler_group
+        from himac_ray.rollout_call import EpisodeSettings
         from himac_ray.trainer import Trainer
 
         self.cfg = cfg
         self.run_id = uuid.uuid4().hex[:8]
         t0 = time.perf_counter()
-        self.samplers, self.pg = create_samplers(model_path, role="both", model=cfg.model, sampler=cfg.sampler)
+        self.sampler_group = sampler_group(model_path, role="both", model=cfg.model, sampler=cfg.sampler)
+        self.samplers = self.sampler_group.actors
         self.startup = {"samplers": time.perf_counter() - t0}
         t0 = time.perf_counter()
         model = dataclasses.replace(cfg.model, path=model_path, planner_path=None)
@@ -39,7 +40,7 @@ class Stack:
         self.startup["learner"] = time.perf_counter() - t0
         r = cfg.rollout
         self.dispatcher = RolloutDispatcher(cfg.env.id, cfg.env.kwargs, num_pools=r.num_env_pools, log=log)
-        self.fixed = dict(generator=SamplerPool(self.samplers), planner_generator=None, **episode_settings(cfg))
+        self.pool, self.settings = SamplerPool(self.samplers), EpisodeSettings.from_config(cfg)
         self.rollouts: list[dict] = []
         self.syncs: list[dict] = []
         self._ray = ray
@@ -51,7 +52,7 @@ class Stack:
 
     def rollout(self, **kw):
         busy0, t0 = self.vllm_busy(), time.perf_counter()
-        result = self.dispatcher(**self.fixed, **kw)
+        result = self._roll(**kw)
         wall = time.perf_counter() - t0
         m = dict(result.metrics)
         if result.pre is not None:  # micro mode's macro pre-pass
@@ -80,13 +81,18 @@ class Stack:
         return {**part, "path": str(path), "method": "shm"}
 
     # ---------------------------------------------------------------- helpers
+    def _roll(self, **kw):
+        """The `Coordinator`'s rollout service: the run's episode settings, one shared policy."""
+        from himac_ray.rollout_call import RolloutCall
+
+        return self.dispatcher(RolloutCall(settings=self.settings, **kw), generator=self.pool)
+
     def warm_up(self) -> None:
         """One tiny untimed rollout so the first timed iteration does not pay vLLM's first-call costs."""
         from himac_ray.schedule import Phase, sampling_params
 
         planner, executor = sampling_params(self.cfg, Phase("planner", "macro"))
-        self.dispatcher(**self.fixed, seeds=[987654], mode="macro", group_size=2, planner_params=planner,
-                        executor_params=executor)
+        self._roll(seeds=[987654], mode="macro", group_size=2, planner_params=planner, executor_params=executor)
 
     def iteration(self) -> dict:
         """One `Trainer.run_iteration`, with the rollout / sync breakdown of that iteration."""
@@ -101,7 +107,5 @@ class Stack:
         try:
             self.learner.shutdown()
         finally:
-            for a in self.samplers:
-                self._ray.kill(a)
+            self.sampler_group.shutdown()
             self.dispatcher.shutdown()
-            self._ray.util.remove_placement_group(self.pg)

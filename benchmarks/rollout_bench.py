@@ -59,9 +59,13 @@ class Workload:
     def episodes(self) -> int:
         return len(self.seeds) * self.group_size
 
-    def rollout_kwargs(self) -> dict:
-        return dict(mode=self.mode, group_size=self.group_size, planner_params=self.planner,
-                    executor_params=self.executor, max_subgoals=3)
+    def call(self, seeds: list[int], *, group_size: int | None = None):
+        """The workload's `RolloutCall` over `seeds` (`group_size`: default the workload's)."""
+        from himac_ray.rollout_call import EpisodeSettings, RolloutCall
+
+        return RolloutCall(seeds=seeds, mode=self.mode, group_size=group_size or self.group_size,
+                           planner_params=self.planner, executor_params=self.executor,
+                           settings=EpisodeSettings(max_subgoals=3))
 
 
 def workload(model: str, size: str) -> Workload:
@@ -98,7 +102,7 @@ def measure_pool(model_path: str, w: Workload):
     import ray
 
     from actors.env_pool import RolloutDispatcher
-    from actors.sampler import SamplerPool, create_samplers
+    from actors.sampler import SamplerPool, sampler_group
     from himac_ray.config import ModelConfig, SamplerConfig
 
     # the training default: one engine, one Ray CPU. Ray gives the actor OMP_NUM_THREADS=1 and vLLM
@@ -106,26 +110,25 @@ def measure_pool(model_path: str, w: Workload):
     # 2-core machine also computes on one thread (its CPU auto-binding reserves the other core
     # for the engine-core process), so (a) and (c) use the same compute.
     cpus = 1
-    actors, pg = create_samplers(model_path, role="both", model=ModelConfig(path=model_path, max_model_len=2048),
-                                 sampler=SamplerConfig(num_engines=1, kv_cache_gb=1, cpus_per_engine=cpus))
+    group = sampler_group(model_path, role="both", model=ModelConfig(path=model_path, max_model_len=2048),
+                          sampler=SamplerConfig(num_engines=1, kv_cache_gb=1, cpus_per_engine=cpus))
+    actors = group.actors
     dispatcher = RolloutDispatcher(ENV_ID, _env_kwargs(w), num_pools=1, log=log)
     try:
         pool = SamplerPool(actors)
         threads = ray.get(actors[0].__ray_call__.remote(_threads))
         warm = dataclasses.replace(w, seeds=[w.seeds[0] + 10_000], group_size=2)
-        dispatcher(seeds=warm.seeds, generator=pool, **warm.rollout_kwargs())  # warm-up (not timed)
+        dispatcher(warm.call(warm.seeds), generator=pool)  # warm-up (not timed)
         before = ray.get(actors[0].stats.remote())
         cpu0 = cpu_snapshot()
         start = time.perf_counter()
-        result = dispatcher(seeds=w.seeds, generator=pool, **w.rollout_kwargs())
+        result = dispatcher(w.call(w.seeds), generator=pool)
         seconds = time.perf_counter() - start
         cpu = cpu_delta(cpu0)
         after = ray.get(actors[0].stats.remote())
     finally:
         dispatcher.shutdown()
-        for a in actors:
-            ray.kill(a)
-        ray.util.remove_placement_group(pg)
+        group.shutdown()
     m = result.metrics
     busy = after["busy_seconds"] - before["busy_seconds"]
     figures = _figures(m["gen_tokens"], m["env_steps"], seconds, m["episodes"], cpu, gen_calls=m["gen_calls"],
@@ -191,12 +194,10 @@ def measure_naive(model_path: str, w: Workload) -> dict:
     import torch
 
     from himac_ray.engines.hf_engine import HFGenerator
-    from himac_ray.rollout import run_rollout
 
     hf = HFGenerator(model_path)
-    kwargs = {**w.rollout_kwargs(), "group_size": 1}
-    warm = run_rollout(generator=hf, env_id=ENV_ID, env_kwargs={**_env_kwargs(w), "max_steps": 1},
-                       seeds=[w.seeds[0] + 10_000], **kwargs)
+    warm = w.call([w.seeds[0] + 10_000], group_size=1).run(generator=hf, env_id=ENV_ID,
+                                                          env_kwargs={**_env_kwargs(w), "max_steps": 1})
     del warm
     tokens = steps = episodes = 0
     gen_s = env_s = 0.0
@@ -205,7 +206,7 @@ def measure_naive(model_path: str, w: Workload) -> dict:
     # the same seeds as (a), episode by episode (group member j of seed s = episode s, j)
     for k in range(w.naive_episodes):
         seed = w.seeds[k % len(w.seeds)]
-        res = run_rollout(generator=hf, env_id=ENV_ID, env_kwargs=_env_kwargs(w), seeds=[seed], **kwargs)
+        res = w.call([seed], group_size=1).run(generator=hf, env_id=ENV_ID, env_kwargs=_env_kwargs(w))
         tokens += res.metrics["gen_tokens"]
         steps += res.metrics["env_steps"]
         episodes += 1

@@ -12,9 +12,8 @@ from typing import Sequence
 import numpy as np
 
 from himac_ray.data import Record
-from himac_ray.names import ALGORITHMS
+from himac_ray.names import ALGORITHMS, ROLES
 
-TRAINABLE = ("planner", "executor")
 EPISODE_SCORES = ("return", "won")
 
 
@@ -352,8 +351,8 @@ def compute_advantages(
     """
     if algorithm not in ALGORITHMS:
         raise ValueError(f"algorithm must be one of {ALGORITHMS}, got {algorithm!r}")
-    if trainable is not None and trainable not in TRAINABLE:
-        raise ValueError(f"trainable must be one of {TRAINABLE} or None, got {trainable!r}")
+    if trainable is not None and trainable not in ROLES:
+        raise ValueError(f"trainable must be one of {ROLES} or None, got {trainable!r}")
     if algorithm != "himac" and trainable == "planner":
         raise ValueError(f"flat algorithm {algorithm!r} has no planner to train")
     if episode_score not in EPISODE_SCORES:

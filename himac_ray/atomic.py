@@ -7,9 +7,10 @@ sees the old file or the new one, never a partial one. It fsyncs nothing, so it 
 crash of the process, not against a power loss. Checkpoints, which must survive one, are made
 durable by `run_state.commit_checkpoint` with `fsync_tree` and `fsync_dir`.
 
-Folders are published by their owners (`models.store`, `sft.trainer`, `learner.save_checkpoint`,
-`run_state.commit_checkpoint`). They share no helper because each keeps something different when
-the swap fails.
+Folders are published by their owners, which keep different things when the swap fails: every
+model folder (prepared models, SFT warm starts) by `models.store.save_model_atomic`, which puts
+the previous folder back; checkpoints by `run_state.commit_checkpoint` (fsync'd, marked, never
+replacing a good one) and, inside one, the learner's part by `learner_io.save_checkpoint`.
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from himac_ray.names import ALGORITHMS, FLAT_ALGORITHMS
+from himac_ray.names import ALGORITHMS, FLAT_ALGORITHMS, ROLES
 
 if TYPE_CHECKING:
     from himac_ray.config import TrainConfig
@@ -32,7 +32,7 @@ CHOICES = {
     "learner.weight_sync": ("auto", "shm_object_store", "nccl"),
     "sampler.placement_strategy": ("SPREAD", "PACK", "STRICT_SPREAD", "STRICT_PACK"),
     "learner.placement_strategy": ("SPREAD", "PACK", "STRICT_SPREAD", "STRICT_PACK"),
-    "coevolution.start_with": ("planner", "executor"),
+    "coevolution.start_with": ROLES,
     "coevolution.iteration": ("alternate", "paper"),
     "run.wandb_mode": ("offline", "online", "disabled"),
     "run.pipeline": ("sync", "async"),

@@ -139,7 +139,7 @@ def evaluate_checkpoint(checkpoint: str | Path, *, episodes: int, cfg: TrainConf
     """Load a checkpoint's policy into vLLM and evaluate it on held-out seeds."""
     policy, run_dir = find_policy_folder(checkpoint)  # a bad path fails before vLLM is imported
     from himac_ray.engines.vlm_engine import vllm_generator
-    from himac_ray.rollout import episode_settings, run_rollout
+    from himac_ray.rollout_call import EpisodeSettings, RolloutCall
 
     if cfg is None:
         saved = run_dir / "config.json" if run_dir else None
@@ -153,8 +153,10 @@ def evaluate_checkpoint(checkpoint: str | Path, *, episodes: int, cfg: TrainConf
                          kv_cache_gb=cfg.sampler.kv_cache_gb, dtype=cfg.model.dtype, threads=cfg.sampler.threads,
                          prefix_caching=cfg.sampler.prefix_caching)
 
+    settings = EpisodeSettings.from_config(cfg)
+
     def rollout(**kw):
-        return run_rollout(generator=gen, env_id=cfg.env.id, env_kwargs=cfg.env.kwargs, **episode_settings(cfg), **kw)
+        return RolloutCall(settings=settings, **kw).run(generator=gen, env_id=cfg.env.id, env_kwargs=cfg.env.kwargs)
 
     out = run_eval(cfg, rollout, episodes=episodes)
     out["checkpoint"] = str(policy)

@@ -77,14 +77,12 @@ from himac_ray.loss import (
     truncated_is_weights,
 )
 from himac_ray.models import is_vision_model, resolve_model, trainable_parameters
-from himac_ray.names import JOINT, LEVEL_OF, ROLE_OF
+from himac_ray.names import JOINT, LEVEL_OF, ROLE_OF, ROLES
 
 GRAD_NORM_KEY = M.GRAD_NORM
 TOKENS_KEY = M.LEARNER_TOKENS
 SECONDS_KEY = M.LEARNER_SECONDS
 TOKENS_PER_S_KEY = M.LEARNER_TOKENS_PER_S
-TRAINABLE_LEVEL = LEVEL_OF
-LEVEL_POLICY = ROLE_OF
 PIXEL_KEYS = ("pixel_values", "pixel_attention_mask")
 """image-processor outputs a vision-language forward takes"""
 
@@ -171,7 +169,7 @@ class Learner(LearnerWeights):
         lora = learner.lora if learner.lora.enabled else None
         shared = model.planner_path is None
         self.adapters = {p: adapter_name(p, per_level=lora.per_level, shared=shared) if lora else None
-                         for p in ("planner", "executor")}
+                         for p in ROLES}
         """policy -> its LoRA adapter's name (`himac_ray.lora.adapter_name`), None without LoRA"""
         if shared:
             names = tuple(dict.fromkeys(self.adapters.values())) if lora else ()
@@ -316,12 +314,12 @@ class Learner(LearnerWeights):
             SECONDS_KEY, TOKENS_PER_S_KEY. All zero when no record has the trained level. With
             `algorithm.tis_cap` > 0 also the importance-weight metrics of `loss.truncated_is_weights`.
         """
-        if trainable not in (*TRAINABLE_LEVEL, JOINT):
-            raise ValueError(f"trainable must be one of {[*TRAINABLE_LEVEL, JOINT]}, got {trainable!r}")
+        if trainable not in (*ROLES, JOINT):
+            raise ValueError(f"trainable must be one of {[*ROLES, JOINT]}, got {trainable!r}")
         if trainable == JOINT and self.policies["planner"] is not self.policies["executor"]:
             raise ValueError("trainable='both' (one joint update) needs one shared policy; two policies train apart")
         start = time.perf_counter()
-        levels = LEVELS if trainable == JOINT else (TRAINABLE_LEVEL[trainable],)
+        levels = LEVELS if trainable == JOINT else (LEVEL_OF[trainable],)
         records = self._as_records(records_or_table)
         records = [r for r in records if r.level in levels]
         records, is_weights, is_metrics = self._off_policy(records, trainable=trainable)
@@ -469,9 +467,9 @@ class Learner(LearnerWeights):
         out = torch.zeros(len(records), max([len(r.response_ids) for r in records] + [1]), dtype=torch.float64)
         by_engine: dict[int, list[int]] = {}  # insertion order is the same on every rank
         for i, r in enumerate(records):
-            by_engine.setdefault(id(self.policies[policy or LEVEL_POLICY[r.level]]), []).append(i)
+            by_engine.setdefault(id(self.policies[policy or ROLE_OF[r.level]]), []).append(i)
         for idx in by_engine.values():
-            engine = self._engine(policy or LEVEL_POLICY[records[idx[0]].level])
+            engine = self._engine(policy or ROLE_OF[records[idx[0]].level])
             order = [idx[j] for j in stable_order([records[i] for i in idx])]
             mine, mb = order[self.rank::self.world_size], self.cfg.micro_batch_size
             engine.eval()

@@ -13,9 +13,16 @@ from pathlib import Path
 
 from himac_ray import trackers
 from himac_ray.atomic import publish_file
+from himac_ray.names import MODES
 
 ITERATION = "iteration"
 TRAINABLE = "trainable"
+MODE = "mode"
+"""the rollout mode of the iteration: macro, micro or flat"""
+RECORDS = "records"
+"""records the iteration's rollout produced"""
+WEIGHTS_VERSION = "weights_version"
+"""the learner's weights version after the iteration's sync"""
 SUCCESS_RATE = "charts/success_rate"
 MEAN_RETURN = "charts/mean_return"
 ENV_STEPS = "charts/env_steps_total"
@@ -78,10 +85,10 @@ IS_WEIGHT_MEAN = "off_policy/is_weight_mean"
 IS_WEIGHT_MAX = "off_policy/is_weight_max"
 IS_TRUNCATED = "off_policy/is_truncated_fraction"
 """fraction of trained tokens whose importance weight exceeded algorithm.tis_cap"""
-GROUP_SIZE_MEAN = {level: f"groups/{level}_size_mean" for level in ("macro", "micro", "flat")}
+GROUP_SIZE_MEAN = {level: f"groups/{level}_size_mean" for level in MODES}
 """rollout level -> mean members per group of the iteration (extra groups included; with
 `algorithm.group_size: auto`, the grown sizes)"""
-GROUP_START = {level: f"groups/{level}_start" for level in ("macro", "micro", "flat")}
+GROUP_START = {level: f"groups/{level}_start" for level in MODES}
 """`algorithm.group_size: auto`: rollout level -> its groups' start size in the next iteration"""
 FAULTS = {"faults/episodes_failed": "episodes_failed", "faults/env_pool_restarts": "env_pool_restarts",
           "faults/sampler_restarts": "sampler_restarts"}

@@ -2,7 +2,7 @@
 
 A HiMAC run has two policies (roles): the `planner` writes blueprints, whose records are level
 `plan`; the `executor` acts, whose records are level `act`. Flat algorithms have one policy and
-only `act` records. Imports nothing.
+only `act` records. A rollout runs in one of three modes (macro, micro, flat). Imports nothing.
 """
 
 from __future__ import annotations
@@ -20,6 +20,9 @@ LEVEL_OF = {"planner": "plan", "executor": "act"}
 """role -> the level of the records it writes"""
 ROLE_OF = {level: role for role, level in LEVEL_OF.items()}
 """level -> the role that writes it"""
+MODES = ("macro", "micro", "flat")
+"""rollout modes (`run_rollout(mode=...)`): macro groups of blueprints, micro groups of executions
+of the best blueprint z*, flat groups of single-policy episodes; also the `groups/<mode>_*` metrics"""
 JOINT = "both"
 """`Learner.train_step(trainable=JOINT)`: both levels of the one shared policy in the same
 optimizer steps (the "without co-evolution" ablation)"""

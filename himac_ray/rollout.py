@@ -2,7 +2,7 @@
 
 Runs many episodes at once. Every decision round batches the prompts of all live episodes into
 ONE `Generator.generate` call (the planner round is one call too), so a vLLM backend sees the
-whole batch. No Ray here: `actors/sampler.py` wraps `run_rollout`.
+whole batch. No Ray here: `actors/env_pool.py` runs it (as a `rollout_call.RolloutCall`) in env-pool actors.
 
 Modes (HiMAC, see docs/algorithm.md):
 
@@ -63,6 +63,7 @@ import numpy as np
 from himac_ray import parsers, prompts
 from himac_ray.data import Record, png_bytes
 from himac_ray.generation import Generator, SamplingParams
+from himac_ray.names import MODES
 from himac_ray.rollout_result import (
     BUDGET_ADVANCES,
     ENV_SECONDS,
@@ -74,7 +75,6 @@ from himac_ray.rollout_result import (
     summarize_groups,
 )
 
-MODES = ("macro", "micro", "flat")
 PLANNER_PARAMS = SamplingParams(temperature=1.0)
 """default planner sampling: blueprints are sampled (macro groups need diversity)"""
 EXECUTOR_PARAMS = SamplingParams(temperature=0.0)
@@ -480,15 +480,6 @@ def _extra(e: Episode) -> dict:
 # --------------------------------------------------------------------------------------------
 # Observation helpers (also used by sft.py)
 # --------------------------------------------------------------------------------------------
-def episode_settings(cfg) -> dict:
-    """The `run_rollout` arguments a `TrainConfig` fixes for every rollout of a run (K, step budget,
-    history, invalid penalty, prompt format, z* scoring); callers add generator, seeds and mode."""
-    r = cfg.rollout
-    return dict(max_subgoals=r.max_subgoals, subgoal_step_budget=r.subgoal_step_budget,
-                history_length=r.history_length, invalid_penalty=cfg.algorithm.invalid_penalty,
-                prompt_format=r.prompt_format, episode_score=cfg.algorithm.episode_score)
-
-
 def split_obs(obs: Any) -> tuple[str, Any]:
     """`(text, image)` of an observation: str -> (obs, None); {"image", "text"} -> both."""
     if isinstance(obs, dict):

@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 from himac_ray import metrics as M
+from himac_ray.atomic import publish_file
 from himac_ray.config import ConfigError, TrainConfig, config_to_dict, load_config
 from himac_ray.run_state import (
     RunStateError,
@@ -126,7 +127,7 @@ def _resolve_models(cfg: TrainConfig, run_dir: Path, resume: bool, log) -> tuple
         if cfg.sft.cache:
             write_key(cfg, model_path, target)
     if cfg.sft.cache:
-        pointer.write_text(json.dumps({"path": str(target)}) + "\n")
+        publish_file(pointer, lambda tmp: tmp.write_text(json.dumps({"path": str(target)}) + "\n"))
     return str(target), planner_path
 
 
@@ -239,7 +240,8 @@ def _record_config(cfg: TrainConfig, run_dir: Path, changes: dict, log) -> None:
             f.write(json.dumps(row) + "\n")
         log(f"[himac-ray] --allow-config-change: resuming with {', '.join(f'{k}={new!r} (was {old!r})' for k, (old, new) in changes.items())}"
             f"; recorded in {run_dir / 'config_changes.jsonl'}")
-    (run_dir / "config.json").write_text(json.dumps(config_to_dict(cfg), indent=2))
+    text = json.dumps(config_to_dict(cfg), indent=2)
+    publish_file(run_dir / "config.json", lambda tmp: tmp.write_text(text))
 
 
 def train(cfg: TrainConfig, *, resume: bool = False, allow_config_change: bool = False, log=print) -> list[dict]:
@@ -307,7 +309,7 @@ def eval_summary(run_dir: Path) -> str:
         return ""
     first, last = evals[0], evals[-1]
     lines = [f"[himac-ray] held-out success, iteration {first['iteration']} -> {last['iteration']} "
-             f"({last.get('charts/env_steps_total', 0)} env steps):"]
+             f"({last.get(M.ENV_STEPS, 0)} env steps):"]
     for name, a, b in (("greedy", first, last), ("sampled", first.get(SAMPLED), last.get(SAMPLED))):
         if not (a and b and a.get("won_by_seed") and b.get("won_by_seed")):
             continue

@@ -20,12 +20,13 @@ from typing import Callable
 import numpy as np
 
 from himac_ray import metrics as M
+from himac_ray import rollout_result as R
 from himac_ray.adaptive_groups import AdaptiveRollout
 from himac_ray.advantage import compute_advantages, group_informative
 from himac_ray.config import TrainConfig
 from himac_ray.data import write_parquet
 from himac_ray.evaluate import SAMPLED, run_eval
-from himac_ray.names import JOINT, LEVEL_OF
+from himac_ray.names import JOINT, LEVEL_OF, ROLES
 from himac_ray.pipeline import ASYNC, RolloutAhead, busy_seconds, lookahead, staleness_histogram, staleness_split
 from himac_ray.rollout import env_step_cap
 from himac_ray.rollout_result import RolloutResult, merge_results
@@ -236,9 +237,9 @@ class Trainer:
 
         self.status["phase"] = "record"
         start = time.perf_counter()
-        self.state.env_steps += int(result.metrics.get("env_steps", 0))
+        self.state.env_steps += int(result.metrics.get(R.ENV_STEPS, 0))
         if result.pre is not None:  # micro mode's macro pre-pass that chose z* also stepped envs
-            self.state.env_steps += int(result.pre.metrics.get("env_steps", 0))
+            self.state.env_steps += int(result.pre.metrics.get(R.ENV_STEPS, 0))
         row = self._row(i, phase, result, learn, sync, times)
         row.update(groups)
         row.update(stale)
@@ -383,7 +384,7 @@ class Trainer:
         if trainable:
             levels = [trainable]
         else:
-            levels = [JOINT] if self.cfg.model.planner_path is None else ["planner", "executor"]
+            levels = [JOINT] if self.cfg.model.planner_path is None else list(ROLES)
         out = {}
         for level in levels:
             batch = [r for r in records if level == JOINT or r.level == LEVEL_OF[level]]
@@ -400,27 +401,27 @@ class Trainer:
         m = result.metrics
         rollout_s = max(times["rollout"], 1e-9)
         acts = [r for r in result.records if r.level == "act"]
-        env_steps = m.get("env_steps", 0) + (result.pre.metrics.get("env_steps", 0) if result.pre else 0)
-        gen_tokens = m.get("gen_tokens", 0) + (result.pre.metrics.get("gen_tokens", 0) if result.pre else 0)
+        env_steps = m.get(R.ENV_STEPS, 0) + (result.pre.metrics.get(R.ENV_STEPS, 0) if result.pre else 0)
+        gen_tokens = m.get(R.GEN_TOKENS, 0) + (result.pre.metrics.get(R.GEN_TOKENS, 0) if result.pre else 0)
         row = {
             M.ITERATION: i,
             M.TRAINABLE: phase.trainable or "both",
-            "mode": phase.mode,
-            M.SUCCESS_RATE: m.get("success_rate", 0.0),
-            M.MEAN_RETURN: m.get("mean_return", 0.0),
-            M.INVALID_RATE: m.get("invalid_action_rate", 0.0),
-            M.RESPONSE_LEN: m.get("mean_response_len", 0.0),
+            M.MODE: phase.mode,
+            M.SUCCESS_RATE: m.get(R.SUCCESS_RATE, 0.0),
+            M.MEAN_RETURN: m.get(R.MEAN_RETURN, 0.0),
+            M.INVALID_RATE: m.get(R.INVALID_ACTION_RATE, 0.0),
+            M.RESPONSE_LEN: m.get(R.MEAN_RESPONSE_LEN, 0.0),
             M.ENV_STEPS: self.state.env_steps,
             M.ROLLOUT_TOKENS_PER_S: gen_tokens / rollout_s,
             M.ENV_STEPS_PER_S: env_steps / rollout_s,
             M.TOKENS_PER_ENV_STEP: gen_tokens / max(env_steps, 1),
             M.SUB_DONE_RATE: sum(r.sub_done for r in acts) / max(len(acts), 1),
-            M.BLUEPRINT_LEN: m.get("mean_num_subgoals", 0.0),
+            M.BLUEPRINT_LEN: m.get(R.MEAN_NUM_SUBGOALS, 0.0),
             M.SYNC_SECONDS: sync.get("seconds", 0.0),
             M.SYNC_METHOD: sync.get("method", ""),
-            M.PLAN_FALLBACK_RATE: m.get("plan_fallback_rate", 0.0),
-            "records": len(result.records),
-            "weights_version": self.state.weights_version,
+            M.PLAN_FALLBACK_RATE: m.get(R.PLAN_FALLBACK_RATE, 0.0),
+            M.RECORDS: len(result.records),
+            M.WEIGHTS_VERSION: self.state.weights_version,
         }
         pre = result.pre.metrics if result.pre is not None else {}
         row.update({key: m.get(name, 0) + pre.get(name, 0) for key, name in M.FAULTS.items()})

@@ -13,6 +13,7 @@ import hashlib
 import json
 from pathlib import Path
 
+from himac_ray.atomic import publish_file
 from himac_ray.config import TrainConfig
 from himac_ray.models import cache_dir
 from himac_ray.prompts import PROMPT_VERSION
@@ -53,4 +54,5 @@ def is_built(path: Path) -> bool:
 
 def write_key(cfg: TrainConfig, model_path: str | Path, path: Path) -> None:
     """Record the key beside a finished warm start (written last: its presence marks the build done)."""
-    (Path(path) / KEY_FILE).write_text(json.dumps(warm_start_key(cfg, model_path), indent=1, default=str) + "\n")
+    text = json.dumps(warm_start_key(cfg, model_path), indent=1, default=str) + "\n"
+    publish_file(Path(path) / KEY_FILE, lambda tmp: tmp.write_text(text))

@@ -36,12 +36,12 @@ def diag_rollout_setup(name: str, rooms: int = 64):
     """(config, `run_rollout` arguments every rollout of the diagnostic shares — engine, env, held-out room seeds,
     the run's episode settings —, greedy planner params, greedy executor params) of a rollout diagnostic."""
     from himac_ray.evaluate import eval_params, eval_seeds
-    from himac_ray.rollout import episode_settings
+    from himac_ray.rollout_call import EpisodeSettings
 
     model, cfg = diag_model_and_config(name)
     planner, executor = eval_params(cfg)
     common = dict(generator=diag_generator(model, cfg), env_id=cfg.env.id, env_kwargs=cfg.env.kwargs,
-                  seeds=eval_seeds(cfg, rooms), **episode_settings(cfg))
+                  seeds=eval_seeds(cfg, rooms), **EpisodeSettings.from_config(cfg).kwargs())
     return cfg, common, planner, executor
 
 

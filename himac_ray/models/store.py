@@ -57,27 +57,41 @@ def is_prepared(path: Path) -> bool:
     return (Path(path) / _COMPLETE_MARKER).exists()
 
 
-def _publish(tmp: Path, dest: Path) -> Path:
-    """Mark `tmp` complete and move it to `dest` atomically (a half-written folder is never used)."""
-    (tmp / _COMPLETE_MARKER).write_text("ok\n")
-    (tmp / MODEL_MARKER).write_text("a model folder written by himac-ray; it may replace it\n")
-    try:
-        check_replaceable(dest)
-    except ModelDirError:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    if dest.exists():
-        shutil.rmtree(dest)
-    os.replace(tmp, dest)
-    return dest
+def save_model_atomic(model, tokenizer_or_processor, path: str | Path, *, files: dict[str, str] | None = None) -> Path:
+    """Save a model (safetensors) with its tokenizer or processor, plus `files` (name -> text), as
+    the folder `path`, atomically: every model folder himac-ray writes (prepared models, SFT warm
+    starts) is published here.
 
+    The folder is written under a temporary sibling name, marked (`.complete`, MODEL_MARKER) and
+    renamed into place, the previous folder moved aside first and removed last; so `path` is the
+    old folder, absent, or complete, never half-written. Only a folder himac-ray may replace
+    (`check_replaceable`) is replaced. On any failure (KeyboardInterrupt included) the temporary
+    folder is removed and the previous folder put back.
 
-def save_model_atomic(model, tokenizer_or_processor, path: str | Path) -> Path:
-    """Save a model (safetensors) with its tokenizer or processor to `path` through a temporary
-    sibling published by `_publish`: a half-written folder is never used."""
-    dest = Path(path)
+    Returns:
+        `path` as a Path.
+    """
+    dest = check_replaceable(path)  # before writing gigabytes, not after
     dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}-", dir=dest.parent))
-    model.save_pretrained(tmp, safe_serialization=True)
-    tokenizer_or_processor.save_pretrained(tmp)
-    return _publish(tmp, dest)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}-tmp-", dir=dest.parent))
+    old = None
+    try:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer_or_processor.save_pretrained(tmp)
+        for name, text in (files or {}).items():
+            (tmp / name).write_text(text)
+        (tmp / _COMPLETE_MARKER).write_text("ok\n")
+        (tmp / MODEL_MARKER).write_text("a model folder written by himac-ray; it may replace it\n")
+        if dest.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{dest.name}-old-", dir=dest.parent))
+            os.replace(dest, old / "model")
+        os.replace(tmp, dest)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if old is not None and not dest.exists():
+            os.replace(old / "model", dest)  # put the previous folder back
+        raise
+    finally:
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    return Path(path)

@@ -1,2 +1,2 @@
-"""Supervised warm start: expert demonstrations (`expert`), the text SFT trainer (`trainer`) and the
-vision SFT trainer (`vision`). No Ray."""
+"""Supervised warm start: expert demonstrations (`expert`), the text SFT trainer (`trainer`), the
+vision SFT trainer (`vision`) and the loss both trainers use (`loss`). No Ray."""

@@ -16,8 +16,8 @@ and all examples of an env share a long leading block (system message + task tex
 tokens for Sokoban). With `share_prefix`, a (micro-)batch runs that common prefix once and
 broadcasts its KV cache to every row; gradients flow back through the broadcast, so loss and
 gradients equal the unshared forward (see tests) with ~40% fewer token positions on Sokoban.
-Logits are computed only at the positions that predict response tokens (the LM head over a
-49k vocabulary at every prompt position would be ~20% of the compute and most of the memory).
+Logits are computed only at the positions that predict response tokens (`sft.loss`, shared with
+the vision trainer).
 `train_layers` freezes all but the top blocks, which makes backward much cheaper on CPU.
 """
 
@@ -25,10 +25,7 @@ from __future__ import annotations
 
 import collections
 import json
-import os
-import shutil
 import sys
-import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -38,14 +35,13 @@ from himac_ray import parsers, prompts
 from himac_ray.engines.chat import render_chat
 from himac_ray.generation import SamplingParams, text_of
 from himac_ray.models import trainable_parameters
-from himac_ray.models.store import MODEL_MARKER, check_replaceable
+from himac_ray.models.store import check_replaceable, save_model_atomic
+from himac_ray.sft.loss import IGNORE_INDEX, response_loss_sum
 
 if TYPE_CHECKING:
     from himac_ray.config import TrainConfig
     from himac_ray.generation import Generator
 
-IGNORE_INDEX = -100
-"""label of a position that is not trained on (prompt and padding)"""
 METRICS_FILE = "sft_metrics.json"
 """written into the saved model folder next to the weights"""
 
@@ -284,7 +280,6 @@ def _loss_sum(model, mb_rows, pad_id: int, share_prefix: bool):
     the suffix), the prefix runs once at batch size 1 and its KV cache is repeated per row.
     """
     import torch
-    import torch.nn.functional as F
 
     prompt_lens = [next(i for i, t in enumerate(labels) if t != IGNORE_INDEX) for _, labels in mb_rows]
     prefix = 0
@@ -316,38 +311,13 @@ def _loss_sum(model, mb_rows, pad_id: int, share_prefix: bool):
         ).last_hidden_state  # (B, width, H)
     else:
         hidden = decoder(input_ids=mb_ids, attention_mask=mb_mask).last_hidden_state  # (B, width, H)
-    # hidden at t predicts the token at t + 1: shift, then keep response positions only
-    targets = mb_labels[:, 1:]
-    keep = targets != IGNORE_INDEX  # (B, width - 1)
-    logits = model.get_output_embeddings()(hidden[:, :-1][keep])  # (N, V)
-    loss_sum = F.cross_entropy(logits.float(), targets[keep], reduction="sum")
-    return loss_sum, int(keep.sum())
+    return response_loss_sum(hidden, mb_labels, model.get_output_embeddings())
 
 
 def _save_atomic(model, tokenizer, out_dir: Path, metrics: dict) -> Path:
-    """Save model + tokenizer (+ metrics) into a temporary sibling folder, then rename it to `out_dir`."""
-    out_dir = check_replaceable(out_dir)  # never replace a folder himac-ray did not write
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}-tmp-", dir=out_dir.parent))
-    old = None
-    try:
-        model.save_pretrained(tmp, safe_serialization=True)
-        tokenizer.save_pretrained(tmp)
-        (tmp / METRICS_FILE).write_text(json.dumps(metrics, indent=1, sort_keys=True) + "\n")
-        (tmp / MODEL_MARKER).write_text("a model folder written by himac-ray; it may replace it\n")
-        if out_dir.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}-old-", dir=out_dir.parent))
-            os.replace(out_dir, old / "model")
-        os.replace(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if old is not None and not out_dir.exists():
-            os.replace(old / "model", out_dir)  # put the previous folder back
-        raise
-    finally:
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    return out_dir
+    """Publish model + tokenizer + `sft_metrics.json` as the folder `out_dir` (`save_model_atomic`)."""
+    files = {METRICS_FILE: json.dumps(metrics, indent=1, sort_keys=True) + "\n"}
+    return save_model_atomic(model, tokenizer, out_dir, files=files)
 
 
 def sft_from_config(cfg: TrainConfig, out_dir: str | Path) -> Path:

@@ -1,6 +1,6 @@
 """Supervised fine-tuning of the local VLM on expert demonstrations (single process, plain
-PyTorch): `train_vlm_sft` (loss on the assistant tokens only) and `action_choice_accuracy`
-(teacher-forced choice of the expert's action). No Ray.
+PyTorch): `train_vlm_sft` (loss on the assistant tokens only: `sft.loss`, as the text trainer) and
+`action_choice_accuracy` (teacher-forced choice of the expert's action). No Ray.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from typing import Any
 from himac_ray.engines.vision_chat import chat_images, processor_inputs, render_vlm_chat
 from himac_ray.models.store import save_model_atomic
 from himac_ray.models.vision import FAKE_IMAGE_TOKEN, load_vlm
+from himac_ray.sft.loss import IGNORE_INDEX, response_loss_sum
 
 ACTION_WORDS = ("up", "down", "left", "right")
 _DECISION_MARKER = "The best next action toward the current subgoal is "
@@ -25,7 +26,7 @@ def encode_example(processor, example: dict, *, max_len: int = 2048) -> dict:
     """Tokenize one chat example `{"messages": [..., {"role": "assistant", "content": target}]}`.
 
     Returns `input_ids` (prompt with expanded image tokens + target + `<|im_end|>`), `labels`
-    (-100 on the prompt), `pixel_values` / `pixel_attention_mask` (or None without images) and
+    (IGNORE_INDEX on the prompt), `pixel_values` / `pixel_attention_mask` (or None without images) and
     `prompt_len`. Prompts longer than `max_len` minus the target are cut from the left, as the
     learner does; cutting into the image tokens raises ValueError.
     """
@@ -47,7 +48,7 @@ def encode_example(processor, example: dict, *, max_len: int = 2048) -> dict:
     ids = prompt + answer
     return {
         "input_ids": torch.tensor(ids, dtype=torch.long),
-        "labels": torch.tensor([-100] * len(prompt) + answer, dtype=torch.long),
+        "labels": torch.tensor([IGNORE_INDEX] * len(prompt) + answer, dtype=torch.long),
         "pixel_values": inputs.get("pixel_values"),
         "pixel_attention_mask": inputs.get("pixel_attention_mask"),
         "prompt_len": len(prompt),
@@ -60,7 +61,7 @@ def _collate(items: Sequence[dict], pad_id: int) -> dict:
 
     n = max(len(it["input_ids"]) for it in items)
     ids = torch.full((len(items), n), pad_id, dtype=torch.long)
-    labels = torch.full((len(items), n), -100, dtype=torch.long)
+    labels = torch.full((len(items), n), IGNORE_INDEX, dtype=torch.long)
     mask = torch.zeros((len(items), n), dtype=torch.long)
     for row, it in enumerate(items):
         k = len(it["input_ids"])
@@ -77,27 +78,16 @@ def _collate(items: Sequence[dict], pad_id: int) -> dict:
     return batch
 
 
-def _shifted_logprobs(model, batch: dict, positions=None):
-    """Per-token logprobs of `labels` under the model; logits are computed only where labels != -100."""
-    import torch
-
+def _batch_loss(model, batch: dict):
+    """Token-mean cross-entropy of the assistant tokens (the `labels` != IGNORE_INDEX)."""
     out = model.model(
         input_ids=batch["input_ids"],
         attention_mask=batch["attention_mask"],
         pixel_values=batch.get("pixel_values"),
         pixel_attention_mask=batch.get("pixel_attention_mask"),
     )
-    hidden = out.last_hidden_state[:, :-1]
-    targets = batch["labels"][:, 1:]
-    keep = targets != -100
-    logits = model.lm_head(hidden[keep]).float()
-    return torch.log_softmax(logits, -1), targets[keep], keep
-
-
-def sft_loss(model, batch: dict):
-    """Token-mean negative log-likelihood of the assistant tokens (the `labels` != -100)."""
-    logprobs, targets, _ = _shifted_logprobs(model, batch)
-    return -logprobs.gather(-1, targets[:, None]).mean()
+    loss_sum, count = response_loss_sum(out.last_hidden_state, batch["labels"], model.lm_head)
+    return loss_sum / count
 
 
 def train_vlm_sft(
@@ -128,7 +118,7 @@ def train_vlm_sft(
     """Supervised fine-tuning of a local VLM on chat examples (e.g. `sft.expert_demonstrations`).
 
     Single process, AdamW, constant learning rate after `warmup_steps` of linear warm-up, loss on the
-    assistant tokens only (`sft_loss`), examples shuffled each epoch (seeded).
+    assistant tokens only (`sft.loss`), examples shuffled each epoch (seeded).
 
     Args:
         model_path: VLM folder (`build_local_vlm` / `resolve_vlm`).
@@ -194,7 +184,7 @@ def train_vlm_sft(
         chunk, order = order[:batch_size], order[batch_size:]
         batch = _collate([encoded[i] for i in chunk], pad_id)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16_autocast):
-            loss = sft_loss(model, batch)
+            loss = _batch_loss(model, batch)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if grad_clip:

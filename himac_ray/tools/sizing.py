@@ -46,13 +46,10 @@ import sys
 from himac_ray.tools.sizing_model import *  # noqa: F401,F403
 from himac_ray.tools.sizing_model import (
     SYNC_PATHS,
-    Workload,
     pipeline_of,
     plan,
     plan_from_config,
     sync_seconds,
-    tokens_per_iteration,
-    workload_from_config,
 )
 from himac_ray.tools.sizing_specs import *  # noqa: F401,F403  (re-exported: one import for callers)
 from himac_ray.tools.sizing_specs import (
@@ -68,6 +65,8 @@ from himac_ray.tools.sizing_specs import (
     measure_prompt_tokens,
     model_spec,
 )
+from himac_ray.tools.sizing_workload import *  # noqa: F401,F403
+from himac_ray.tools.sizing_workload import Workload, tokens_per_iteration, workload_from_config
 
 # ---------------------------------------------------------------------------------------------
 # Paper settings

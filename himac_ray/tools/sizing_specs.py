@@ -1,5 +1,6 @@
 """GPU sizing, the inputs: GPU and model specs, prompt lengths and the assumptions, each with
-its source. Used by `sizing_model` (the cost model) and `sizing` (reports and CLI). No Ray, no torch.
+its source. Used by `sizing_workload`, `sizing_model` (the cost model) and `sizing` (reports and
+CLI). No Ray, no torch.
 """
 
 from __future__ import annotations

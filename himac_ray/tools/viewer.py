@@ -25,9 +25,9 @@ from collections import defaultdict
 from pathlib import Path
 
 from himac_ray import metrics as M
+from himac_ray.names import MODES
 
 ESC = html.escape
-MODES = ("macro", "micro", "flat")
 _SHA_LINE = re.compile(r"\n\[image sha1:[0-9a-f]+\]$")
 
 

@@ -17,6 +17,7 @@ from actors.sampler import SamplerDiedError, SamplerPool
 from actors.weight_sync import WeightSync
 from himac_ray.config import load_config
 from himac_ray.generation import SamplingParams, ScriptedGenerator
+from himac_ray.rollout_call import EpisodeSettings, RolloutCall
 from tests.ray_local import private_ray
 
 pytestmark = [pytest.mark.ray]
@@ -48,8 +49,9 @@ class HangOnce:
         return self.inner.generate(chats, params)
 
 
-def roll(dispatcher, seeds, **kw):
-    return dispatcher(seeds=seeds, mode="macro", group_size=2, max_subgoals=2, **kw)
+def roll(dispatcher, seeds, **engines):
+    return dispatcher(RolloutCall(seeds=seeds, mode="macro", group_size=2, settings=EpisodeSettings(max_subgoals=2)),
+                      **engines)
 
 
 def check_every_group_once(result, seeds, group_size=2):
@@ -194,6 +196,24 @@ def test_group_call_past_its_timeout_names_the_ranks(local_ray):
         with pytest.raises(ActorHungError, match=r"rank\(s\) \[1\] of 2 did not answer train_step within 2s "
                                                  r"\(run.learner_timeout_s\)"):
             group.get(group.async_run_method("step"), timeout_s=2, what="train_step", key="run.learner_timeout_s")
+    finally:
+        group.shutdown()
+
+
+def test_group_restart_starts_the_rank_again_on_its_bundle_with_its_arguments(local_ray):
+    group = ActorGroup(SlowRank, 2, cpus_per_actor=0.5, kwargs_for_rank=lambda r: {"seconds": r})
+
+    def seconds_and_group(actor):
+        return ray.get(actor.__ray_call__.remote(
+            lambda self: (self.seconds, ray.get_runtime_context().get_placement_group_id())), timeout=60)
+
+    try:
+        old = group.actors[1]
+        before = seconds_and_group(old)
+        new = group.restart(1)
+        assert group.actors[1] is new and seconds_and_group(new) == before == (1, group.placement_group.id.hex())
+        with pytest.raises(ray.exceptions.RayActorError):
+            ray.get(old.step.remote(), timeout=60)
     finally:
         group.shutdown()
 

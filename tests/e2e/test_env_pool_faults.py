@@ -8,13 +8,20 @@ import pytest
 import ray
 
 from actors.env_pool import RolloutDispatcher
-from actors.sampler import SamplerFleet, SamplerPool, create_samplers
+from actors.sampler import SamplerFleet, SamplerPool, sampler_group
 from himac_ray.config import load_config
 from himac_ray.generation import SamplingParams
 from himac_ray.models import resolve_model
+from himac_ray.rollout_call import EpisodeSettings, RolloutCall
 from tests.ray_local import private_ray
 
 pytestmark = [pytest.mark.slow, pytest.mark.ray]
+
+
+def macro_call(seeds: list[int], group_size: int) -> RolloutCall:
+    return RolloutCall(seeds=seeds, mode="macro", group_size=group_size, settings=EpisodeSettings(max_subgoals=2),
+                       planner_params=SamplingParams(temperature=1.0, max_tokens=24),
+                       executor_params=SamplingParams(temperature=0.0, max_tokens=16))
 
 
 @pytest.fixture(scope="module")
@@ -25,18 +32,14 @@ def local_ray():
 
 def test_killed_env_pool_is_restarted_and_its_seeds_redone(local_ray):
     cfg = load_config(None, ["model.path=tiny", "model.max_model_len=2048"])
-    samplers, _ = create_samplers(str(resolve_model("tiny")), role="both", model=cfg.model, sampler=cfg.sampler)
+    samplers = sampler_group(str(resolve_model("tiny")), role="both", model=cfg.model, sampler=cfg.sampler).actors
     dispatcher = RolloutDispatcher("himac/Sokoban-v0", {"max_steps": 8}, num_pools=2, log=lambda m: None)
     seeds, group_size = [11, 12, 13, 14], 3
     victim = dispatcher.pools[0]
     killer = threading.Timer(1.0, lambda: ray.kill(victim))
     killer.start()
     start = time.time()
-    result = dispatcher(
-        seeds=seeds, mode="macro", group_size=group_size, generator=SamplerPool(samplers), max_subgoals=2,
-        planner_params=SamplingParams(temperature=1.0, max_tokens=24),
-        executor_params=SamplingParams(temperature=0.0, max_tokens=16),
-    )
+    result = dispatcher(macro_call(seeds, group_size), generator=SamplerPool(samplers))
     killer.join()
     assert dispatcher.restarts == 1, f"the pool was not killed mid-rollout ({time.time() - start:.1f}s)"
     assert len(result.episodes) == len(seeds) * group_size
@@ -68,11 +71,7 @@ def test_killed_sampler_is_restarted_with_the_current_weights_and_its_slices_red
     killer = threading.Timer(1.0, lambda: ray.kill(victim))
     killer.start()
     try:
-        result = dispatcher(
-            seeds=seeds, mode="macro", group_size=group_size, max_subgoals=2,
-            planner_params=SamplingParams(temperature=1.0, max_tokens=24),
-            executor_params=SamplingParams(temperature=0.0, max_tokens=16),
-        )
+        result = dispatcher(macro_call(seeds, group_size))
         killer.join()
         assert result.metrics["sampler_restarts"] == 1, "the sampler was not killed mid-rollout"
         assert pushed == [("both", 0)] and fleet.epochs["both"] == [1]

@@ -19,6 +19,7 @@ from actors.sampler import SamplerPool
 from himac_ray.config import config_to_dict, load_config
 from himac_ray.generation import SamplingParams
 from himac_ray.models import resolve_model
+from himac_ray.rollout_call import EpisodeSettings, RolloutCall
 
 pytestmark = [pytest.mark.slow, pytest.mark.ray]
 ROOT = Path(__file__).parents[2]
@@ -66,11 +67,12 @@ def test_samplers_and_learner_on_different_nodes_sync_through_object_store(clust
 
 
 def test_node_removed_mid_rollout_iteration_completes_on_remaining_nodes(cluster):
-    from actors.sampler import create_samplers
+    from actors.sampler import sampler_group
 
     c, env_nodes = cluster
     cfg = load_config(ROOT / "configs" / "sokoban_tiny.yaml", ["sampler.resources={sampler_node: 1}"])
-    samplers, pg = create_samplers(str(resolve_model("tiny")), role="both", model=cfg.model, sampler=cfg.sampler)
+    group = sampler_group(str(resolve_model("tiny")), role="both", model=cfg.model, sampler=cfg.sampler)
+    samplers = group.actors
     # 40 steps of a random tiny model (every action invalid: no episode ends early) keep the rollout
     # running for seconds even on a fast CPU, so the node goes while its pool is busy
     dispatcher = RolloutDispatcher("himac/Sokoban-v0", {"max_steps": 40}, num_pools=2, log=print,
@@ -80,9 +82,10 @@ def test_node_removed_mid_rollout_iteration_completes_on_remaining_nodes(cluster
     remover = threading.Timer(0.3, lambda: c.remove_node(victim))
     remover.start()
     seeds, group_size = [21, 22, 23, 24], 2
-    result = dispatcher(seeds=seeds, mode="macro", group_size=group_size, generator=SamplerPool(samplers),
-                        max_subgoals=2, planner_params=SamplingParams(temperature=1.0, max_tokens=24),
-                        executor_params=SamplingParams(temperature=0.0, max_tokens=16))
+    call = RolloutCall(seeds=seeds, mode="macro", group_size=group_size, settings=EpisodeSettings(max_subgoals=2),
+                       planner_params=SamplingParams(temperature=1.0, max_tokens=24),
+                       executor_params=SamplingParams(temperature=0.0, max_tokens=16))
+    result = dispatcher(call, generator=SamplerPool(samplers))
     remover.join()
     assert dispatcher.restarts >= 1
     plans = Counter(r.traj_id for r in result.records if r.level == "plan")
@@ -91,6 +94,4 @@ def test_node_removed_mid_rollout_iteration_completes_on_remaining_nodes(cluster
     survivors = ray.get([p.node_id.remote() for p in dispatcher.pools])
     assert victim.node_id not in survivors
     dispatcher.shutdown()
-    for s in samplers:
-        ray.kill(s)
-    ray.util.remove_placement_group(pg)
+    group.shutdown()

@@ -6,7 +6,8 @@ import pytest
 from himac_ray import prompts
 from himac_ray.config import load_config
 from himac_ray.generation import ScriptedGenerator
-from himac_ray.rollout import Episode, episode_settings, run_rollout
+from himac_ray.rollout import Episode, run_rollout
+from himac_ray.rollout_call import EpisodeSettings, RolloutCall
 from himac_ray.rollout_result import summarize_groups
 
 SOKOBAN = "himac/Sokoban-v0"
@@ -65,7 +66,7 @@ def test_the_switch_is_a_config_key_and_part_of_the_warm_start_key(tmp_path):
     on = load_config(None, [])
     off = load_config(None, ["rollout.sub_done=false"])
     assert on.rollout.prompt_format.sub_done and not off.rollout.prompt_format.sub_done
-    assert episode_settings(off)["prompt_format"].sub_done is False
+    assert EpisodeSettings.from_config(off).prompt_format.sub_done is False
     assert warm_start_key(on, tmp_path) != warm_start_key(off, tmp_path)
 
 
@@ -117,7 +118,8 @@ def paper_trainer(tmp_path, *overrides):
 
     def rollout(**kw):
         modes.append(kw["mode"])
-        return run_rollout(generator=gen, env_id=SOKOBAN, env_kwargs=kwargs, **episode_settings(cfg), **kw)
+        return RolloutCall(settings=EpisodeSettings.from_config(cfg), **kw).run(generator=gen, env_id=SOKOBAN,
+                                                                      env_kwargs=kwargs)
 
     learner = RecordingLearner()
     trainer = Trainer(cfg, rollout=rollout, learner=learner, sync=lambda **kw: {"seconds": 0.0}, log=print)

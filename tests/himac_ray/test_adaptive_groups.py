@@ -13,7 +13,7 @@ from himac_ray.advantage import compute_advantages, member_scores
 from himac_ray.config import AutoGroupConfig, ConfigError, load_config
 from himac_ray.data import read_parquet, table_to_records
 from himac_ray.generation import ScriptedGenerator
-from himac_ray.rollout import episode_settings, run_rollout
+from himac_ray.rollout_call import EpisodeSettings, RolloutCall
 from himac_ray.rollout_result import best_blueprints
 from himac_ray.trainer import Trainer
 from tests.himac_ray.test_ablations import RecordingLearner
@@ -46,7 +46,8 @@ def make_trainer(tmp_path, policy, *overrides, generator=None):
     calls = []
 
     def rollout(**kw):
-        res = run_rollout(generator=gen, env_id=SOKOBAN, env_kwargs=KWARGS, **episode_settings(cfg), **kw)
+        res = RolloutCall(settings=EpisodeSettings.from_config(cfg), **kw).run(generator=gen, env_id=SOKOBAN,
+                                                                             env_kwargs=KWARGS)
         calls.append((kw, res))
         return res
 
