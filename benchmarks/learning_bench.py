@@ -273,9 +273,9 @@ def run(args=None, quick: bool = True) -> dict:
         out["runs"], out["start_evals"] = saved.get("runs", {}), saved.get("start_evals", {})
     out["spec"] = spec
     fam = out["family"] = family(spec)
+    tag = ",".join(spec.get("overrides", ()))
     for algo in spec["algos"]:
         for seed in spec["seeds"]:
-            tag = ",".join(spec.get("overrides", ()))
             key = f"{algo}-seed{seed}-budget{spec['budget']}{fam}"
             if key in out["runs"]:
                 continue

@@ -1,6 +1,6 @@
 """What the warm-start diagnostics in this folder share: the learning bench's full-size HiMAC config (plus any
 `key=value` overrides on the command line), its cached warm start (or a model directory given on the command line),
-an in-process vLLM engine on it, the run's rollout arguments and per-room outcomes.
+an in-process vLLM engine on it, the run's rollout arguments, a room's expert plan and per-room outcomes.
 Command line of every diagnostic: `[MODEL_DIR] [key=value ...]`."""
 
 from __future__ import annotations
@@ -43,6 +43,20 @@ def diag_rollout_setup(name: str, rooms: int = 64):
     common = dict(generator=diag_generator(model, cfg), env_id=cfg.env.id, env_kwargs=cfg.env.kwargs,
                   seeds=eval_seeds(cfg, rooms), **EpisodeSettings.from_config(cfg).kwargs())
     return cfg, common, planner, executor
+
+
+def expert_plan(env_cfg, seed: int) -> tuple[str, list[str], list[str]]:
+    """(first observation, expert subgoals, expert actions) of room `seed` of the env `env_cfg` (a config's `env`)."""
+    import gymnasium as gym
+
+    import himac_ray.envs  # noqa: F401  (registers the env ids)
+
+    env = gym.make(env_cfg.id, **env_cfg.kwargs)
+    try:
+        obs, _ = env.reset(seed=int(seed))
+        return obs, list(env.unwrapped.expert_subgoals()), list(env.unwrapped.expert_actions())
+    finally:
+        env.close()
 
 
 def room_outcomes(result) -> dict:

@@ -10,20 +10,13 @@ import sys
 import time
 
 sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parent))
-import gymnasium as gym
-from diag_common import diag_rollout_setup, room_outcomes
+from diag_common import diag_rollout_setup, expert_plan, room_outcomes
 
-import himac_ray.envs  # noqa: F401  (registers the env ids)
 from himac_ray.rollout import run_rollout
 from himac_ray.sft.expert import expert_blueprint
 
 cfg, common, P, E = diag_rollout_setup("level-diag")
-bps = {}
-for s in common["seeds"]:
-    env = gym.make(cfg.env.id, **cfg.env.kwargs)
-    env.reset(seed=int(s))
-    bps[int(s)] = expert_blueprint(list(env.unwrapped.expert_subgoals()), cfg.rollout.max_subgoals)
-    env.close()
+bps = {int(s): expert_blueprint(expert_plan(cfg.env, s)[1], cfg.rollout.max_subgoals) for s in common["seeds"]}
 out = {}
 for name, kw in [("greedy", dict(mode="macro", group_size=1, planner_params=P, executor_params=E)),
                  ("expert_bp_greedy_exec", dict(mode="micro", group_size=1, blueprints=bps, executor_params=E)),

@@ -8,9 +8,9 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-import gymnasium as gym
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from diag_common import expert_plan
 
-import himac_ray.envs  # noqa: F401  (registers the env ids)
 from benchmarks.learning_bench import SIZES, make_cfg
 
 results = json.loads((Path(__file__).resolve().parent / "learning_recipe_full.json").read_text())
@@ -18,17 +18,9 @@ wanted = sys.argv[1:] or [""]
 env_cfg = make_cfg(Path("/tmp/himac-room-classes"), algo="himac", seed=0, spec=SIZES["full"]).env
 
 
-def straight(seed: int) -> bool:
-    env = gym.make(env_cfg.id, **env_cfg.kwargs)
-    env.reset(seed=seed)
-    one = len(env.unwrapped.expert_subgoals()) == 1
-    env.close()
-    return one
-
-
 runs = {key: run for key, run in results["runs"].items() if any(w in key for w in wanted) and "evals" in run}
 seeds = sorted({int(s) for run in runs.values() for ev in run["evals"] for s in ev["won_by_seed"]})
-classes = {s: straight(s) for s in seeds}
+classes = {s: len(expert_plan(env_cfg, s)[1]) == 1 for s in seeds}  # True: a straight push
 print(f"rooms: {sum(classes.values())} straight pushes, {len(seeds) - sum(classes.values())} walk-arounds")
 
 

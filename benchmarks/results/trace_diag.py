@@ -6,10 +6,8 @@ Usage: .venv/bin/python benchmarks/results/trace_diag.py [MODEL_DIR] [key=value 
 import sys
 
 sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parent))
-import gymnasium as gym
-from diag_common import diag_rollout_setup, room_outcomes
+from diag_common import diag_rollout_setup, expert_plan, room_outcomes
 
-import himac_ray.envs  # noqa: F401  (registers the env ids)
 from himac_ray.rollout import run_rollout
 
 cfg, common, P, E = diag_rollout_setup("trace-diag")
@@ -21,15 +19,12 @@ for r in res.records:
         acts.setdefault(r.seed, []).append((r.subgoal_index, r.response_text.strip()[:40], r.valid))
 shown = 0
 for e in res.episodes:
-    env = gym.make(cfg.env.id, **cfg.env.kwargs)
-    obs, _ = env.reset(seed=int(e["seed"]))
-    subgoals = env.unwrapped.expert_subgoals()
+    obs, subgoals, actions = expert_plan(cfg.env, e["seed"])
     if len(subgoals) > 1 and shown < 8:
         shown += 1
         print("=" * 20, "room", e["seed"], "won", e["won"])
         print(obs)
-        print("expert:", subgoals, env.unwrapped.expert_actions())
+        print("expert:", subgoals, actions)
         print("greedy blueprint:", e.get("subgoals"))
         for a in acts.get(e["seed"], []):
             print("   ", a)
-    env.close()
