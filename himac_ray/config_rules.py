@@ -89,6 +89,8 @@ def validate(cfg: TrainConfig) -> None:
         raise ConfigError(f"rollout.top_p={cfg.rollout.top_p!r} must be in (0, 1]")
     if not 0 < cfg.sampler.gpu_memory_utilization <= 1:
         raise ConfigError(f"sampler.gpu_memory_utilization={cfg.sampler.gpu_memory_utilization!r} must be in (0, 1]")
+    if not 0 < cfg.rollout.sub_done_threshold < 1:
+        raise ConfigError(f"rollout.sub_done_threshold={cfg.rollout.sub_done_threshold!r} must be in (0, 1)")
     if cfg.rollout.subgoal_step_budget is not None and cfg.rollout.subgoal_step_budget < 1:
         raise ConfigError(f"rollout.subgoal_step_budget={cfg.rollout.subgoal_step_budget!r} must be >= 1 or null")
     if cfg.learner.weight_sync == "nccl" and (cfg.learner.gpus_per_rank < 1 or cfg.sampler.gpus_per_engine < 1):

@@ -16,6 +16,7 @@ from himac_ray.config import TrainConfig, config_from_dict
 from himac_ray.generation import SamplingParams
 from himac_ray.names import FLAT_ALGORITHMS
 from himac_ray.run_state import RunStateError, latest_checkpoint, safetensors_problem
+from himac_ray.schedule import executor_params, planner_params
 
 SAMPLED = "sampled"
 """key of the sampled evaluation's summary inside `run_eval`'s result"""
@@ -23,11 +24,7 @@ SAMPLED = "sampled"
 
 def eval_params(cfg: TrainConfig, temperature: float = 0.0) -> tuple[SamplingParams, SamplingParams]:
     """(planner, executor) sampling for evaluation: greedy by default."""
-    r = cfg.rollout
-    return (
-        SamplingParams(temperature=temperature, max_tokens=r.plan_max_tokens, stop=("</plan>",)),
-        SamplingParams(temperature=temperature, max_tokens=r.action_max_tokens, stop=("<sub_done>",)),
-    )
+    return planner_params(cfg, temperature), executor_params(cfg, temperature)
 
 
 def eval_seeds(cfg: TrainConfig, episodes: int | None = None) -> list[int]:

@@ -32,6 +32,11 @@ class SamplingParams:
     """strings that end a sample (kept in the text, as vLLM's `include_stop_str_in_output`)"""
     seed: int | None = None
     """seed for this call; backends derive per-sample seeds from it deterministically"""
+    token_bias: tuple[tuple[str, str, float], ...] = ()
+    """(after, marker, log_odds) triples: the token that starts `marker` when it directly follows
+    `after` (as the tokenizer splits `after + marker`; see `engines.chat.marker_token`) gets `log_odds`
+    added to its logit wherever it is sampled. Greedy executors use it to say `<sub_done>` above a
+    probability threshold (`rollout.sub_done_threshold`)"""
 
     def __post_init__(self):
         if self.n < 1:
@@ -43,6 +48,7 @@ class SamplingParams:
         if self.max_tokens < 1:
             raise ValueError(f"SamplingParams.max_tokens must be >= 1, got {self.max_tokens}")
         object.__setattr__(self, "stop", tuple(self.stop))
+        object.__setattr__(self, "token_bias", tuple(tuple(b) for b in self.token_bias))
 
 
 @dataclass

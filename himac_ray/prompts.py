@@ -323,10 +323,16 @@ def format_plan(subgoals: Sequence[str]) -> str:
     return f"<plan>\n{format_subgoals(subgoals)}\n</plan>"
 
 
+ACTION_CLOSE = "</action>"
+SUB_DONE = "<sub_done>"
+"""the executor's subgoal-completion marker, written right after `ACTION_CLOSE`"""
+PLAN_CLOSE = "</plan>"
+
+
 def format_action(action: str, *, think: str = "", sub_done: bool = False, fmt: PromptFormat = VERL) -> str:
     """An executor / flat answer in `fmt.answer` format (what `parse_action` reads back)."""
     reasoning = f"<think>{think}</think>" if fmt.require_think else ""
-    return f"{reasoning}<action>{action}</action>" + ("<sub_done>" if sub_done else "")
+    return f"{reasoning}<action>{action}{ACTION_CLOSE}" + (SUB_DONE if sub_done else "")
 
 
 def format_admissible(actions: Sequence[str]) -> str:

@@ -4,12 +4,14 @@ and the iteration, so a resumed run sees the same tasks."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from himac_ray.coevolution import trainable_level
 from himac_ray.config import TrainConfig
 from himac_ray.generation import SamplingParams
 from himac_ray.names import FLAT_ALGORITHMS
+from himac_ray.prompts import ACTION_CLOSE, PLAN_CLOSE, SUB_DONE
 
 
 @dataclass(frozen=True)
@@ -65,12 +67,25 @@ def extra_seeds(cfg: TrainConfig, cursor: int, count: int) -> list[int]:
 def sampling_params(cfg: TrainConfig, phase: Phase) -> tuple[SamplingParams, SamplingParams]:
     """(planner, executor) sampling for a phase; blueprints are scored by a greedy executor."""
     r = cfg.rollout
-    planner = SamplingParams(
-        temperature=r.planner_temperature, top_p=r.top_p, max_tokens=r.plan_max_tokens, stop=("</plan>",)
-    )
     scoring = phase.mode == "macro" and phase.trainable == "planner"
-    executor = SamplingParams(
-        temperature=r.scoring_temperature if scoring else r.executor_temperature,
-        top_p=r.top_p, max_tokens=r.action_max_tokens, stop=("<sub_done>",),
-    )
-    return planner, executor
+    return (planner_params(cfg, r.planner_temperature),
+            executor_params(cfg, r.scoring_temperature if scoring else r.executor_temperature))
+
+
+def planner_params(cfg: TrainConfig, temperature: float) -> SamplingParams:
+    """Blueprint sampling at `temperature` (0 = greedy), ending at `</plan>`."""
+    r = cfg.rollout
+    return SamplingParams(temperature=temperature, top_p=r.top_p, max_tokens=r.plan_max_tokens, stop=(PLAN_CLOSE,))
+
+
+def executor_params(cfg: TrainConfig, temperature: float) -> SamplingParams:
+    """Executor (or flat agent) sampling at `temperature`, ending at `<sub_done>`; a greedy
+    hierarchical executor says `<sub_done>` above `rollout.sub_done_threshold` t (a logit bias of
+    ln((1 - t) / t) on its first token after `</action>`: taken iff P(sub_done) / (P(sub_done) +
+    P(end)) > t)."""
+    r = cfg.rollout
+    t = r.sub_done_threshold
+    biased = temperature == 0 and t != 0.5 and r.sub_done and cfg.algorithm.name not in FLAT_ALGORITHMS
+    bias = ((ACTION_CLOSE, SUB_DONE, math.log((1 - t) / t)),) if biased else ()
+    return SamplingParams(temperature=temperature, top_p=r.top_p, max_tokens=r.action_max_tokens, stop=(SUB_DONE,),
+                          token_bias=bias)

@@ -7,7 +7,6 @@ recipe's group size without new exploration.
 Usage: .venv/bin/python benchmarks/results/passk_diag.py [key=value ...] — the learning bench's full recipe plus
 these overrides (e.g. `sft.epochs=1`: a different, cached warm start, built on first use).
 Output: one JSON line per setting, then one with all."""
-import dataclasses
 import json
 import sys
 import time
@@ -15,11 +14,12 @@ import time
 sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parent))
 from diag_common import diag_rollout_setup, room_outcomes
 
+from himac_ray.evaluate import eval_params
 from himac_ray.rollout import run_rollout
 
 cfg, common, P, E = diag_rollout_setup("passk-diag")
 out = {}
-for name, group, executor in [("greedy", 1, E), ("exec_T1.0_x8", 8, dataclasses.replace(E, temperature=1.0))]:
+for name, group, executor in [("greedy", 1, E), ("exec_T1.0_x8", 8, eval_params(cfg, 1.0)[1])]:
     t0 = time.time()
     res = run_rollout(**common, mode="macro", group_size=group, planner_params=P, executor_params=executor)
     rooms = room_outcomes(res)

@@ -11,8 +11,23 @@ import time
 from pathlib import Path
 from typing import Sequence
 
-from himac_ray.engines.chat import render_chats
+from himac_ray.engines.chat import render_chats, token_bias_ids
 from himac_ray.generation import Chat, Sample, SamplingParams
+
+
+def generate_kwargs(tokenizer, params: SamplingParams) -> dict:
+    """`transformers` `generate` options for `params` (raw logits kept for the logprobs; the
+    `token_bias` as a sequence bias of one token, so the recorded logprobs stay unbiased)."""
+    eos = tokenizer.eos_token_id
+    kwargs = dict(max_new_tokens=params.max_tokens, do_sample=params.temperature > 0, output_logits=True,
+                  return_dict_in_generate=True, pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos)
+    if params.temperature > 0:
+        kwargs.update(temperature=params.temperature, top_p=params.top_p, top_k=0)
+    if params.stop:
+        kwargs.update(stop_strings=list(params.stop), tokenizer=tokenizer)
+    if params.token_bias:
+        kwargs.update(sequence_bias={(t,): b for t, b in token_bias_ids(tokenizer, params.token_bias).items()})
+    return kwargs
 
 
 class HFGenerator:
@@ -48,18 +63,7 @@ class HFGenerator:
 
     def _sample_one(self, input_ids, params: SamplingParams) -> Sample:
         torch = self.torch
-        greedy = params.temperature == 0
-        kwargs = dict(
-            max_new_tokens=params.max_tokens,
-            do_sample=not greedy,
-            output_logits=True,
-            return_dict_in_generate=True,
-            pad_token_id=self.tokenizer.pad_token_id or self.tokenizer.eos_token_id,
-        )
-        if not greedy:
-            kwargs.update(temperature=params.temperature, top_p=params.top_p, top_k=0)
-        if params.stop:
-            kwargs.update(stop_strings=list(params.stop), tokenizer=self.tokenizer)
+        kwargs = generate_kwargs(self.tokenizer, params)
         with torch.no_grad():
             out = self.model.generate(input_ids, attention_mask=torch.ones_like(input_ids), **kwargs)
         token_ids = out.sequences[0, input_ids.shape[1]:].tolist()

@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Mapping, Sequence
 
-from himac_ray.engines.chat import render_chats
+from himac_ray.engines.chat import render_chats, token_bias_ids
 from himac_ray.generation import Chat, Sample, SamplingParams
 from himac_ray.lora import ADAPTER_IDS, create_adapter_dir, remove_adapter_dir, vllm_max_lora_rank, write_adapter
 
@@ -180,7 +180,8 @@ class VLLMGenerator:
             max_tokens=params.max_tokens,
             stop=list(params.stop) or None,
             include_stop_str_in_output=True,
-            logprobs=0,
+            logprobs=0,  # raw (unbiased) logprobs of the sampled tokens: vLLM's default logprobs mode
+            logit_bias=token_bias_ids(self.tokenizer, params.token_bias) or None,
         )
         start = time.perf_counter()
         outputs = self.llm.generate(requests, sampling, use_tqdm=False, lora_request=self.adapters.get(adapter))

@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+from himac_ray.engines.hf_engine import generate_kwargs
 from himac_ray.engines.vision_chat import chat_images, processor_inputs, render_vlm_chat, to_pil
 from himac_ray.engines.vllm_engine import VLLMGenerator
 from himac_ray.generation import Chat, Sample, SamplingParams
@@ -148,19 +149,8 @@ class HFVisionGenerator:
 
     def _sample_one(self, inputs: dict, params: SamplingParams) -> Sample:
         torch = self.torch
-        greedy = params.temperature == 0
         eos = self.tokenizer.eos_token_id
-        kwargs = dict(
-            max_new_tokens=params.max_tokens,
-            do_sample=not greedy,
-            output_logits=True,
-            return_dict_in_generate=True,
-            pad_token_id=self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else eos,
-        )
-        if not greedy:
-            kwargs.update(temperature=params.temperature, top_p=params.top_p, top_k=0)
-        if params.stop:
-            kwargs.update(stop_strings=list(params.stop), tokenizer=self.tokenizer)
+        kwargs = generate_kwargs(self.tokenizer, params)
         prompt_len = inputs["input_ids"].shape[1]
         with torch.no_grad():
             out = self.model.generate(**inputs, **kwargs)

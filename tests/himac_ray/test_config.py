@@ -1,6 +1,7 @@
 """Config loading: defaults, YAML files, overrides, and clear errors for bad input."""
 
 import dataclasses
+import math
 from pathlib import Path
 
 import pytest
@@ -40,6 +41,7 @@ def test_overrides_are_typed():
         ("algorithm.group_size=1", "algorithm.group_size=1 must be >= 2"),
         ("env.id=himac/Chess-v0", "env.id='himac/Chess-v0' is not a himac-ray env"),
         ("rollout.top_p=2", "rollout.top_p=2.0 must be in (0, 1]"),
+        ("rollout.sub_done_threshold=1", "rollout.sub_done_threshold=1.0 must be in (0, 1)"),
         ("nonsense=1", "unknown config key 'nonsense'"),
         ("algorithm=3", "algorithm must be a mapping"),
         ("no_equals_sign", "must look like key.sub=value"),
@@ -115,3 +117,15 @@ def test_empty_yaml_section_keeps_the_defaults(tmp_path):
     path.write_text("sft:\n  # nothing changed\nalgorithm:\n  group_size: 4\n")
     cfg = load_config(path)
     assert cfg.sft.episodes == 64 and cfg.algorithm.group_size == 4
+
+
+def test_sub_done_threshold_biases_only_greedy_hierarchical_executors():
+    from himac_ray.schedule import executor_params
+
+    cfg = load_config(None, ["rollout.sub_done_threshold=0.2"])
+    ((after, marker, log_odds),) = executor_params(cfg, 0.0).token_bias
+    assert (after, marker) == ("</action>", "<sub_done>") and log_odds == pytest.approx(math.log(4))
+    assert executor_params(cfg, 1.0).token_bias == ()  # sampled executors sample it at its own probability
+    assert executor_params(load_config(None, []), 0.0).token_bias == ()  # 0.5: plain greedy
+    for off in (["algorithm.name=grpo"], ["rollout.sub_done=false"]):  # never asked for <sub_done>
+        assert executor_params(load_config(None, ["rollout.sub_done_threshold=0.2", *off]), 0.0).token_bias == ()

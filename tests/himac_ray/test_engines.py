@@ -7,10 +7,12 @@ agree within 1e-3 nats per token; observed differences are ~1e-5.
 import pytest
 import torch
 
+from himac_ray.engines.chat import marker_token
 from himac_ray.engines.hf_engine import HFGenerator
 from himac_ray.engines.vllm_engine import VLLMGenerator
 from himac_ray.generation import SamplingParams
 from himac_ray.models import build_tiny_llama, prepare_embedded_model
+from himac_ray.prompts import ACTION_CLOSE, SUB_DONE
 from himac_ray.tools.generation_demo import sample_agent_prompts
 
 pytestmark = pytest.mark.slow
@@ -124,3 +126,22 @@ def test_reload_of_tied_checkpoint_without_lm_head_matches_hf(engines):
     finally:
         hf.model.load_state_dict(original)
         vllm.reload_weights(original)
+
+
+def test_token_bias_moves_greedy_choice_and_leaves_logprobs_raw(engines):
+    """`SamplingParams.token_bias` (the greedy `<sub_done>` threshold) biases the choice in both backends; the
+    recorded logprobs stay the model's own (unbiased), as the learner recomputes them."""
+    _, vllm, hf = engines
+    after, marker = ACTION_CLOSE, SUB_DONE
+    tid = marker_token(vllm.tokenizer, after, marker)
+    alone = vllm.tokenizer.encode(after, add_special_tokens=False)
+    joined = vllm.tokenizer.encode(after + marker, add_special_tokens=False)
+    assert tid in joined and tid not in alone and vllm.tokenizer.decode(joined) == after + marker
+    plain = SamplingParams(temperature=0.0, max_tokens=3)
+    biased = SamplingParams(temperature=0.0, max_tokens=3, token_bias=((after, marker, 100.0),))
+    for gen in (vllm, hf):
+        base = gen.generate(PROMPTS[:1], plain)[0][0]
+        s = gen.generate(PROMPTS[:1], biased)[0][0]
+        assert base.token_ids[0] != tid and s.token_ids[0] == tid
+        raw = hf.score(s.prompt_token_ids, s.token_ids)
+        assert abs(raw[0] - s.logprobs[0]) < LOGPROB_TOL and s.logprobs[0] < -1.0  # not the biased ~0
