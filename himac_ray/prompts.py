@@ -35,6 +35,7 @@ The parsers that read the answers back live in `himac_ray.parsers`.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -75,7 +76,7 @@ def env_kind(env_id: str) -> str:
 
 
 PROMPT_STYLES = ("verl", "compact")
-PROMPT_VERSION = 4
+PROMPT_VERSION = 5
 """bumped whenever a prompt's text changes: cached warm starts (`himac_ray.warm_start`) of another
 version are not reused"""
 ANSWER_FORMATS = ("think", "action")
@@ -378,12 +379,31 @@ def sokoban_positions(board: str) -> str:
 _MOVES = (("up", -1, 0), ("down", 1, 0), ("left", 0, -1), ("right", 0, 1))
 
 
-def sokoban_moves(board: str) -> str:
+MERGE_SEPARATOR = "; then "
+"""joins the expert subgoals merged into the last blueprint line (`sft.expert.expert_blueprint`)"""
+_SUBGOAL_CELL = re.compile(r"(?:\bto|onto the target at) (\(row \d+, col \d+\))")
+SUBGOAL_REACHED = " completes the subgoal"
+"""appended to the move whose resulting cell is the one the current subgoal names"""
+
+
+def subgoal_cell(subgoal: str) -> tuple[str, str] | None:
+    """("push" | "walk", "(row r, col c)"): the cell the subgoal asks the box (a "Push ..." subgoal) or the
+    player (any other) to reach — the first "to (row r, col c)" / "onto the target at (row r, col c)" in it, as
+    the expert's subgoals and the SFT-trained planner's write them; for a last subgoal that joins the rest
+    ("...; then ..."), its last part; None when it names no such cell."""
+    text = (subgoal.split(":", 1)[1] if subgoal.startswith("Subgoal ") else subgoal).split(MERGE_SEPARATOR)[-1]
+    m = _SUBGOAL_CELL.search(text)
+    return ("push" if text.strip().lower().startswith("push") else "walk", m.group(1)) if m else None
+
+
+def sokoban_moves(board: str, subgoal: str = "") -> str:
     """What each move does from the player's cell of a text board, with the cell a walk ends on or a push
     moves the box to, e.g. `"up: wall, down: push box onto target at (row 3, col 1), left: floor -> (row 1, col 0),
-    right: push box (blocked)"`; "" when the board has no player. Derived from the observation only (the
-    env's rules, one step ahead), so the cell a subgoal names ("Move to (row r, col c), ...", "Push the box ...
-    to (row r, col c)") shows which move reaches it, and that the move completes the subgoal."""
+    right: push box (blocked)"`; "" when the board has no player. Derived from the observation (the env's rules,
+    one step ahead) and the text of the current `subgoal`: the move that brings the player (a walk) or the box (a
+    push) to the cell the subgoal names (`subgoal_cell`) is marked "completes the subgoal", which is when the
+    executor should say `<sub_done>` (a 135M executor does not learn to match the coordinates itself:
+    RESULTS 19.2)."""
     rows = str(board).splitlines()[:64]
     player = next(((r, c) for r, line in enumerate(rows) for c, ch in enumerate(line[:64]) if ch in "PS"), None)
     if player is None:
@@ -392,19 +412,23 @@ def sokoban_moves(board: str) -> str:
     def cell(r: int, c: int) -> str:
         return rows[r][c] if 0 <= r < len(rows) and 0 <= c < len(rows[r]) else "#"
 
+    goal = subgoal_cell(subgoal)
     out = []
     for name, dr, dc in _MOVES:
         r, c = player[0] + dr, player[1] + dc
         ahead = cell(r, c)
         if ahead == "#":
-            what = "wall"
+            what, kind, end = "wall", None, None
         elif ahead in "X√":
             beyond = cell(r + dr, c + dc)
+            kind, end = "push", f"(row {r + dr}, col {c + dc})"
             what = ("push box (blocked)" if beyond in "#X√" else
-                    f"push box {'onto target at' if beyond in 'OS' else 'to'} (row {r + dr}, col {c + dc})")
+                    f"push box {'onto target at' if beyond in 'OS' else 'to'} {end}")
         else:
-            what = f"{'target' if ahead in 'OS' else 'floor'} -> (row {r}, col {c})"
-        out.append(f"{name}: {what}")
+            kind, end = "walk", f"(row {r}, col {c})"
+            what = f"{'target' if ahead in 'OS' else 'floor'} -> {end}"
+        reached = goal is not None and goal == (kind, end) and "blocked" not in what
+        out.append(f"{name}: {what}{SUBGOAL_REACHED if reached else ''}")
     return ", ".join(out)
 
 
@@ -420,7 +444,7 @@ def _compact_step_prompt(env_id, task, observation, image, history, history_leng
     """An executor (with its `subgoal` line) or flat (`subgoal` "") prompt in the compact style."""
     kind = env_kind(env_id)
     user = (
-        f"{_compact_task(kind, task)}{_compact_state(kind, observation, image, task)}{subgoal}"
+        f"{_compact_task(kind, task)}{_compact_state(kind, observation, image, task, subgoal)}{subgoal}"
         f"{_compact_history(history, history_length)}"
         f"Actions: {_compact_actions(admissible_actions)}\n"
         f"{_compact_answer(fmt, sub_done=bool(subgoal) and fmt.sub_done)}"
@@ -433,12 +457,13 @@ def _compact_task(kind: str, task: str) -> str:
     return "" if kind in (SOKOBAN, SOKOBAN_VISUAL) else f"Task: {_clip(task, MAX_HISTORY_OBS_CHARS)}\n"
 
 
-def _compact_state(kind: str, observation: str, image: Any, task: str) -> str:
+def _compact_state(kind: str, observation: str, image: Any, task: str, subgoal: str = "") -> str:
     if image is not None:
         return f"Board: {_IMAGE_SLOT}\n"
     if kind == SOKOBAN:
         board = _clip(observation, MAX_OBS_CHARS).rstrip("\n")
-        return f"Board:\n{board}\n{sokoban_positions(observation)}\nMoves: {sokoban_moves(observation)}\n"
+        moves = sokoban_moves(observation, subgoal)
+        return f"Board:\n{board}\n{sokoban_positions(observation)}\nMoves: {moves}\n"
     return f"Observation: {_clip(_obs_text(observation, task), MAX_OBS_CHARS)}\n"
 
 

@@ -30,8 +30,7 @@ from typing import Any
 
 from himac_ray import parsers, prompts, rollout
 
-MERGE_SEPARATOR = "; then "
-"""joins the expert subgoals merged into the last blueprint line"""
+MERGE_SEPARATOR = prompts.MERGE_SEPARATOR
 
 
 def expert_blueprint(subgoals: Sequence[str], max_subgoals: int) -> list[str]:

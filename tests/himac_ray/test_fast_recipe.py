@@ -2,6 +2,7 @@
 reasoning-free answer format, compact prompts, the auto dtype and the warm-start cache."""
 
 import json
+import re
 
 import pytest
 
@@ -12,6 +13,7 @@ from himac_ray.generation import ScriptedGenerator
 from himac_ray.hardware import resolve_dtype
 from himac_ray.rollout import run_rollout
 from himac_ray.schedule import EXTRA_SEED_OFFSET, Phase, iteration_seeds
+from himac_ray.sft.expert import expert_demonstrations
 from himac_ray.trainer import Trainer
 from himac_ray.warm_start import warm_start_dir
 
@@ -260,3 +262,34 @@ def test_sampled_evaluation_beside_the_greedy_one():
         load_config(None, ["env.eval_samples=0"])
     with pytest.raises(ConfigError, match="env.eval_temperature"):
         load_config(None, ["env.eval_temperature=-1"])
+
+
+def test_moves_line_marks_the_move_that_reaches_the_subgoal_cell():
+    board = "######\n##P__#\n##X__#\n#__O_#\n######\n"
+    walk = prompts.sokoban_moves(board, "Subgoal 1 of 2: Move to (row 1, col 3), to the right of the box at (row 2, col 2)")
+    assert "right: floor -> (row 1, col 3) completes the subgoal" in walk and walk.count("completes") == 1
+    push = prompts.sokoban_moves(board, "Subgoal 2 of 2: Push the box at (row 2, col 2) down to (row 3, col 2)")
+    assert "down: push box to (row 3, col 2) completes the subgoal" in push and push.count("completes") == 1
+    # a walk onto a push subgoal's cell completes nothing; nor does a cell the subgoal names only as the box's
+    assert "completes" not in prompts.sokoban_moves(board, "Push the box right to (row 1, col 3)")
+    assert "completes" not in prompts.sokoban_moves(board, "Move next to the box at (row 1, col 3)")
+    merged = f"Move to (row 9, col 9){prompts.MERGE_SEPARATOR}Push the box down to (row 3, col 2)"
+    assert "down: push box to (row 3, col 2) completes the subgoal" in prompts.sokoban_moves(board, merged)
+    assert "completes" not in prompts.sokoban_moves(board)
+
+
+def test_expert_says_sub_done_exactly_where_the_moves_line_marks_its_move():
+    """The mark and the expert's `<sub_done>` agree on every expert step (what SFT teaches is decidable)."""
+    fmt = prompts.PromptFormat(style="compact", answer="action")
+    steps = [e for e in expert_demonstrations(SOKOBAN, range(100000, 100040), env_kwargs={"dim_room": (6, 6),
+             "num_boxes": 1, "max_steps": 10}, max_subgoals=3, prompt_format=fmt) if e["level"] == "act"]
+    done = 0
+    for e in steps:
+        target = e["messages"][-1]["content"]
+        action = parsers.parse_action(target, ["up", "down", "left", "right"], env_id=SOKOBAN, require_think=False)[0]
+        moves = next(line for line in e["messages"][-2]["content"].splitlines() if line.startswith("Moves: "))
+        entry = re.search(rf"\b{action}: (.*?)(?=, (?:up|down|left|right): |$)", moves).group(1)
+        marked = entry.endswith(prompts.SUBGOAL_REACHED)
+        assert marked == ("<sub_done>" in target), (entry, target)
+        done += marked
+    assert len(steps) > 60 and 0 < done < len(steps)
