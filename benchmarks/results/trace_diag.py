@@ -1,7 +1,8 @@
 # ruff: noqa: E402  (imports follow the sys.path insert)
 """Diagnostic (session 9): what the greedy warm start does in the walk-around rooms. On held-out rooms 0-63, the
 greedy planner and executor; for the first 8 rooms whose expert blueprint has more than one subgoal: the board, the
-expert's subgoals and actions, the greedy blueprint, and each executor step as (subgoal index, answer, valid).
+expert's subgoals and actions, the greedy blueprint, and each executor step as (subgoal index, answer, valid); then
+success split by room class (one expert subgoal: a straight push; more: a walk-around).
 Usage: .venv/bin/python benchmarks/results/trace_diag.py [MODEL_DIR] [key=value ...]."""
 import sys
 
@@ -28,3 +29,7 @@ for e in res.episodes:
         print("greedy blueprint:", e.get("subgoals"))
         for a in acts.get(e["seed"], []):
             print("   ", a)
+classes: dict[str, list[int]] = {"straight": [], "walk-around": []}
+for e in res.episodes:
+    classes["straight" if len(expert_plan(cfg.env, e["seed"])[1]) <= 1 else "walk-around"].append(int(e["won"]))
+print("by class", {k: f"{sum(v)}/{len(v)}" for k, v in classes.items()})
