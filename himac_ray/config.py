@@ -178,9 +178,10 @@ class RolloutConfig:
     sub_done_threshold: float = 0.5
     """a greedy executor (held-out evaluation, blueprint scoring) writes `<sub_done>` when its
     probability against ending the answer after `</action>` exceeds this (a logit bias of
-    ln((1 - t) / t) on the token that starts it); 0.5 = plain greedy. `<sub_done>` closes a minority of
-    steps, so an SFT-trained executor rarely makes it the argmax although it samples it often.
-    Sampled executors are not biased (the records' logprobs are the policy's either way)"""
+    ln((1 - t) / t) on the token that starts it); 0.5 = plain greedy. For an executor that samples
+    `<sub_done>` but never makes it the argmax; it helps only where the executor's probability tells
+    complete from incomplete subgoals (RESULTS 20.1). Sampled executors are not biased (the records'
+    logprobs are the policy's either way)"""
     num_env_pools: int = 1
     """env-pool actors; the iteration's groups are split over them (a dead pool's share is redone)"""
     env_pool_resources: dict = field(default_factory=dict)
