@@ -15,9 +15,14 @@ episodes per room), for the warm start (once per family) and at `eval_points` fr
 reports its final success against its warm start as a paired difference over the same rooms
 with a 95% percentile-bootstrap interval (`himac_ray.evaluate.paired_interval`).
 
-Usage: `himac-ray bench learning [--size smoke|quick|full] [--algos himac,grpo] [--seeds 0,1,2]
-[--budget N] [--json]`; results go to `benchmarks/results/learning_<size>.json` (finished runs are
-skipped when the same command runs again) and PNGs beside it.
+`--env alfworld` runs the same bench on the built-in ALFWorld replica (`configs/alfworld_embedded_cpu.yaml`,
+`ALFWORLD_SIZES`: 128 held-out tasks, greedy only) and reports every evaluation's success by task type
+(`extra["task_type"]` of the records) beside the overall one, with a paired 95% interval per type.
+
+Usage: `himac-ray bench learning [--env sokoban|alfworld] [--size smoke|quick|full] [--algos himac,grpo]
+[--seeds 0,1,2] [--budget N] [--json]`; results go to `benchmarks/results/learning_recipe_<size>.json`
+(Sokoban) or `learning_alfworld_<size>.json` (smoke: into bench_out/, so a smoke run never touches the
+results; finished runs are skipped when the same command runs again) and PNGs beside them.
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ from pathlib import Path
 from benchmarks.common import RESULTS_DIR, ROOT, local_ray, log, machine, opt, script_main
 
 CONFIG = ROOT / "configs" / "sokoban_embedded_cpu.yaml"
+ALFWORLD_CONFIG = ROOT / "configs" / "alfworld_embedded_cpu.yaml"
 WORK_DIR = ROOT / "bench_out" / "learning"
 ALGOS = ("himac", "grpo", "gigpo")
 MAX_DIR_NAME = 120
@@ -51,6 +57,30 @@ SIZES = {
                      "coevolution.executor_iters=2", "learner.lr=5e-5", "learner.ppo_epochs=2",
                      "algorithm.clip_coef_high=0.28")),
 }
+"""Sokoban's sizes"""
+ALFWORLD_SIZES = {
+    # the expert needs 4-11 steps: fewer than 12 would leave SFT without a won demonstration
+    "smoke": dict(model="tiny", budget=24, eval_points=(1.0,), seeds=[0], algos=("himac",), eval_episodes=3,
+                  sft_episodes=2, sft_epochs=1, max_steps=12, num_groups=1, max_minutes=10),
+    # quick / full: the config's SFT settings (one cached warm start per prompt family)
+    "quick": dict(model="embedded", budget=400, eval_points=(1.0,), seeds=[0], algos=("himac",), eval_episodes=32,
+                  max_steps=20, num_groups=4, max_minutes=20),
+    # full: on a 2-core AVX2 CPU (float32) a 128-task greedy evaluation the warm start fails is ~2,560 env
+    # steps, ~16 min (32 tasks took 5 min); the RL loop stops at the budget or after `max_minutes` (the warm
+    # start's evaluation included), then the final evaluation runs: <= ~60 min per run. 4 tasks per
+    # iteration: an executor update trains ~320 records of ~330 tokens (invalid-action penalties make
+    # almost every group informative), minutes of learner time each
+    "full": dict(model="embedded", budget=2000, eval_points=(1.0,), seeds=[0], algos=("himac", "grpo"),
+                 eval_episodes=128, max_steps=20, num_groups=4, max_minutes=36),
+}
+"""ALFWorld's sizes"""
+ENVS = {
+    "sokoban": dict(config=CONFIG, sizes=SIZES, results="learning_recipe", label="Sokoban 6x6/1 box", unit="rooms"),
+    "alfworld": dict(config=ALFWORLD_CONFIG, sizes=ALFWORLD_SIZES, results="learning_alfworld",
+                     label="ALFWorld (built-in, 6 task types)", unit="tasks"),
+}
+"""`--env` choices: base config, size table, result-file stem, title and what a held-out episode is"""
+DEFAULT_ENV = "sokoban"
 
 
 def make_cfg(run_dir: Path, *, algo: str, seed: int, spec: dict, extra=()):
@@ -62,7 +92,7 @@ def make_cfg(run_dir: Path, *, algo: str, seed: int, spec: dict, extra=()):
                  f"env.eval_episodes={spec['eval_episodes']}", *spec.get("overrides", ()), *extra]
     if "sft_episodes" in spec:
         overrides += [f"sft.episodes={spec['sft_episodes']}", f"sft.epochs={spec['sft_epochs']}"]
-    return load_config(CONFIG, overrides)
+    return load_config(ENVS[spec.get("env", DEFAULT_ENV)]["config"], overrides)
 
 
 def warm_start(algo: str, spec: dict, *, build: bool = True) -> str:
@@ -85,12 +115,17 @@ def warm_start(algo: str, spec: dict, *, build: bool = True) -> str:
 
 def evaluate(stack, cfg) -> dict:
     """Greedy held-out success (and the sampled one under "sampled" when the recipe sets
-    `env.eval_temperature`)."""
+    `env.eval_temperature`); with task types (ALFWorld), the greedy success of each under "by_task_type"
+    and each task's type under "task_type_by_seed"."""
     from himac_ray.evaluate import SAMPLED, run_eval
 
     t0 = time.perf_counter()
     out = run_eval(cfg, stack.rollout)
     ev = {"success": out["success_rate"], "won_by_seed": out["won_by_seed"], "seconds": time.perf_counter() - t0}
+    if set(out["by_task_type"]) != {"all"}:  # Sokoban's records carry no task type
+        ev["by_task_type"] = {t: {"success": s["success_rate"], "tasks": s["episodes"]}
+                              for t, s in out["by_task_type"].items()}
+        ev["task_type_by_seed"] = out["task_type_by_seed"]
     if SAMPLED in out:
         s = out[SAMPLED]
         ev[SAMPLED] = {"success": s["success_rate"], "won_by_seed": s["won_by_seed"],
@@ -115,6 +150,27 @@ def sampled_rise(start: dict, final: dict) -> dict:
     return {"start_success": start[SAMPLED]["success"], "final_success": final[SAMPLED]["success"],
             "rise": mean, "rise_ci95": [lo, hi], "temperature": final[SAMPLED]["temperature"],
             "samples": final[SAMPLED]["samples"]}
+
+
+def rise_by_task_type(start: dict, final: dict) -> dict:
+    """Per task type: greedy success of the warm start and of the final policy, and their paired
+    difference over that type's tasks with a 95% interval ({} without task types)."""
+    from himac_ray.evaluate import paired_interval
+
+    types = final.get("task_type_by_seed")
+    if not types or not start.get("task_type_by_seed"):
+        return {}
+    out = {}
+    for t in sorted(set(types.values())):
+        seeds = [s for s, ts in types.items() if ts == t and s in start["won_by_seed"]]
+        if not seeds:
+            continue
+        before = {s: start["won_by_seed"][s] for s in seeds}
+        after = {s: final["won_by_seed"][s] for s in seeds}
+        mean, lo, hi = paired_interval(before, after)
+        out[t] = {"tasks": len(seeds), "start_success": statistics.mean(before.values()),
+                  "final_success": statistics.mean(after.values()), "rise": mean, "rise_ci95": [lo, hi]}
+    return out
 
 
 def run_one(algo: str, seed: int, spec: dict, model_path: str, run_dir: Path, start: dict | None) -> dict:
@@ -161,7 +217,7 @@ def run_one(algo: str, seed: int, spec: dict, model_path: str, run_dir: Path, st
     return {"algo": algo, "seed": seed, "curve": curve, "evals": evals, "iterations": iters,
             "start_success": start["success"], "final_success": evals[-1]["success"],
             "rise": mean, "rise_ci95": [lo, hi], "sampled": sampled_rise(start, evals[-1]),
-            "env_steps": stack.trainer.state.env_steps,
+            "by_task_type": rise_by_task_type(start, evals[-1]), "env_steps": stack.trainer.state.env_steps,
             "seconds": time.perf_counter() - t0, "start_eval": start}
 
 
@@ -222,6 +278,11 @@ def summarize(out: dict) -> None:
             "seeds": [r["seed"] for r in rs], "start": statistics.mean(r["start_success"] for r in rs),
             "final": statistics.mean(r["final_success"] for r in rs), "rise": statistics.mean(r["rise"] for r in rs),
             "every_interval_above_0": all(r["rise_ci95"][0] > 0 for r in rs)}
+        types = sorted({t for r in rs for t in r.get("by_task_type", {})})
+        if types and all(set(r.get("by_task_type", {})) == set(types) for r in rs):
+            out["by_algo"][name]["by_task_type"] = {t: {
+                k: statistics.mean(r["by_task_type"][t][k] for r in rs) for k in ("start_success", "final_success", "rise")}
+                | {"every_interval_above_0": all(r["by_task_type"][t]["rise_ci95"][0] > 0 for r in rs)} for t in types}
         if all(r.get("sampled") for r in rs):
             out["by_algo"][name]["sampled"] = {
                 "start": statistics.mean(r["sampled"]["start_success"] for r in rs),
@@ -253,27 +314,46 @@ def run_dir_name(key: str) -> str:
     return f"{key[:MAX_DIR_NAME - 13]}-{hashlib.sha1(key.encode()).hexdigest()[:12]}"
 
 
-def run(args=None, quick: bool = True) -> dict:
-    """`himac-ray bench learning`: options `size` (smoke | quick | full), `algos`, `seeds`, `budget`,
-    `minutes` (wall-clock cap per run)."""
+def bench_spec(args, quick: bool) -> dict:
+    """The run's spec: the `env`'s size table entry with the command's options applied."""
+    env = opt(args, "env", DEFAULT_ENV)
+    if env not in ENVS:
+        raise ValueError(f"unknown learning-bench env {env!r}; choose one of {list(ENVS)}")
     size = opt(args, "size", "quick" if quick else "full")
-    spec = with_run_options(dict(SIZES[size]), args)
+    spec = with_run_options(dict(ENVS[env]["sizes"][size], env=env, size=size), args)
     if opt(args, "algos"):
         spec["algos"] = tuple(opt(args, "algos").split(","))
     if opt(args, "overrides"):  # `--set key=value`: a variant of the recipe, tagged in the run keys
         spec["overrides"] = (*spec.get("overrides", ()), *opt(args, "overrides"))
+    return spec
+
+
+def result_path(spec: dict) -> Path:
+    """Where the bench's JSON goes (the PNG beside it): benchmarks/results, or bench_out for a smoke run.
+    Sokoban's is learning_recipe_<size>.json: learning_<size>.json holds session 3's runs of the earlier
+    recipe (RESULTS.md section 5)."""
+    folder = WORK_DIR if spec["size"] == "smoke" else RESULTS_DIR
+    return folder / f"{ENVS[spec['env']]['results']}_{spec['size']}.json"
+
+
+def run(args=None, quick: bool = True) -> dict:
+    """`himac-ray bench learning`: options `env` (sokoban | alfworld), `size` (smoke | quick | full),
+    `algos`, `seeds`, `budget`, `minutes` (wall-clock cap per run)."""
+    spec = bench_spec(args, quick)
+    size, env = spec["size"], spec["env"]
+    path = result_path(spec)
+    path.parent.mkdir(parents=True, exist_ok=True)
     WORK_DIR.mkdir(parents=True, exist_ok=True)
-    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-    # learning_<size>.json holds session 3's runs of the earlier recipe (RESULTS.md section 5)
-    result_path = RESULTS_DIR / f"learning_recipe_{size}.json"
-    out = {"bench": "learning", "size": size, "machine": machine(), "config": str(CONFIG.relative_to(ROOT)),
-           "runs": {}, "start_evals": {}}
-    if size != "smoke" and result_path.exists():
-        saved = json.loads(result_path.read_text())
+    out = {"bench": "learning", "env": env, "size": size, "machine": machine(),
+           "config": str(ENVS[env]["config"].relative_to(ROOT)), "runs": {}, "start_evals": {}}
+    if size != "smoke" and path.exists():
+        saved = json.loads(path.read_text())
         out["runs"], out["start_evals"] = saved.get("runs", {}), saved.get("start_evals", {})
     out["spec"] = spec
     fam = out["family"] = family(spec)
     tag = ",".join(spec.get("overrides", ()))
+    # Sokoban's run directories as before; another env's under its own folder
+    runs_dir = WORK_DIR / size if env == DEFAULT_ENV else WORK_DIR / env / size
     for algo in spec["algos"]:
         for seed in spec["seeds"]:
             key = f"{algo}-seed{seed}-budget{spec['budget']}{fam}"
@@ -282,7 +362,7 @@ def run(args=None, quick: bool = True) -> dict:
             model = warm_start(algo, spec)
             start_key = start_eval_key(model, algo, spec)
             with local_ray():
-                res = run_one(algo, seed, spec, model, WORK_DIR / size / run_dir_name(key), out["start_evals"].get(start_key))
+                res = run_one(algo, seed, spec, model, runs_dir / run_dir_name(key), out["start_evals"].get(start_key))
             out["start_evals"].setdefault(start_key, res.pop("start_eval"))
             res.pop("start_eval", None)
             res["variant"], res["family"] = tag, fam
@@ -291,20 +371,20 @@ def run(args=None, quick: bool = True) -> dict:
             log(f"learning: {key}: {res['start_success']:.3f} -> {res['final_success']:.3f}, rise {res['rise']:+.3f} "
                 f"[{res['rise_ci95'][0]:+.3f}, {res['rise_ci95'][1]:+.3f}] in {res['seconds'] / 60:.1f} min")
             summarize(out)
-            if size != "smoke":
-                result_path.write_text(json.dumps(out, indent=1))
+            path.write_text(json.dumps(out, indent=1))
     summarize(out)
-    if size != "smoke":
-        result_path.write_text(json.dumps(out, indent=1))
-        plot(out, RESULTS_DIR / f"learning_recipe_{size}.png")
+    path.write_text(json.dumps(out, indent=1))
+    plot(out, path.with_suffix(".png"))
+    out["path"] = str(path)
     print(format_table(out), flush=True)
     return out
 
 
 def format_table(out: dict) -> str:
     spec = out["spec"]
-    lines = [f"learning bench ({out['size']}): {spec['model']} + SFT warm start, Sokoban 6x6/1 box, budget "
-             f"{spec['budget']} env steps, held-out greedy success on {spec['eval_episodes']} rooms"]
+    env = ENVS[spec.get("env", DEFAULT_ENV)]
+    lines = [f"learning bench ({out['size']}): {spec['model']} + SFT warm start, {env['label']}, budget "
+             f"{spec['budget']} env steps, held-out greedy success on {spec['eval_episodes']} {env['unit']}"]
     for key, r in sorted(out["runs"].items()):
         lines.append(f"  {key:<28} {r['start_success']:.3f} -> {r['final_success']:.3f}  rise {r['rise']:+.3f} "
                      f"95% [{r['rise_ci95'][0]:+.3f}, {r['rise_ci95'][1]:+.3f}]  {r['env_steps']} env steps, "
@@ -314,6 +394,10 @@ def format_table(out: dict) -> str:
             lines.append(f"  {'':<28} sampled (T={sr['temperature']:g}, {sr['samples']}/room) {sr['start_success']:.3f} -> "
                          f"{sr['final_success']:.3f}  rise {sr['rise']:+.3f} 95% [{sr['rise_ci95'][0]:+.3f}, "
                          f"{sr['rise_ci95'][1]:+.3f}]")
+        for t, tr in r.get("by_task_type", {}).items():
+            lines.append(f"  {'':<4}{t:<34} {tr['start_success']:.3f} -> {tr['final_success']:.3f}  rise "
+                         f"{tr['rise']:+.3f} 95% [{tr['rise_ci95'][0]:+.3f}, {tr['rise_ci95'][1]:+.3f}]  "
+                         f"{tr['tasks']} {env['unit']}")
     for algo, a in out.get("by_algo", {}).items():
         lines.append(f"  {algo:<6} mean of seeds {a['seeds']}: greedy {a['start']:.3f} -> {a['final']:.3f} "
                      f"(rise {a['rise']:+.3f}; every seed's interval above 0: {a['every_interval_above_0']})")
@@ -321,6 +405,9 @@ def format_table(out: dict) -> str:
             sa = a["sampled"]
             lines.append(f"  {'':<6} sampled {sa['start']:.3f} -> {sa['final']:.3f} (rise {sa['rise']:+.3f}; every "
                          f"seed's interval above 0: {sa['every_interval_above_0']})")
+        for t, ta in a.get("by_task_type", {}).items():
+            lines.append(f"  {'':<6} {t:<34} greedy {ta['start_success']:.3f} -> {ta['final_success']:.3f} "
+                         f"(rise {ta['rise']:+.3f}; every seed's interval above 0: {ta['every_interval_above_0']})")
     for fam, steps in out.get("steps_to_grpo_best", {}).items():
         lines.append(f"  best GRPO mean success {out['grpo_best_success'][fam]:.3f}{fam}; env steps to reach it: "
                      + ", ".join(f"{a} {s if s is not None else 'never'}" for a, s in steps.items()))
@@ -343,10 +430,11 @@ def plot(out: dict, path: Path) -> None:
         ax.step(xs, [q["mean"] for q in c], where="post", label=name.removesuffix(out["family"]))
         ax.fill_between(xs, [q["min"] for q in c], [q["max"] for q in c], step="post", alpha=0.15)
     spec = out["spec"]
+    env = ENVS[spec.get("env", DEFAULT_ENV)]
     ax.set_xlabel("training env steps")
-    ax.set_ylabel(f"held-out success ({spec['eval_episodes']} rooms)")
+    ax.set_ylabel(f"held-out success ({spec['eval_episodes']} {env['unit']})")
     ax.set_ylim(0, 1)
-    ax.set_title(f"{spec['model']} + SFT, Sokoban 6x6/1 box ({len(spec['seeds'])} seed(s), min-max band)\n"
+    ax.set_title(f"{spec['model']} + SFT, {env['label']} ({len(spec['seeds'])} seed(s), min-max band)\n"
                  f"{textwrap.shorten(out['family'], 150)}", fontsize=8)
     ax.legend()
     fig.tight_layout()

@@ -110,11 +110,17 @@ ALLOW_CHANGE_HELP = ("with --resume: continue although the config differs from t
                      "(the changes are logged and recorded in config_changes.jsonl)")
 BENCH_NAMES = ("env", "rollout", "sync", "learner", "learning", "ablations", "rllib", "profile", "faults", "pipeline",
                "lora", "quick")
+BENCH_ENVS = ("sokoban", "alfworld")
+"""`bench learning --env` choices (benchmarks.learning_bench.ENVS)"""
 
 
 def cmd_bench(args) -> int:
     from benchmarks import run_bench
 
+    if args.env is not None and args.env not in BENCH_ENVS:
+        raise ConfigError(f"--env {args.env}: unknown env; the learning bench runs on {', '.join(BENCH_ENVS)}")
+    if args.env not in (None, "sokoban") and args.name != "learning":
+        raise ConfigError(f"--env {args.env} applies to the learning bench only ({args.name} runs on Sokoban)")
     figures = run_bench(args.name, args, quick=args.size != "full")
     if args.json:
         print(json.dumps(figures, default=str))
@@ -193,6 +199,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seconds", type=float, help="time per measurement (env bench)")
     p.add_argument("--compare", action="store_true",
                    help="profile bench: also profile the recipe before the fast CPU recipe, in the same run")
+    p.add_argument("--env", metavar="ENV", help=f"learning bench: environment, one of {', '.join(BENCH_ENVS)} "
+                   "(default: sokoban)")
     p.add_argument("--algos", help="learning bench: comma-separated algorithms (default: the size's)")
     p.add_argument("--seeds", help="learning / ablations bench: comma-separated RL seeds (default: the size's)")
     p.add_argument("--budget", type=int, help="learning / ablations bench: env steps per run (default: the size's)")

@@ -36,18 +36,23 @@ def summarize(result) -> dict:
     """Success and return overall and by task type (from the records' `extra["task_type"]`).
 
     `won_by_seed`: task seed (str) -> 1 / 0 with one episode per task, else the fraction of its
-    episodes won (several sampled episodes per task)."""
+    episodes won (several sampled episodes per task); `task_type_by_seed`: task seed (str) -> its
+    task type, so a paired comparison can be split by type."""
     task_type = {r.traj_id: r.extra.get("task_type", "all") for r in result.records}
     by_type = defaultdict(list)
     by_seed = defaultdict(list)
+    type_of_seed = {}
     for e in result.episodes:
-        by_type[task_type.get(e["traj_id"], "all")].append(e)
+        t = task_type.get(e["traj_id"], "all")
+        by_type[t].append(e)
         by_seed[e["seed"]].append(int(e["won"]))
+        type_of_seed[str(e["seed"])] = t
     n = max(len(result.episodes), 1)
     return {
         "success_rate": sum(e["won"] for e in result.episodes) / n,
         "won_by_seed": {str(seed): won[0] if len(won) == 1 else sum(won) / len(won)
                         for seed, won in sorted(by_seed.items())},
+        "task_type_by_seed": dict(sorted(type_of_seed.items(), key=lambda kv: int(kv[0]))),
         "mean_return": sum(e["return"] for e in result.episodes) / n,
         "episodes": len(result.episodes),
         "by_task_type": {

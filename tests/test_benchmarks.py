@@ -184,3 +184,111 @@ def test_pipeline_bench_summary_weighs_busy_fractions_by_iteration_time():
     assert out["env_steps"] == 90 and out["env_steps_per_s"] == pytest.approx(90 / 40)
     assert out["sampler_idle"] == pytest.approx(1 - 25 / 40) and out["learner_idle"] == pytest.approx(1 - 15 / 40)
     assert (out["overlap_s"], out["dropped_stale"]) == (4.0, 2)
+
+
+def test_learning_bench_env_choice_selects_config_sizes_and_result_files():
+    from benchmarks import learning_bench as L
+    from himac_ray import cli
+
+    assert tuple(L.ENVS) == cli.BENCH_ENVS and L.DEFAULT_ENV == cli.BENCH_ENVS[0]
+    sokoban = L.bench_spec({"size": "full"}, quick=True)
+    assert sokoban["env"] == "sokoban" and sokoban["budget"] == L.SIZES["full"]["budget"]
+    assert L.result_path(sokoban) == L.RESULTS_DIR / "learning_recipe_full.json"  # Sokoban's name unchanged
+    alf = L.bench_spec({"env": "alfworld", "size": "full", "algos": "himac,grpo"}, quick=True)
+    assert alf["eval_episodes"] == 128 and alf["algos"] == ("himac", "grpo") and alf["max_steps"] == 20
+    assert L.result_path(alf) == L.RESULTS_DIR / "learning_alfworld_full.json"
+    smoke = L.bench_spec({"env": "alfworld", "size": "smoke"}, quick=True)
+    assert L.result_path(smoke) == L.WORK_DIR / "learning_alfworld_smoke.json"  # never into the results
+    with pytest.raises(ValueError, match="unknown learning-bench env 'webshop'"):
+        L.bench_spec({"env": "webshop"}, quick=True)
+    cfg = L.make_cfg(L.WORK_DIR / "x", algo="grpo", seed=1, spec=alf)
+    assert cfg.env.id == "himac/ALFWorld-v0" and cfg.env.kwargs["max_steps"] == 20 and cfg.env.eval_temperature == 0
+    assert L.make_cfg(L.WORK_DIR / "x", algo="grpo", seed=1, spec=sokoban).env.id == "himac/Sokoban-v0"
+    # the warm start's key covers the env: the two envs' runs never share a family (nor a run key)
+    assert L.family(smoke) != L.family(L.bench_spec({"size": "smoke"}, quick=True))
+
+
+def test_bench_env_flag_errors_are_one_line(capsys):
+    from himac_ray import cli
+
+    assert cli.main(["bench", "learning", "--env", "webshop", "--size", "smoke"]) == 2
+    err = capsys.readouterr().err
+    assert "--env webshop: unknown env; the learning bench runs on sokoban, alfworld" in err and "Traceback" not in err
+    assert cli.main(["bench", "ablations", "--env", "alfworld", "--size", "smoke"]) == 2
+    assert "applies to the learning bench only" in capsys.readouterr().err
+
+
+def test_alfworld_evaluation_is_split_by_task_type_with_paired_intervals():
+    """A scripted policy's held-out evaluation on ALFWorld carries each task's type; the bench turns a
+    warm start and a final evaluation into per-type success with a paired interval over that type's tasks."""
+    from benchmarks import learning_bench as L
+    from himac_ray.config import load_config
+    from himac_ray.envs.alfworld_world import TASK_TYPES
+    from himac_ray.evaluate import run_eval
+    from himac_ray.generation import ScriptedGenerator
+    from himac_ray.rollout import run_rollout
+
+    cfg = load_config(L.ALFWORLD_CONFIG, ["env.eval_episodes=8", "env.kwargs.max_steps=2"])
+    gen = ScriptedGenerator(lambda chat, i: "<plan>\n1. look\n</plan>" if "<plan>" in chat[-1]["content"]
+                            else "<action>look</action>")
+
+    def rollout(**kw):
+        return run_rollout(generator=gen, env_id=cfg.env.id, env_kwargs=cfg.env.kwargs, max_subgoals=4,
+                           prompt_format=cfg.rollout.prompt_format, **kw)
+
+    out = run_eval(cfg, rollout)
+    types = out["task_type_by_seed"]
+    assert sorted(types, key=int) == [str(s) for s in range(8)] and set(types.values()) <= set(TASK_TYPES.values())
+    assert {t: s["episodes"] for t, s in out["by_task_type"].items()} == {
+        t: sum(v == t for v in types.values()) for t in set(types.values())}
+    # warm start: no task won; final: every task of the first type won
+    first = types["0"]
+    start = {"won_by_seed": {s: 0 for s in types}, "task_type_by_seed": types}
+    final = {"won_by_seed": {s: int(t == first) for s, t in types.items()}, "task_type_by_seed": types}
+    rise = L.rise_by_task_type(start, final)
+    assert set(rise) == set(types.values())
+    assert rise[first]["start_success"] == 0 and rise[first]["final_success"] == 1
+    assert rise[first]["rise"] == 1 and rise[first]["rise_ci95"] == [1.0, 1.0]
+    assert all(r["rise"] == 0 and r["rise_ci95"] == [0.0, 0.0] for t, r in rise.items() if t != first)
+    assert L.rise_by_task_type({"won_by_seed": {"0": 1}}, {"won_by_seed": {"0": 1}}) == {}  # Sokoban: no types
+
+
+def test_learning_summary_and_table_show_task_types():
+    from benchmarks.learning_bench import format_table, summarize
+
+    def run(seed, rise):
+        by_type = {"pick_and_place_simple": {"tasks": 3, "start_success": 0.0, "final_success": rise, "rise": rise,
+                                             "rise_ci95": [0.0, rise]}}
+        return {"algo": "himac", "seed": seed, "curve": [{"env_steps": 0, "success": 0.0}], "start_success": 0.0,
+                "final_success": rise, "rise": rise, "rise_ci95": [0.0, rise], "family": "@ws", "env_steps": 10,
+                "seconds": 60, "by_task_type": by_type}
+
+    out = {"size": "smoke", "spec": {"budget": 10, "env": "alfworld", "model": "tiny", "eval_episodes": 3},
+           "runs": {"a": run(0, 1 / 3), "b": run(1, 2 / 3)}}
+    summarize(out)
+    t = out["by_algo"]["himac@ws"]["by_task_type"]["pick_and_place_simple"]
+    assert t["final_success"] == pytest.approx(0.5) and t["every_interval_above_0"] is False
+    table = format_table(out)
+    assert "ALFWorld" in table and "3 tasks" in table and "pick_and_place_simple" in table
+
+
+@pytest.mark.slow
+def test_learning_bench_alfworld_smoke_reports_success_by_task_type():
+    """The ALFWorld learning bench end to end at its smallest size (tiny model, SFT on 2 expert episodes,
+    3 held-out tasks, one RL iteration): the JSON it writes holds each evaluation's success by task type."""
+    from pathlib import Path
+
+    from himac_ray.envs.alfworld_world import TASK_TYPES
+
+    out = run_bench("learning", {"env": "alfworld", "size": "smoke"})
+    saved = json.loads(Path(out["path"]).read_text())
+    assert saved["env"] == "alfworld" and saved["config"] == "configs/alfworld_embedded_cpu.yaml"
+    assert Path(out["path"]).name == "learning_alfworld_smoke.json" and Path(out["path"]).with_suffix(".png").exists()
+    (run,) = saved["runs"].values()
+    assert run["env_steps"] >= saved["spec"]["budget"] and run["iterations"]
+    types = set(run["by_task_type"])
+    assert types and types <= set(TASK_TYPES.values())
+    assert sum(t["tasks"] for t in run["by_task_type"].values()) == saved["spec"]["eval_episodes"]
+    for ev in (*saved["start_evals"].values(), *run["evals"]):
+        assert set(ev["by_task_type"]) == types and len(ev["task_type_by_seed"]) == saved["spec"]["eval_episodes"]
+    assert set(saved["by_algo"][f"himac{saved['family']}"]["by_task_type"]) == types
