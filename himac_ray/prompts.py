@@ -265,7 +265,7 @@ def executor_prompt(
     current = subgoals[k] if subgoals else PLAN_FALLBACK
     if fmt.style == "compact":
         return _compact_step_prompt(env_id, task, observation, image, history, history_length, admissible_actions, fmt,
-                                    subgoal=f"Subgoal {k + 1} of {max(len(subgoals), 1)}: {current}\n")
+                                    subgoal=f"Subgoal {k + 1} of {max(len(subgoals), 1)}: {current}\n", current=current)
     text = ENV_TEXT[env_kind(env_id)]
     answer = _verl_answer(text, fmt)
     user = (
@@ -391,7 +391,7 @@ def subgoal_cell(subgoal: str) -> tuple[str, str] | None:
     player (any other) to reach — the first "to (row r, col c)" / "onto the target at (row r, col c)" in it, as
     the expert's subgoals and the SFT-trained planner's write them; for a last subgoal that joins the rest
     ("...; then ..."), its last part; None when it names no such cell."""
-    text = (subgoal.split(":", 1)[1] if subgoal.startswith("Subgoal ") else subgoal).split(MERGE_SEPARATOR)[-1]
+    text = subgoal.split(MERGE_SEPARATOR)[-1]
     m = _SUBGOAL_CELL.search(text)
     return ("push" if text.strip().lower().startswith("push") else "walk", m.group(1)) if m else None
 
@@ -403,7 +403,7 @@ def sokoban_moves(board: str, subgoal: str = "") -> str:
     one step ahead) and the text of the current `subgoal`: the move that brings the player (a walk) or the box (a
     push) to the cell the subgoal names (`subgoal_cell`) is marked "completes the subgoal", which is when the
     executor should say `<sub_done>` (a 135M executor does not learn to match the coordinates itself:
-    RESULTS 19.2)."""
+    RESULTS 20.1)."""
     rows = str(board).splitlines()[:64]
     player = next(((r, c) for r, line in enumerate(rows) for c, ch in enumerate(line[:64]) if ch in "PS"), None)
     if player is None:
@@ -421,13 +421,15 @@ def sokoban_moves(board: str, subgoal: str = "") -> str:
             what, kind, end = "wall", None, None
         elif ahead in "X√":
             beyond = cell(r + dr, c + dc)
-            kind, end = "push", f"(row {r + dr}, col {c + dc})"
-            what = ("push box (blocked)" if beyond in "#X√" else
-                    f"push box {'onto target at' if beyond in 'OS' else 'to'} {end}")
+            if beyond in "#X√":
+                what, kind, end = "push box (blocked)", None, None
+            else:
+                kind, end = "push", f"(row {r + dr}, col {c + dc})"
+                what = f"push box {'onto target at' if beyond in 'OS' else 'to'} {end}"
         else:
             kind, end = "walk", f"(row {r}, col {c})"
             what = f"{'target' if ahead in 'OS' else 'floor'} -> {end}"
-        reached = goal is not None and goal == (kind, end) and "blocked" not in what
+        reached = goal is not None and goal == (kind, end)
         out.append(f"{name}: {what}{SUBGOAL_REACHED if reached else ''}")
     return ", ".join(out)
 
@@ -440,11 +442,12 @@ def _verl_answer(text: EnvText, fmt: PromptFormat) -> str:
 
 
 def _compact_step_prompt(env_id, task, observation, image, history, history_length, admissible_actions, fmt,
-                         *, subgoal: str) -> Messages:
-    """An executor (with its `subgoal` line) or flat (`subgoal` "") prompt in the compact style."""
+                         *, subgoal: str, current: str = "") -> Messages:
+    """An executor (with its `subgoal` line and the `current` subgoal's text) or flat (both "") prompt in the
+    compact style."""
     kind = env_kind(env_id)
     user = (
-        f"{_compact_task(kind, task)}{_compact_state(kind, observation, image, task, subgoal)}{subgoal}"
+        f"{_compact_task(kind, task)}{_compact_state(kind, observation, image, task, current)}{subgoal}"
         f"{_compact_history(history, history_length)}"
         f"Actions: {_compact_actions(admissible_actions)}\n"
         f"{_compact_answer(fmt, sub_done=bool(subgoal) and fmt.sub_done)}"

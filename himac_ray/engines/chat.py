@@ -22,7 +22,6 @@ def render_chats(tokenizer, chats: Sequence[Chat]) -> list[list[int]]:
     return [render_chat(tokenizer, chat) for chat in chats]
 
 
-
 def marker_token(tokenizer, after: str, marker: str) -> int:
     """The token id that decides whether `marker` follows `after`: the first token where the
     tokenizations of `after` and `after + marker` differ (BPE may merge the two, e.g. SmolLM2 splits

@@ -266,9 +266,9 @@ def test_sampled_evaluation_beside_the_greedy_one():
 
 def test_moves_line_marks_the_move_that_reaches_the_subgoal_cell():
     board = "######\n##P__#\n##X__#\n#__O_#\n######\n"
-    walk = prompts.sokoban_moves(board, "Subgoal 1 of 2: Move to (row 1, col 3), to the right of the box at (row 2, col 2)")
+    walk = prompts.sokoban_moves(board, "Move to (row 1, col 3), to the right of the box at (row 2, col 2)")
     assert "right: floor -> (row 1, col 3) completes the subgoal" in walk and walk.count("completes") == 1
-    push = prompts.sokoban_moves(board, "Subgoal 2 of 2: Push the box at (row 2, col 2) down to (row 3, col 2)")
+    push = prompts.sokoban_moves(board, "Push the box at (row 2, col 2) down to (row 3, col 2)")
     assert "down: push box to (row 3, col 2) completes the subgoal" in push and push.count("completes") == 1
     # a walk onto a push subgoal's cell completes nothing; nor does a cell the subgoal names only as the box's
     assert "completes" not in prompts.sokoban_moves(board, "Push the box right to (row 1, col 3)")
