@@ -27,7 +27,7 @@ import json
 import statistics
 
 from benchmarks import learning_bench as L
-from benchmarks.common import RESULTS_DIR, ROOT, local_ray, log, machine, opt, script_main
+from benchmarks.common import RESULTS_DIR, ROOT, local_ray, log, machine, opt, save_json, script_main
 from himac_ray import metrics as M
 
 WORK_DIR = ROOT / "bench_out" / "ablations"
@@ -149,9 +149,9 @@ def run(args=None, quick: bool = True) -> dict:
             r = out["runs"][key]
             log(f"ablations: {key}: held-out greedy {r['final_success']:.3f} after {r['env_steps']} env steps")
             compare(out)
-            path.write_text(json.dumps(out, indent=1))
+            save_json(path, out)
     compare(out)
-    path.write_text(json.dumps(out, indent=1))
+    save_json(path, out)
     out["path"] = str(path)
     print(format_table(out), flush=True)
     return out

@@ -5,12 +5,15 @@ Nothing here imports Ray, torch or vLLM at module level.
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import subprocess
 import time
 from contextlib import contextmanager
 from pathlib import Path
+
+from himac_ray.atomic import publish_file
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT_DIR = ROOT / "benchmarks"
@@ -25,6 +28,11 @@ def opt(args, name: str, default=None):
         return default
     value = args.get(name) if isinstance(args, dict) else getattr(args, name, None)
     return default if value is None else value
+
+
+def save_json(path: Path, obj: dict, *, indent: int = 1) -> Path:
+    """Publish a bench's results JSON atomically (a crash mid-write keeps the previous runs)."""
+    return publish_file(path, lambda tmp: tmp.write_text(json.dumps(obj, indent=indent, default=str) + "\n"))
 
 
 _T0 = time.perf_counter()
@@ -85,10 +93,11 @@ def local_ray(num_cpus: int | None = None):
     # Ray starts its workers at nice 15; the in-process baselines run at nice 0. On a machine
     # other jobs load, that alone makes the Ray path look 2x slower: give workers nice 0 too.
     os.environ.setdefault("RAY_worker_niceness", "0")
-    # address="local": always a private instance, even when another session ran `ray start` here;
-    # node address 127.0.0.1: Ray then binds its GCS, raylet and metrics endpoints to loopback only
-    ray.init(address="local", num_cpus=num_cpus or max(os.cpu_count() or 1, 4), include_dashboard=False,
-             _node_ip_address="127.0.0.1", runtime_env={"env_vars": RAY_ENV}, log_to_driver=False)
+    # a private instance, even when another session ran `ray start` here, on loopback only
+    from himac_ray.train import start_local_head
+
+    start_local_head(num_cpus=num_cpus or max(os.cpu_count() or 1, 4), include_dashboard=False,
+                     runtime_env={"env_vars": RAY_ENV}, log_to_driver=False)
     try:
         yield
     finally:

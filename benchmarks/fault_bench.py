@@ -33,7 +33,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.common import RAY_ENV, RESULTS_DIR, ROOT, log, machine, opt
+from benchmarks.common import RAY_ENV, RESULTS_DIR, ROOT, log, machine, opt, save_json
 
 ITERATIONS = 6
 WEIGHT_TOL = 1e-5
@@ -73,13 +73,15 @@ def soak(*, work_dir: Path, seed: int = 0, iterations: int = ITERATIONS, extra: 
     """Run the reference and the soak (see the module docstring); returns the figures."""
     import ray
 
+    from himac_ray.train import start_local_head
+
     work_dir = Path(work_dir)
     work_dir.mkdir(parents=True, exist_ok=True)
     overrides = [*SOAK_OVERRIDES, f"run.iterations={iterations}", f"run.seed={seed}", *extra]
     temp_dir = tempfile.mkdtemp(prefix="rayq", dir="/tmp")  # Ray's socket paths must stay short
     os.environ.setdefault("RAY_memory_monitor_refresh_ms", "0")
-    ctx = ray.init(address="local", num_cpus=4, include_dashboard=False, _temp_dir=temp_dir,
-                   _node_ip_address="127.0.0.1", runtime_env={"env_vars": RAY_ENV}, log_to_driver=False)
+    ctx = start_local_head(num_cpus=4, include_dashboard=False, _temp_dir=temp_dir,
+                           runtime_env={"env_vars": RAY_ENV}, log_to_driver=False)
     address = ctx.address_info["gcs_address"]
     try:
         log(f"reference run ({iterations} iterations) on Ray at {address}")
@@ -282,6 +284,6 @@ def run(args=None, quick: bool = True) -> dict:
     print(format_table(out), flush=True)
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
     path = RESULTS_DIR / f"faults_{size}.json"
-    path.write_text(json.dumps(out, indent=2, default=str) + "\n")
+    save_json(path, out, indent=2)
     log(f"wrote {path}")
     return out

@@ -28,6 +28,7 @@ import time
 from pathlib import Path
 
 from benchmarks.common import ROOT, cpu_delta, cpu_snapshot, local_ray, log, machine, opt, ratio, script_main
+from himac_ray import metrics as M
 
 ENV_ID = "himac/Sokoban-v0"
 SIZES = {"smoke": (4, 1), "quick": (8, 1), "full": (16, 1)}  # records, timed steps
@@ -130,14 +131,14 @@ def bench_deepspeed(model: str, records, steps: int, commit: str | None = None) 
     import torch
 
     from himac_ray.config import AlgorithmConfig, LearnerConfig, ModelConfig
-    from himac_ray.learner import TOKENS_KEY, Learner
+    from himac_ray.learner import Learner
 
     if commit:
         Learner = _learner_at(commit)  # noqa: N806
     learner = Learner(model=ModelConfig(path=model), learner=LearnerConfig(zero_stage=2, lr=LR, micro_batch_size=MICRO,
                                                                            max_len=2048),
                       algorithm=AlgorithmConfig(kl_coef=KL), seed=0)
-    out = _timed(lambda recs: learner.train_step(recs, trainable="executor")[TOKENS_KEY], records, steps)
+    out = _timed(lambda recs: learner.train_step(recs, trainable="executor")[M.LEARNER_TOKENS], records, steps)
     return _figures(*out, torch_threads=torch.get_num_threads(), commit=commit or "HEAD")
 
 
@@ -201,14 +202,13 @@ def bench_group(model: str, records, steps: int, *, ranks: int, zero_stage: int,
     """A Ray `LearnerGroup` (the training path) on the same records."""
     from actors.learner import LearnerGroup
     from himac_ray.config import AlgorithmConfig, LearnerConfig, ModelConfig
-    from himac_ray.learner import TOKENS_KEY
 
     group = LearnerGroup(model=ModelConfig(path=model),
                          learner=LearnerConfig(num_ranks=ranks, zero_stage=zero_stage, cpus_per_rank=cpus_per_rank,
                                                lr=LR, micro_batch_size=MICRO, max_len=2048),
                          algorithm=AlgorithmConfig(kl_coef=KL), seed=0)
     try:
-        out = _timed(lambda recs: group.train_step(recs, trainable="executor")[TOKENS_KEY], records, steps)
+        out = _timed(lambda recs: group.train_step(recs, trainable="executor")[M.LEARNER_TOKENS], records, steps)
     finally:
         group.shutdown()
     return _figures(*out, ranks=ranks, zero_stage=zero_stage, cpus_per_rank=cpus_per_rank)

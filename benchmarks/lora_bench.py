@@ -24,6 +24,7 @@ from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
 
 from benchmarks.common import machine, opt, ratio, script_main
+from himac_ray import metrics as M
 
 SIZES = {"smoke": ("tiny", 4, 1, 1), "quick": ("embedded", 8, 2, 2), "full": ("embedded", 16, 3, 3)}
 """size -> (default model, records, timed steps, timed syncs)"""
@@ -39,7 +40,7 @@ def measure(system: str, model: str, records: int, steps: int, syncs: int) -> di
     from benchmarks.learner_bench import make_records
     from himac_ray.config import AlgorithmConfig, LearnerConfig, LoraConfig, ModelConfig
     from himac_ray.engines.vllm_engine import VLLMGenerator
-    from himac_ray.learner import TOKENS_KEY, Learner
+    from himac_ray.learner import Learner
     from himac_ray.models import resolve_model
     from himac_ray.weight_sync import shm_dir
 
@@ -53,7 +54,7 @@ def measure(system: str, model: str, records: int, steps: int, syncs: int) -> di
     tokens, seconds = 0.0, 0.0
     for _ in range(steps):
         t0 = time.perf_counter()
-        tokens += learner.train_step(recs, trainable="executor")[TOKENS_KEY]
+        tokens += learner.train_step(recs, trainable="executor")[M.LEARNER_TOKENS]
         seconds += time.perf_counter() - t0
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     trainable = sum(p.numel() for p in learner.policies["executor"][0].module.parameters() if p.requires_grad)

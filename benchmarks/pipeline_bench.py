@@ -17,10 +17,9 @@ Goal (issue #17): async >= 1.5x sync env steps per second.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-from benchmarks.common import RESULTS_DIR, ROOT, local_ray, log, machine, opt
+from benchmarks.common import RESULTS_DIR, ROOT, local_ray, log, machine, opt, save_json
 
 SIZES = {
     "smoke": {"config": "sokoban_tiny.yaml", "iterations": 3},
@@ -108,7 +107,7 @@ def run(args=None, quick: bool = True) -> dict:
     print(format_table(out), flush=True)
     if size == "full":
         RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-        (RESULTS_DIR / "pipeline_full.json").write_text(json.dumps(out, indent=2))
+        save_json(RESULTS_DIR / "pipeline_full.json", out, indent=2)
     return out
 
 

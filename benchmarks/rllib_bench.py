@@ -193,6 +193,8 @@ def run(args=None, quick: bool = True) -> dict:
     """`himac-ray bench rllib`: RLlib PPO + small CNN on the Sokoban grid; option `size`."""
     import ray
 
+    from himac_ray.train import start_local_head
+
     size = opt(args, "size", "quick" if quick else "full")
     budget, eval_every, seeds = SIZES[size]
     out = {"bench": "rllib", "size": size, "machine": machine(), "env": ENV_CONFIG, "eval_seeds": len(EVAL_SEEDS),
@@ -201,7 +203,7 @@ def run(args=None, quick: bool = True) -> dict:
     out["random_policy_success"] = statistics.mean(greedy_success(None, random_policy=True, rng=rng) for _ in range(5))
     started = not ray.is_initialized()
     if started:
-        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+        start_local_head(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
         out["runs"] = [run_ppo(s, budget, eval_every) for s in seeds]
         out["curve"] = aggregate(out["runs"])

@@ -66,11 +66,6 @@ from himac_ray.lora import (
     wrap_with_adapters,
 )
 from himac_ray.loss import (
-    APPROX_KL_KEY,
-    CLIPFRAC_KEY,
-    ENTROPY_KEY,
-    KL_KEY,
-    PG_LOSS_KEY,
     compute_policy_loss,
     token_entropy,
     token_logprobs,
@@ -79,10 +74,6 @@ from himac_ray.loss import (
 from himac_ray.models import is_vision_model, resolve_model, trainable_parameters
 from himac_ray.names import JOINT, LEVEL_OF, ROLE_OF, ROLES
 
-GRAD_NORM_KEY = M.GRAD_NORM
-TOKENS_KEY = M.LEARNER_TOKENS
-SECONDS_KEY = M.LEARNER_SECONDS
-TOKENS_PER_S_KEY = M.LEARNER_TOKENS_PER_S
 PIXEL_KEYS = ("pixel_values", "pixel_attention_mask")
 """image-processor outputs a vision-language forward takes"""
 
@@ -308,10 +299,10 @@ class Learner(LearnerWeights):
                 steps — the "without co-evolution" ablation's joint update).
 
         Returns:
-            metrics (identical on every rank): PG_LOSS_KEY, KL_KEY, CLIPFRAC_KEY, APPROX_KL_KEY,
-            ENTROPY_KEY (global means over the mini-batch, then averaged over mini-batches),
-            GRAD_NORM_KEY (pre-clip global norm, averaged over optimizer steps), TOKENS_KEY,
-            SECONDS_KEY, TOKENS_PER_S_KEY. All zero when no record has the trained level. With
+            metrics (identical on every rank): M.PG_LOSS, M.KL, M.CLIPFRAC, M.APPROX_KL,
+            M.ENTROPY (global means over the mini-batch, then averaged over mini-batches),
+            M.GRAD_NORM (pre-clip global norm, averaged over optimizer steps), M.LEARNER_TOKENS,
+            M.LEARNER_SECONDS, M.LEARNER_TOKENS_PER_S. All zero when no record has the trained level. With
             `algorithm.tis_cap` > 0 also the importance-weight metrics of `loss.truncated_is_weights`.
         """
         if trainable not in (*ROLES, JOINT):
@@ -323,7 +314,7 @@ class Learner(LearnerWeights):
         records = self._as_records(records_or_table)
         records = [r for r in records if r.level in levels]
         records, is_weights, is_metrics = self._off_policy(records, trainable=trainable)
-        keys = (PG_LOSS_KEY, KL_KEY, ENTROPY_KEY, CLIPFRAC_KEY, APPROX_KL_KEY, GRAD_NORM_KEY)
+        keys = (M.PG_LOSS, M.KL, M.ENTROPY, M.CLIPFRAC, M.APPROX_KL, M.GRAD_NORM)
         totals = dict.fromkeys(keys, 0.0)
         tokens, steps = 0.0, 0
         policy = "executor" if trainable == JOINT else trainable
@@ -342,7 +333,7 @@ class Learner(LearnerWeights):
         self.steps += steps > 0
         seconds = time.perf_counter() - start
         out = {k: v / max(steps, 1) for k, v in totals.items()}
-        out.update({TOKENS_KEY: tokens, SECONDS_KEY: seconds, TOKENS_PER_S_KEY: tokens / max(seconds, 1e-9)})
+        out.update({M.LEARNER_TOKENS: tokens, M.LEARNER_SECONDS: seconds, M.LEARNER_TOKENS_PER_S: tokens / max(seconds, 1e-9)})
         out.update(is_metrics)
         return out
 
@@ -432,8 +423,8 @@ class Learner(LearnerWeights):
                 entropy_coef=self.algo.entropy_coef, aggregation=self.algo.loss_aggregation,
                 is_weights=b["is_weights"].to(device) if "is_weights" in b else None)
             engine.backward(loss * (c_agg / max(agg_total, 1.0) * self.world_size), scale_wrt_gas=False)
-            for i, (key, c) in enumerate(((PG_LOSS_KEY, c_agg), (KL_KEY, c_agg), (ENTROPY_KEY, c_tok),
-                                          (CLIPFRAC_KEY, c_tok), (APPROX_KL_KEY, c_tok))):
+            for i, (key, c) in enumerate(((M.PG_LOSS, c_agg), (M.KL, c_agg), (M.ENTROPY, c_tok),
+                                          (M.CLIPFRAC, c_tok), (M.APPROX_KL, c_tok))):
                 sums[i] += m[key] * c
             sums[5] += b["tokens"]
         engine.step()
@@ -441,8 +432,8 @@ class Learner(LearnerWeights):
         grad_norm = engine.get_global_grad_norm()
         grad_norm = float(grad_norm) if grad_norm is not None else float("nan")
         a, t = max(agg_total, 1.0), max(tok_total, 1.0)
-        metrics = {PG_LOSS_KEY: sums[0] / a, KL_KEY: sums[1] / a, ENTROPY_KEY: sums[2] / t,
-                   CLIPFRAC_KEY: sums[3] / t, APPROX_KL_KEY: sums[4] / t, GRAD_NORM_KEY: grad_norm}
+        metrics = {M.PG_LOSS: sums[0] / a, M.KL: sums[1] / a, M.ENTROPY: sums[2] / t,
+                   M.CLIPFRAC: sums[3] / t, M.APPROX_KL: sums[4] / t, M.GRAD_NORM: grad_norm}
         return metrics, sums[5]
 
     @staticmethod

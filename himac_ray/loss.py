@@ -9,14 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from himac_ray.metrics import APPROX_KL as APPROX_KL_KEY
-from himac_ray.metrics import CLIPFRAC as CLIPFRAC_KEY
-from himac_ray.metrics import ENTROPY as ENTROPY_KEY
-from himac_ray.metrics import IS_TRUNCATED as IS_TRUNCATED_KEY
-from himac_ray.metrics import IS_WEIGHT_MAX as IS_WEIGHT_MAX_KEY
-from himac_ray.metrics import IS_WEIGHT_MEAN as IS_WEIGHT_MEAN_KEY
-from himac_ray.metrics import KL as KL_KEY
-from himac_ray.metrics import PG_LOSS as PG_LOSS_KEY
+from himac_ray import metrics as M
 
 AGGREGATIONS = ("token-mean", "seq-mean-token-mean")
 KL_CLAMP = 10.0
@@ -83,9 +76,9 @@ def compute_policy_loss(
 
     Returns:
         loss: scalar tensor.
-        metrics: floats under PG_LOSS_KEY, KL_KEY (both with `aggregation`), ENTROPY_KEY,
-            CLIPFRAC_KEY (fraction of trained tokens whose clipped branch was taken, i.e. with
-            zero policy gradient) and APPROX_KL_KEY (k3 estimate of KL(pi_old || pi)); the
+        metrics: floats under M.PG_LOSS, M.KL (both with `aggregation`), M.ENTROPY,
+            M.CLIPFRAC (fraction of trained tokens whose clipped branch was taken, i.e. with
+            zero policy gradient) and M.APPROX_KL (k3 estimate of KL(pi_old || pi)); the
             last three are token means. All 0 when no token is trained.
     """
     if clip_coef_high is None:
@@ -123,11 +116,11 @@ def compute_policy_loss(
         clipped = (pg_clipped > pg_unclipped).to(logprobs.dtype)
         approx_kl = (ratio - 1.0) - logratio  # CleanRL's k3 estimate of KL(old || new)
         metrics = {
-            PG_LOSS_KEY: pg_loss.item(),
-            KL_KEY: kl.item(),
-            ENTROPY_KEY: _aggregate(ent_tok, mask, "token-mean").item(),
-            CLIPFRAC_KEY: _aggregate(clipped, mask, "token-mean").item(),
-            APPROX_KL_KEY: _aggregate(approx_kl, mask, "token-mean").item(),
+            M.PG_LOSS: pg_loss.item(),
+            M.KL: kl.item(),
+            M.ENTROPY: _aggregate(ent_tok, mask, "token-mean").item(),
+            M.CLIPFRAC: _aggregate(clipped, mask, "token-mean").item(),
+            M.APPROX_KL: _aggregate(approx_kl, mask, "token-mean").item(),
         }
     return loss, metrics
 
@@ -149,18 +142,18 @@ def truncated_is_weights(
 
     Returns:
         weights: per record, one float per response token.
-        metrics: IS_WEIGHT_MEAN_KEY, IS_WEIGHT_MAX_KEY (of the weights before truncation) and
-            IS_TRUNCATED_KEY (fraction of tokens whose weight exceeded `cap`); all 0 without tokens.
+        metrics: M.IS_WEIGHT_MEAN, M.IS_WEIGHT_MAX (of the weights before truncation) and
+            M.IS_TRUNCATED (fraction of tokens whose weight exceeded `cap`); all 0 without tokens.
     """
     lengths = [len(lp) for lp in old_logprobs]
     old = torch.tensor([x for lp in old_logprobs for x in lp], dtype=torch.float64)
     behaviour = torch.tensor([x for lp in behaviour_logprobs for x in lp], dtype=torch.float64)
     raw = torch.exp((old - behaviour).clamp(max=20.0))  # exp(20) ~ 5e8: far above any cap, never inf
     truncated = raw.clamp(max=cap)
-    metrics = {IS_WEIGHT_MEAN_KEY: 0.0, IS_WEIGHT_MAX_KEY: 0.0, IS_TRUNCATED_KEY: 0.0}
+    metrics = {M.IS_WEIGHT_MEAN: 0.0, M.IS_WEIGHT_MAX: 0.0, M.IS_TRUNCATED: 0.0}
     if raw.numel():
-        metrics = {IS_WEIGHT_MEAN_KEY: raw.mean().item(), IS_WEIGHT_MAX_KEY: raw.max().item(),
-                   IS_TRUNCATED_KEY: (raw > cap).double().mean().item()}
+        metrics = {M.IS_WEIGHT_MEAN: raw.mean().item(), M.IS_WEIGHT_MAX: raw.max().item(),
+                   M.IS_TRUNCATED: (raw > cap).double().mean().item()}
     return [part.tolist() for part in torch.split(truncated, lengths)], metrics
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from himac_ray import trackers
 from himac_ray.atomic import publish_file
-from himac_ray.names import MODES
+from himac_ray.names import ENV_POOL_RESTARTS, EPISODES_FAILED, MODES, SAMPLER_RESTARTS
 
 ITERATION = "iteration"
 TRAINABLE = "trainable"
@@ -90,8 +90,7 @@ GROUP_SIZE_MEAN = {level: f"groups/{level}_size_mean" for level in MODES}
 `algorithm.group_size: auto`, the grown sizes)"""
 GROUP_START = {level: f"groups/{level}_start" for level in MODES}
 """`algorithm.group_size: auto`: rollout level -> its groups' start size in the next iteration"""
-FAULTS = {"faults/episodes_failed": "episodes_failed", "faults/env_pool_restarts": "env_pool_restarts",
-          "faults/sampler_restarts": "sampler_restarts"}
+FAULTS = {f"faults/{name}": name for name in (EPISODES_FAILED, ENV_POOL_RESTARTS, SAMPLER_RESTARTS)}
 """metric key -> rollout metric: episodes left out because their env raised, env pools and
 sampler engines replaced during the iteration's rollouts (himac_ray.rollout)"""
 
@@ -219,6 +218,6 @@ def plot_curve(rows: list[dict], path: str | Path, *, title: str = "", evals: li
     ax1.legend(fontsize=8)
     fig.suptitle(title)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    publish_file(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
     plt.close(fig)
     return Path(path)

@@ -1,4 +1,5 @@
-"""The project's vocabulary, defined once: algorithm names, record levels and policy roles.
+"""The project's vocabulary, defined once: algorithm names, record levels, policy roles, fault counters and
+the blueprint-line separator.
 
 A HiMAC run has two policies (roles): the `planner` writes blueprints, whose records are level
 `plan`; the `executor` acts, whose records are level `act`. Flat algorithms have one policy and
@@ -26,3 +27,12 @@ of the best blueprint z*, flat groups of single-policy episodes; also the `group
 JOINT = "both"
 """`Learner.train_step(trainable=JOINT)`: both levels of the one shared policy in the same
 optimizer steps (the "without co-evolution" ablation)"""
+EPISODES_FAILED = "episodes_failed"
+"""rollout metric: episodes left out because their env raised"""
+ENV_POOL_RESTARTS = "env_pool_restarts"
+SAMPLER_RESTARTS = "sampler_restarts"
+"""(both) rollout metrics: actors replaced during the rollout, set by the Ray rollout service
+(actors/env_pool.py); with EPISODES_FAILED the fault counters `metrics.FAULTS` reports"""
+MERGE_SEPARATOR = "; then "
+"""joins the expert subgoals merged into the last blueprint line (`sft.expert.expert_blueprint`);
+`sokoban_text.subgoal_cell` reads the last part of such a line"""

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from himac_ray.data import Record
+from himac_ray.names import ENV_POOL_RESTARTS, EPISODES_FAILED, SAMPLER_RESTARTS
 
 # Metric keys (RolloutResult.metrics).
 SUCCESS_RATE = "success_rate"
@@ -26,10 +27,7 @@ GEN_TOKENS = "gen_tokens"
 GEN_CALLS = "gen_calls"
 GEN_SECONDS = "gen_seconds"
 ENV_SECONDS = "env_seconds"
-EPISODES_FAILED = "episodes_failed"
-ENV_POOL_RESTARTS = "env_pool_restarts"
-SAMPLER_RESTARTS = "sampler_restarts"
-"""(both) actors replaced during the rollout: set by the Ray rollout service (actors/env_pool.py)"""
+# EPISODES_FAILED, ENV_POOL_RESTARTS, SAMPLER_RESTARTS: the fault counters (himac_ray.names)
 
 
 @dataclass

@@ -10,6 +10,7 @@ experts, then drives the `Coordinator` actor with a progress bar. Imports Ray an
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import os
@@ -59,6 +60,39 @@ def local_ray_options(cfg: TrainConfig) -> dict:
             "runtime_env": RAY_ENV}
 
 
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
+
+
+@contextlib.contextmanager
+def loopback_head(node_ip_address: str):
+    """Around the `ray.init` of a local head: keep a loopback node address loopback.
+
+    Ray 2.60's `ray.init` replaces a loopback `_node_ip_address` by the machine's reachable IP
+    (`services.resolve_ip_for_localhost`), and then its GCS, raylet, workers and dashboard agent
+    listen on that IP and on 0.0.0.0. Ray keeps loopback where it runs single-machine heads
+    (`ray_constants.ENABLE_RAY_CLUSTER` false, its default on macOS and Windows): this sets that for
+    the block only (the started processes get the address on their command lines). Any other
+    address (a head meant to be reached from other machines) is left as it is."""
+    import ray._private.ray_constants as ray_constants
+
+    before = ray_constants.ENABLE_RAY_CLUSTER
+    if node_ip_address in LOOPBACK_HOSTS:
+        ray_constants.ENABLE_RAY_CLUSTER = False
+    try:
+        yield
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = before
+
+
+def start_local_head(**ray_init_kwargs):
+    """`ray.init` of a private head on this machine (address "local": never a running cluster),
+    listening on loopback only (`loopback_head`); other arguments pass through. Returns Ray's context."""
+    import ray
+
+    with loopback_head("127.0.0.1"):
+        return ray.init(address="local", _node_ip_address="127.0.0.1", **ray_init_kwargs)
+
+
 def init_ray(cfg: TrainConfig, *, log=print):
     """Connect to an existing cluster or start a local head (`local_ray_options`)."""
     import ray
@@ -70,7 +104,8 @@ def init_ray(cfg: TrainConfig, *, log=print):
         ctx = ray.init(address=address, runtime_env=RAY_ENV, log_to_driver=True)
         log(f"[himac-ray] connected to Ray at {address}")
     else:
-        ctx = ray.init(**local_ray_options(cfg))
+        with loopback_head(cfg.run.node_ip_address):
+            ctx = ray.init(**local_ray_options(cfg))
         url = getattr(ctx, "dashboard_url", "") or ""
         log(f"[himac-ray] local Ray started; dashboard: http://{url}" if url else "[himac-ray] local Ray started")
     return ctx

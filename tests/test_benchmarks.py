@@ -292,3 +292,25 @@ def test_learning_bench_alfworld_smoke_reports_success_by_task_type():
     for ev in (*saved["start_evals"].values(), *run["evals"]):
         assert set(ev["by_task_type"]) == types and len(ev["task_type_by_seed"]) == saved["spec"]["eval_episodes"]
     assert set(saved["by_algo"][f"himac{saved['family']}"]["by_task_type"]) == types
+
+
+def test_sokoban_rooms_are_split_into_straight_pushes_and_walk_arounds():
+    """Sokoban's held-out rooms are classed by the expert's blueprint (one subgoal: a straight push); a
+    learning run's rise is then reported per class with a paired interval over that class's rooms."""
+    from benchmarks import learning_bench as L
+    from himac_ray.config import load_config
+    from himac_ray.envs.sokoban import SokobanTextEnv
+
+    cfg = load_config(L.CONFIG)
+    classes = L.room_classes(cfg.env, [str(s) for s in range(16)])
+    assert sorted(classes, key=int) == [str(s) for s in range(16)] and set(classes.values()) == set(L.ROOM_CLASSES)
+    env = SokobanTextEnv(**cfg.env.kwargs)
+    for room, cls in classes.items():
+        env.reset(seed=int(room))
+        assert (cls == "straight push") == (len(set(env.expert_actions())) == 1)  # pushes in one line, no walk
+    start = {"won_by_seed": {s: 0 for s in classes}}  # no task types in Sokoban's evaluations
+    final = {"won_by_seed": {s: int(c == "walk-around") for s, c in classes.items()}}
+    rise = L.rise_by_task_type(start, final, classes)
+    assert rise["walk-around"]["rise"] == 1 and rise["straight push"]["rise"] == 0
+    assert rise["walk-around"]["tasks"] + rise["straight push"]["tasks"] == 16
+    assert L.rise_by_task_type(start, final) == {}

@@ -6,7 +6,9 @@ make targets)."""
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import json
+import os
 import re
 import shlex
 from pathlib import Path
@@ -294,11 +296,15 @@ def test_embedded_model_package_is_pinned_to_one_version():
 
 def test_local_ray_heads_bind_every_endpoint_to_loopback(monkeypatch):
     """`himac-ray train` and the benchmarks start local heads on 127.0.0.1 unless the config says otherwise."""
+    import contextlib
     import sys
     import types
 
+    from himac_ray import train
     from himac_ray.train import init_ray, local_ray_options
 
+    # the fake ray has no ray._private (the real sockets: test_local_ray_heads_really_listen_on_loopback_only)
+    monkeypatch.setattr(train, "loopback_head", lambda ip: contextlib.nullcontext())
     calls = []
     fake = types.SimpleNamespace(is_initialized=lambda: False, init=lambda **kw: calls.append(kw) or object(),
                                  shutdown=lambda: None)
@@ -315,3 +321,55 @@ def test_local_ray_heads_bind_every_endpoint_to_loopback(monkeypatch):
     with local_ray(num_cpus=1):
         pass
     assert calls[-1]["_node_ip_address"] == "127.0.0.1" and calls[-1]["include_dashboard"] is False
+
+
+LISTENERS_SCRIPT = """
+import json, os, sys
+import psutil
+sys.path.insert(0, {root!r})
+from himac_ray.config import load_config
+from himac_ray.train import init_ray
+import ray
+
+def listeners():
+    procs = psutil.Process().children(recursive=True) + [psutil.Process()]
+    out = set()
+    for p in procs:
+        try:
+            out |= {{c.laddr.ip for c in p.net_connections(kind="inet") if c.status == psutil.CONN_LISTEN}}
+        except psutil.Error:
+            pass
+    return sorted(out)
+
+init_ray(load_config(None, ["model.path=tiny"]), log=lambda *_: None)
+ray.get(ray.remote(lambda: 1).remote())  # a worker process listens too
+train = listeners()
+ray.shutdown()
+from benchmarks.common import local_ray
+with local_ray(num_cpus=1):
+    ray.get(ray.remote(lambda: 1).remote())
+    bench = listeners()
+print(json.dumps({{"train": train, "bench": bench}}))
+"""
+
+
+def _loopback(ip: str) -> bool:
+    addr = ipaddress.ip_address(ip)
+    return addr.is_loopback or bool(getattr(addr, "ipv4_mapped", None) and addr.ipv4_mapped.is_loopback)
+
+
+@pytest.mark.slow
+def test_local_ray_heads_really_listen_on_loopback_only():
+    """The sockets a local head opens (GCS, raylet, agents, dashboard, a worker), not just the arguments:
+    Ray 2.60 turns a loopback node address into the machine's IP unless `train.loopback_head` keeps it."""
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    proc = subprocess.run([sys.executable, "-c", LISTENERS_SCRIPT.format(root=str(ROOT))], env=env, cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    found = json.loads(proc.stdout.strip().splitlines()[-1])
+    for head, ips in found.items():
+        assert ips, f"{head}: no listening socket found (the check would pass vacuously)"
+        assert all(_loopback(ip) for ip in ips), f"{head} head listens on {ips}"

@@ -8,10 +8,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from diag_common import expert_plan
-
-from benchmarks.learning_bench import SIZES, make_cfg
+from benchmarks.learning_bench import SIZES, make_cfg, room_classes
 
 results = json.loads((Path(__file__).resolve().parent / "learning_recipe_full.json").read_text())
 wanted = sys.argv[1:] or [""]
@@ -19,15 +16,14 @@ env_cfg = make_cfg(Path("/tmp/himac-room-classes"), algo="himac", seed=0, spec=S
 
 
 runs = {key: run for key, run in results["runs"].items() if any(w in key for w in wanted) and "evals" in run}
-seeds = sorted({int(s) for run in runs.values() for ev in run["evals"] for s in ev["won_by_seed"]})
-classes = {s: len(expert_plan(env_cfg, s)[1]) == 1 for s in seeds}  # True: a straight push
+seeds = sorted({s for run in runs.values() for ev in run["evals"] for s in ev["won_by_seed"]})
+classes = {s: c == "straight push" for s, c in room_classes(env_cfg, seeds).items()}
 print(f"rooms: {sum(classes.values())} straight pushes, {len(seeds) - sum(classes.values())} walk-arounds")
 
 
 def split(won_by_seed: dict) -> str:
-    wins = {int(s): w for s, w in won_by_seed.items()}
-    a = sum(w for s, w in wins.items() if classes[s])
-    b = sum(w for s, w in wins.items() if not classes[s])
+    a = sum(w for s, w in won_by_seed.items() if classes[s])
+    b = sum(w for s, w in won_by_seed.items() if not classes[s])
     return f"straight {a:g}, walk-around {b:g}"
 
 

@@ -32,8 +32,10 @@ from himac_ray.envs.alfworld_world import (
     COOLABLE,
     HEAT,
     HEATABLE,
+    LAMP_HOLDERS,
     LIGHT,
     OPENABLE,
+    SEARCH_TYPES,
     SPLITS,
     TASK_TYPES,
     TWO,
@@ -63,6 +65,8 @@ HELP = (
     "  slice (object) with (object):     slice an object using a sharp object\n"
 )
 _PROCESS_VERB = {CLEAN: "clean", HEAT: "heat", COOL: "cool"}
+EXPERTS = ("oracle", "search")
+"""`expert` kwarg: oracle goes straight to hidden objects; search looks where they may be"""
 
 
 def join_items(names: list[str]) -> str:
@@ -119,6 +123,11 @@ class ALFWorldEnv(TextEnv):
       and goal triples; see `himac_ray.envs.alfworld_world`). Seeds pick a game within the split.
     - `task_types`: ids 1-6 (or names) of the task types to draw from; default all six.
     - `max_steps`: steps before truncation; default 50 (verl-agent).
+    - `expert`: "oracle" (default; like ALFWorld's handcoded expert, it walks straight to the
+      hidden objects) or "search": it goes straight only to what the agent has seen; otherwise it
+      visits the receptacles where such an object may be (`SEARCH_TYPES` order, then by number),
+      opening closed ones, until one shows it. Its every step follows from what the agent has
+      observed, so a small model can imitate it (the oracle's first "go to" cannot be inferred).
 
     `info` holds `won`, `admissible_actions` (sorted, without "help"), `action_is_valid`, `task`,
     `task_type` and `floorplan`. `expert_actions()` / `expert_subgoals()` read the hidden state.
@@ -130,11 +139,15 @@ class ALFWorldEnv(TextEnv):
         split: str = "train",
         task_types: Any = (1, 2, 3, 4, 5, 6),
         max_steps: int = 50,
+        expert: str = "oracle",
         render_mode: str | None = None,
     ):
         super().__init__(max_steps=max_steps, render_mode=render_mode)
         if split not in SPLITS:
             raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+        if expert not in EXPERTS:
+            raise ValueError(f"expert must be one of {EXPERTS}, got {expert!r}")
+        self.expert = expert
         self.split = split
         self.task_types = parse_task_types(task_types)
         self.household: Household | None = None
@@ -159,6 +172,8 @@ class ALFWorldEnv(TextEnv):
         self._loc: str | None = None
         self._held: str | None = None
         self._opened: set[str] = set()
+        self._seen: set[str] = set()
+        """receptacles whose contents the agent has been shown"""
         self._clean: set[str] = set()
         self._hot: set[str] = set()
         self._cool: set[str] = set()
@@ -188,8 +203,9 @@ class ALFWorldEnv(TextEnv):
         return self._admissible
 
     # --- rules --------------------------------------------------------------------------------
-    def _accessible(self, r: str) -> bool:
-        return self._rtype[r] not in OPENABLE or r in self._opened
+    def _accessible(self, r: str, opened: set[str] | None = None) -> bool:
+        """Its contents can be seen and used: not openable, or open (in `opened`, default the env's)."""
+        return self._rtype[r] not in OPENABLE or r in (self._opened if opened is None else opened)
 
     def _refresh(self) -> None:
         """Recompute the admissible commands (alfred.pddl preconditions) for the current state."""
@@ -263,9 +279,12 @@ class ALFWorldEnv(TextEnv):
         """Apply one admissible command (preconditions already hold) and return its feedback."""
         if op == "goto":
             self._loc = args[0]
+            if self._accessible(args[0]):
+                self._seen.add(args[0])
             return f"You arrive at {args[0]}. {self._describe(args[0])}"
         if op == "open":
             self._opened.add(args[0])
+            self._seen.add(args[0])
             return f"You open the {args[0]}. {self._describe(args[0])}"
         if op == "close":
             self._opened.discard(args[0])
@@ -338,7 +357,8 @@ class ALFWorldEnv(TextEnv):
             return []
         hh, T = self.household, self.household.goal_object
         segments: list[tuple[str, list[str]]] = []
-        state = {"loc": self._loc, "opened": set(self._opened)}
+        state = {"loc": self._loc, "opened": set(self._opened), "seen": set(self._seen)}
+        searching = self.expert == "search"
 
         def reach(r: str, acts: list[str], *, open_it: bool) -> None:
             if state["loc"] != r:
@@ -347,11 +367,32 @@ class ALFWorldEnv(TextEnv):
             if open_it and self._rtype[r] in OPENABLE and r not in state["opened"]:
                 acts.append(f"open {r}")
                 state["opened"].add(r)
+            if self._accessible(r, state["opened"]):
+                state["seen"].add(r)
 
-        def take(o: str, subgoal: str) -> None:
+        def search(places: set[str], types: tuple[str, ...], acts: list[str]) -> None:
+            """(search expert) Unless one of `places` was seen, visit the unseen receptacles of `types` in
+            order until one of `places` shows."""
+            if places & state["seen"]:
+                return
+            rank = {t: i for i, t in enumerate(types)}
+            for r in sorted((r for r in hh.receptacles if self._rtype[r] in rank),
+                            key=lambda r: (rank[self._rtype[r]], split_name(r)[1])):
+                if r not in state["seen"]:
+                    reach(r, acts, open_it=True)
+                    if r in places:
+                        return
+
+        def take(otype: str, subgoal: str, *, exclude: str | None = None, skip: set[str] = frozenset()) -> str:
             acts: list[str] = []
+            candidates = self._candidates(otype, exclude=exclude, skip=skip)
+            if searching:
+                search({self._where[o] for o in candidates},
+                       tuple(t for t in SEARCH_TYPES[otype] if t != hh.goal_receptacle), acts)
+            o = self._pick(candidates, seen=state["seen"] if searching else None)
             reach(self._where[o], acts, open_it=True)
             segments.append((subgoal, acts + [f"take {o} from {self._where[o]}"]))
+            return o
 
         def put(o: str, r: str, subgoal: str) -> None:
             acts: list[str] = []
@@ -366,9 +407,10 @@ class ALFWorldEnv(TextEnv):
 
         if hh.task_type == LIGHT:
             if held is None:
-                held = self._pick(T, exclude=None)
-                take(held, f"find and take a {T}")
+                held = take(T, f"find and take a {T}")
             acts: list[str] = []
+            if searching:
+                search({self._where[hh.lamp]}, LAMP_HOLDERS, acts)
             reach(self._where[hh.lamp], acts, open_it=False)
             if hh.lamp not in self._toggled:
                 acts.append(f"use {hh.lamp}")
@@ -381,16 +423,14 @@ class ALFWorldEnv(TextEnv):
                 placed += 1
             taken: set[str] = set()
             while placed < 2:
-                o = self._pick(T, exclude=target, skip=taken)
+                o = take(T, f"find and take {'another' if placed else 'a'} {T}", exclude=target, skip=taken)
                 taken.add(o)
-                take(o, f"find and take {'another' if placed else 'a'} {T}")
                 put(o, target, f"put the {T} in/on the {target}")
                 placed += 1
         else:
             target = min(self._goal_receps, key=self._order)
             if held is None:
-                held = self._pick(T, exclude=None)
-                take(held, f"find and take a {T}")
+                held = take(T, f"find and take a {T}")
             if hh.task_type in APPLIANCE and not self._has_property(held):
                 appliance = min((r for r in hh.receptacles if self._rtype[r] == APPLIANCE[hh.task_type]),
                                 key=self._order)
@@ -404,10 +444,15 @@ class ALFWorldEnv(TextEnv):
     def _count(self, r: str, otype: str) -> int:
         return sum(1 for o in self._contents[r] if self._otype[o] == otype)
 
-    def _pick(self, otype: str, *, exclude: str | None, skip: set[str] = frozenset()) -> str:
-        """The object of `otype` the expert fetches: here first, already processed next, then nearest."""
-        candidates = [o for o, r in self._where.items()
-                      if self._otype[o] == otype and r != exclude and o not in skip]
+    def _candidates(self, otype: str, *, exclude: str | None, skip: set[str]) -> list[str]:
+        """Objects of `otype` the expert may fetch: not in receptacle `exclude`, not in `skip`."""
+        return [o for o, r in self._where.items() if self._otype[o] == otype and r != exclude and o not in skip]
+
+    def _pick(self, candidates: list[str], *, seen: set[str] | None = None) -> str:
+        """The one of `candidates` the expert fetches: here first, already processed next, then nearest;
+        among those in `seen` receptacles when any is (the search expert), else among all."""
+        if seen is not None and any(self._where[o] in seen for o in candidates):
+            candidates = [o for o in candidates if self._where[o] in seen]
         return min(candidates, key=lambda o: (self._where[o] != self._loc, not self._has_property(o),
                                               split_name(self._where[o]), split_name(o)))
 

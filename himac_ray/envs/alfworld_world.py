@@ -146,6 +146,8 @@ _OBJECT_TABLE = {
     "towel": ((_T,), "", "towelholder"),
 }
 CAN_CONTAIN = {o: frozenset(recs.split()) for o, (_, _, recs) in _OBJECT_TABLE.items()}
+SEARCH_TYPES = {o: tuple(recs.split()) for o, (_, _, recs) in _OBJECT_TABLE.items()}
+"""where to look for an object type, most likely first (common sense, not the hidden state)"""
 CLEANABLE = frozenset(o for o, (_, f, _) in _OBJECT_TABLE.items() if "C" in f)
 HEATABLE = frozenset(o for o, (_, f, _) in _OBJECT_TABLE.items() if "H" in f)
 COOLABLE = frozenset(o for o, (_, f, _) in _OBJECT_TABLE.items() if "K" in f)

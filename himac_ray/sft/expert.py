@@ -29,8 +29,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from himac_ray import parsers, prompts, rollout
-
-MERGE_SEPARATOR = prompts.MERGE_SEPARATOR
+from himac_ray.names import MERGE_SEPARATOR
 
 
 def expert_blueprint(subgoals: Sequence[str], max_subgoals: int) -> list[str]:

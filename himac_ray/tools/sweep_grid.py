@@ -14,6 +14,7 @@ from pathlib import Path
 import yaml
 
 from himac_ray import metrics as M
+from himac_ray.atomic import publish_file
 from himac_ray.config import ConfigError, config_from_dict, config_to_dict
 
 SUMMARY_FILE = "sweep_summary.json"
@@ -268,7 +269,7 @@ def plot_trials(trials: list[dict], path: Path, *, title: str = "") -> Path | No
     ax1.legend(fontsize=8)
     fig.suptitle(title)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    publish_file(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
     plt.close(fig)
     return path
 

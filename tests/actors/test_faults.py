@@ -61,23 +61,29 @@ def check_every_group_once(result, seeds, group_size=2):
     assert sum(r.level == "plan" for r in result.records) == len(seeds) * group_size
 
 
+def kill_started(actor) -> None:
+    """Kills an actor once it runs: Ray 2.60 can drop a kill sent before the actor is scheduled."""
+    ray.get(actor.__ray_ready__.remote(), timeout=60)
+    ray.kill(actor)
+
+
 def test_pool_restart_budget_is_per_rollout_call(local_ray):
     faults = []
     dispatcher = RolloutDispatcher(ENV, {"max_steps": 3}, num_pools=1, max_restarts=1, log=lambda m: None,
                                    on_fault=lambda *f: faults.append(f))
     try:
         for _ in range(3):  # one death per call: the old per-run budget (1 x 1 pool) failed the 2nd call
-            ray.kill(dispatcher.pools[0])
+            kill_started(dispatcher.pools[0])
             result = roll(dispatcher, [3, 4], generator=scripted())
             check_every_group_once(result, [3, 4])
             assert result.metrics["env_pool_restarts"] == 1
         assert dispatcher.restarts == 3 and [f[0] for f in faults] == ["env_pool"] * 3
-        ray.kill(dispatcher.pools[0])  # two deaths in one call exceed max_restarts=1
+        kill_started(dispatcher.pools[0])  # two deaths in one call exceed max_restarts=1
         real_new_pool = dispatcher._new_pool
 
         def dead_pool():
             pool = real_new_pool()
-            ray.kill(pool)
+            kill_started(pool)
             return pool
 
         dispatcher._new_pool = dead_pool
@@ -162,7 +168,7 @@ def test_dead_sampler_is_replaced_and_every_slice_that_lost_it_redone(local_ray)
     fleet.on_restart = lambda role, i, actor: restarted.append((role, i))
     dispatcher = RolloutDispatcher(ENV, {"max_steps": 3}, num_pools=2, samplers=fleet, log=print)
     try:
-        ray.kill(fleet.actors["both"][1])
+        kill_started(fleet.actors["both"][1])
         result = roll(dispatcher, [8, 9, 10, 11])
         check_every_group_once(result, [8, 9, 10, 11])
         assert fleet.replaced == [1] and restarted == [("both", 1)]  # both pools hit it, one restart
@@ -245,11 +251,11 @@ def test_sampler_dead_or_hung_during_sync_is_replaced_and_given_the_weights(loca
     fleet = FakeFleet([FakeSampler.remote(), FakeSampler.remote(sleep_s=60)])
     cfg = load_config(None, ["run.sync_timeout_s=3"])
     sync = WeightSync(learner=learner, fleet=fleet, cfg=cfg, run_id="t3st", log=print)
-    ray.kill(fleet.actors["both"][0])
+    kill_started(fleet.actors["both"][0])
     sync(trainable=None, version=2)
     assert sorted(fleet.replaced) == [0, 1]
     assert ray.get([a.weights_version.remote() for a in fleet.all()]) == [2, 2]
     assert not any(Path(p).exists() for p in learner.saved)
-    ray.kill(fleet.actors["both"][1])  # a sampler restarted during a rollout gets the current weights too
+    kill_started(fleet.actors["both"][1])  # a sampler restarted during a rollout gets the current weights too
     fleet.replace(SamplerDiedError("gone", "both", 1, fleet.epochs["both"][1]))
     assert ray.get(fleet.actors["both"][1].weights_version.remote()) == 2

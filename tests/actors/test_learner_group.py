@@ -11,20 +11,20 @@ import torch
 from safetensors.torch import load_file
 
 from actors.learner import LearnerDiedError, LearnerGroup
+from himac_ray import metrics as M
 from himac_ray.config import AlgorithmConfig, LearnerConfig, ModelConfig
-from himac_ray.learner import GRAD_NORM_KEY, TOKENS_KEY
-from himac_ray.loss import APPROX_KL_KEY, CLIPFRAC_KEY, ENTROPY_KEY, KL_KEY, PG_LOSS_KEY
 from himac_ray.models import resolve_model
+from himac_ray.train import start_local_head
 from tests.himac_ray.test_learner import _tokenizer, make_records, on_policy
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
-LOSS_KEYS = (PG_LOSS_KEY, KL_KEY, CLIPFRAC_KEY, APPROX_KL_KEY, ENTROPY_KEY, GRAD_NORM_KEY)
+LOSS_KEYS = (M.PG_LOSS, M.KL, M.CLIPFRAC, M.APPROX_KL, M.ENTROPY, M.GRAD_NORM)
 
 
 @pytest.fixture(scope="module")
 def ray_session():
-    # address="local": always a fresh instance, even if a `ray start` cluster runs on this machine
-    ray.init(address="local", num_cpus=4, include_dashboard=False)
+    # always a fresh instance, even if a `ray start` cluster runs on this machine
+    start_local_head(num_cpus=4, include_dashboard=False)
     yield
     ray.shutdown()
 
@@ -58,7 +58,7 @@ def test_two_rank_zero3_matches_one_rank(ray_session, tmp_path):
     rec2, m2, w2 = run(2, tmp_path)
     for a, b in zip(rec1, rec2):  # compute_logprobs is sharded over ranks and reassembled
         torch.testing.assert_close(torch.tensor(a.logprobs), torch.tensor(b.logprobs), rtol=1e-4, atol=1e-5)
-    assert m1[TOKENS_KEY] == m2[TOKENS_KEY] > 0
+    assert m1[M.LEARNER_TOKENS] == m2[M.LEARNER_TOKENS] > 0
     for key in LOSS_KEYS:
         assert m2[key] == pytest.approx(m1[key], rel=1e-4, abs=1e-7), key
     assert set(w1) == set(w2)

@@ -20,6 +20,7 @@ import ray
 
 from himac_ray.config import config_to_dict, load_config
 from himac_ray.models import resolve_model
+from himac_ray.train import start_local_head
 
 pytestmark = [pytest.mark.slow, pytest.mark.ray]
 ROOT = Path(__file__).parents[2]
@@ -29,8 +30,8 @@ SYNC_TOL = 2e-3
 @pytest.fixture(scope="module")
 def local_ray():
     temp_dir = tempfile.mkdtemp(prefix="rayt", dir="/tmp")  # Ray's socket paths must stay short
-    ray.init(address="local", num_cpus=4, include_dashboard=False, _temp_dir=temp_dir,
-             runtime_env={"env_vars": {"TOKENIZERS_PARALLELISM": "false"}})
+    start_local_head(num_cpus=4, include_dashboard=False, _temp_dir=temp_dir,
+                     runtime_env={"env_vars": {"TOKENIZERS_PARALLELISM": "false"}})
     yield
     ray.shutdown()
     shutil.rmtree(temp_dir, ignore_errors=True)

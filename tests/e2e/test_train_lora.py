@@ -15,6 +15,7 @@ import ray
 from himac_ray.config import config_to_dict, load_config
 from himac_ray.data import table_to_records
 from himac_ray.models import resolve_model
+from himac_ray.train import start_local_head
 
 pytestmark = [pytest.mark.slow, pytest.mark.ray]
 ROOT = Path(__file__).parents[2]
@@ -24,8 +25,8 @@ SYNC_TOL = 2e-3
 def test_per_level_adapters_train_in_their_phase_and_reach_the_samplers(tmp_path):
     from actors.coordinator import Coordinator
 
-    ray.init(address="local", num_cpus=4, include_dashboard=False,
-             runtime_env={"env_vars": {"TOKENIZERS_PARALLELISM": "false"}})
+    start_local_head(num_cpus=4, include_dashboard=False,
+                     runtime_env={"env_vars": {"TOKENIZERS_PARALLELISM": "false"}})
     try:
         run = tmp_path / "run"
         cfg = load_config(ROOT / "configs" / "sokoban_tiny.yaml", [

@@ -15,7 +15,7 @@ import ray
 from himac_ray.config import config_to_dict, load_config
 from himac_ray.models import resolve_model
 from himac_ray.schedule import iteration_seeds
-from himac_ray.train import train
+from himac_ray.train import start_local_head, train
 
 pytestmark = [pytest.mark.slow, pytest.mark.ray]
 ROOT = Path(__file__).parents[2]
@@ -24,7 +24,7 @@ SYNC_TOL = 2e-3
 
 @pytest.fixture(scope="module")
 def local_ray():
-    ray.init(address="local", num_cpus=4, include_dashboard=False, runtime_env={"env_vars": {"TOKENIZERS_PARALLELISM": "false"}})
+    start_local_head(num_cpus=4, include_dashboard=False, runtime_env={"env_vars": {"TOKENIZERS_PARALLELISM": "false"}})
     yield
     ray.shutdown()
 

@@ -12,7 +12,7 @@ import ray
 
 from himac_ray.config import load_config
 from himac_ray.data import png_image, table_to_records
-from himac_ray.train import train
+from himac_ray.train import start_local_head, train
 
 pytestmark = [pytest.mark.slow, pytest.mark.ray]
 ROOT = Path(__file__).parents[2]
@@ -20,7 +20,7 @@ ROOT = Path(__file__).parents[2]
 
 @pytest.fixture(scope="module")
 def local_ray():
-    ray.init(address="local", num_cpus=4, include_dashboard=False, runtime_env={"env_vars": {"TOKENIZERS_PARALLELISM": "false"}})
+    start_local_head(num_cpus=4, include_dashboard=False, runtime_env={"env_vars": {"TOKENIZERS_PARALLELISM": "false"}})
     yield
     ray.shutdown()
 

@@ -6,11 +6,12 @@ import re
 
 import pytest
 
-from himac_ray import parsers, prompts
+from himac_ray import parsers, prompts, sokoban_text
 from himac_ray.advantage import group_informative
 from himac_ray.config import ConfigError, load_config
 from himac_ray.generation import ScriptedGenerator
 from himac_ray.hardware import resolve_dtype
+from himac_ray.names import MERGE_SEPARATOR
 from himac_ray.rollout import run_rollout
 from himac_ray.schedule import EXTRA_SEED_OFFSET, Phase, iteration_seeds
 from himac_ray.sft.expert import expert_demonstrations
@@ -266,16 +267,16 @@ def test_sampled_evaluation_beside_the_greedy_one():
 
 def test_moves_line_marks_the_move_that_reaches_the_subgoal_cell():
     board = "######\n##P__#\n##X__#\n#__O_#\n######\n"
-    walk = prompts.sokoban_moves(board, "Move to (row 1, col 3), to the right of the box at (row 2, col 2)")
+    walk = sokoban_text.sokoban_moves(board, "Move to (row 1, col 3), to the right of the box at (row 2, col 2)")
     assert "right: floor -> (row 1, col 3) completes the subgoal" in walk and walk.count("completes") == 1
-    push = prompts.sokoban_moves(board, "Push the box at (row 2, col 2) down to (row 3, col 2)")
+    push = sokoban_text.sokoban_moves(board, "Push the box at (row 2, col 2) down to (row 3, col 2)")
     assert "down: push box to (row 3, col 2) completes the subgoal" in push and push.count("completes") == 1
     # a walk onto a push subgoal's cell completes nothing; nor does a cell the subgoal names only as the box's
-    assert "completes" not in prompts.sokoban_moves(board, "Push the box right to (row 1, col 3)")
-    assert "completes" not in prompts.sokoban_moves(board, "Move next to the box at (row 1, col 3)")
-    merged = f"Move to (row 9, col 9){prompts.MERGE_SEPARATOR}Push the box down to (row 3, col 2)"
-    assert "down: push box to (row 3, col 2) completes the subgoal" in prompts.sokoban_moves(board, merged)
-    assert "completes" not in prompts.sokoban_moves(board)
+    assert "completes" not in sokoban_text.sokoban_moves(board, "Push the box right to (row 1, col 3)")
+    assert "completes" not in sokoban_text.sokoban_moves(board, "Move next to the box at (row 1, col 3)")
+    merged = f"Move to (row 9, col 9){MERGE_SEPARATOR}Push the box down to (row 3, col 2)"
+    assert "down: push box to (row 3, col 2) completes the subgoal" in sokoban_text.sokoban_moves(board, merged)
+    assert "completes" not in sokoban_text.sokoban_moves(board)
 
 
 def test_expert_says_sub_done_exactly_where_the_moves_line_marks_its_move():
@@ -289,7 +290,7 @@ def test_expert_says_sub_done_exactly_where_the_moves_line_marks_its_move():
         action = parsers.parse_action(target, ["up", "down", "left", "right"], env_id=SOKOBAN, require_think=False)[0]
         moves = next(line for line in e["messages"][-2]["content"].splitlines() if line.startswith("Moves: "))
         entry = re.search(rf"\b{action}: (.*?)(?=, (?:up|down|left|right): |$)", moves).group(1)
-        marked = entry.endswith(prompts.SUBGOAL_REACHED)
+        marked = entry.endswith(sokoban_text.SUBGOAL_REACHED)
         assert marked == ("<sub_done>" in target), (entry, target)
         done += marked
     assert len(steps) > 60 and 0 < done < len(steps)

@@ -13,10 +13,10 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
 
+from himac_ray import metrics as M
 from himac_ray.config import AlgorithmConfig, LearnerConfig, ModelConfig
 from himac_ray.data import Record
-from himac_ray.learner import GRAD_NORM_KEY, TOKENS_KEY, Learner, _split, stable_order
-from himac_ray.loss import APPROX_KL_KEY, CLIPFRAC_KEY, KL_KEY, PG_LOSS_KEY
+from himac_ray.learner import Learner, _split, stable_order
 from himac_ray.models import resolve_model
 from himac_ray.optim_state import from_plain, to_plain
 
@@ -91,12 +91,12 @@ def test_train_step_moves_logprobs_with_advantage_sign():
     for r, b, a in zip(records, before, after):
         assert r.advantage * (sum(a) - sum(b)) > 0, (r.traj_id, r.advantage, sum(b), sum(a))
     # first step is on-policy: ratio 1, nothing clipped, reference == policy
-    assert metrics[CLIPFRAC_KEY] == 0.0
-    assert abs(metrics[APPROX_KL_KEY]) < 1e-6 and abs(metrics[KL_KEY]) < 1e-6
-    assert metrics[TOKENS_KEY] == sum(len(r.prompt_ids) + len(r.response_ids) for r in records)
-    assert np.isfinite(metrics[GRAD_NORM_KEY]) and metrics[GRAD_NORM_KEY] > 0
+    assert metrics[M.CLIPFRAC] == 0.0
+    assert abs(metrics[M.APPROX_KL]) < 1e-6 and abs(metrics[M.KL]) < 1e-6
+    assert metrics[M.LEARNER_TOKENS] == sum(len(r.prompt_ids) + len(r.response_ids) for r in records)
+    assert np.isfinite(metrics[M.GRAD_NORM]) and metrics[M.GRAD_NORM] > 0
     # the second step is off-policy: the KL to the reference is now positive
-    assert learner.train_step(records, trainable="executor")[KL_KEY] > 0
+    assert learner.train_step(records, trainable="executor")[M.KL] > 0
 
 
 @pytest.mark.slow
@@ -106,7 +106,7 @@ def test_joint_update_trains_both_levels_of_the_shared_policy_in_one_step():
     before = learner.compute_logprobs(records)
     metrics = learner.train_step(records, trainable="both")
     after = learner.compute_logprobs(records)
-    assert metrics[TOKENS_KEY] == sum(len(r.prompt_ids) + len(r.response_ids) for r in records)
+    assert metrics[M.LEARNER_TOKENS] == sum(len(r.prompt_ids) + len(r.response_ids) for r in records)
     assert learner.steps == 1
     for r, b, a in zip(records, before, after):  # plan and act responses both move with their advantage
         assert r.advantage * (sum(a) - sum(b)) > 0, (r.level, r.traj_id)
@@ -122,7 +122,7 @@ def test_ppo_epochs_pass_over_the_batch_several_times():
     before = one.compute_logprobs(records)
     m1, m3 = one.train_step(records, trainable="executor"), three.train_step(records, trainable="executor")
     total = sum(len(r.prompt_ids) + len(r.response_ids) for r in records)
-    assert m1[TOKENS_KEY] == total and m3[TOKENS_KEY] == 3 * total  # 3 passes of 2 optimizer steps
+    assert m1[M.LEARNER_TOKENS] == total and m3[M.LEARNER_TOKENS] == 3 * total  # 3 passes of 2 optimizer steps
     moved = [sum(abs(sum(a) - sum(b)) for a, b in zip(learner.compute_logprobs(records), before))
              for learner in (one, three)]
     assert moved[1] > 2 * moved[0] > 0
@@ -155,11 +155,11 @@ def test_other_level_records_do_not_change_the_update():
     mixed = [x for pair in zip(plans, acts) for x in pair] + acts[len(plans):]
     m_a = a.train_step(acts, trainable="executor")
     m_b = b.train_step(mixed, trainable="executor")
-    assert m_a[PG_LOSS_KEY] == m_b[PG_LOSS_KEY] and m_a[GRAD_NORM_KEY] == m_b[GRAD_NORM_KEY]
+    assert m_a[M.PG_LOSS] == m_b[M.PG_LOSS] and m_a[M.GRAD_NORM] == m_b[M.GRAD_NORM]
     wa, wb = exported(a), exported(b)
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
     # training the planner on a batch without plan records is a no-op
-    assert b.train_step(acts, trainable="planner")[TOKENS_KEY] == 0
+    assert b.train_step(acts, trainable="planner")[M.LEARNER_TOKENS] == 0
     assert all(torch.equal(wb[k], v) for k, v in exported(b).items())
 
 
@@ -168,7 +168,7 @@ def test_micro_batch_split_does_not_change_loss_or_gradient():
     a, b = make_learner(micro=1, kl_coef=0.0), make_learner(micro=4, kl_coef=0.0)
     records = on_policy(a, make_records(a.tokenizer, 7))
     m1, m4 = a.train_step(records, trainable="executor"), b.train_step(records, trainable="executor")
-    for key in (PG_LOSS_KEY, GRAD_NORM_KEY):
+    for key in (M.PG_LOSS, M.GRAD_NORM):
         assert m1[key] == pytest.approx(m4[key], rel=1e-5, abs=1e-7), key
 
 
@@ -231,7 +231,7 @@ def test_checkpoint_round_trip_restores_training_exactly(tmp_path, zero_stage):
     learner.load_checkpoint(tmp_path / "ckpt")
     assert all(torch.equal(saved_weights[k], v) for k, v in exported(learner).items())
     m2, w2 = learner.train_step(records, trainable="executor"), exported(learner)
-    assert {k: m1[k] for k in (PG_LOSS_KEY, KL_KEY, GRAD_NORM_KEY)} == {k: m2[k] for k in (PG_LOSS_KEY, KL_KEY, GRAD_NORM_KEY)}
+    assert {k: m1[k] for k in (M.PG_LOSS, M.KL, M.GRAD_NORM)} == {k: m2[k] for k in (M.PG_LOSS, M.KL, M.GRAD_NORM)}
     assert all(torch.equal(w1[k], w2[k]) for k in w1)
     hf = AutoModelForCausalLM.from_pretrained(tmp_path / "ckpt" / "policy", dtype=torch.float32)
     assert all(torch.equal(hf.state_dict()[k], v) for k, v in saved_weights.items())

@@ -9,9 +9,10 @@ import dataclasses
 
 import pytest
 
+from himac_ray import metrics as M
 from himac_ray.config import AlgorithmConfig, LearnerConfig, ModelConfig
 from himac_ray.generation import SamplingParams
-from himac_ray.learner import PG_LOSS_KEY, Learner
+from himac_ray.learner import Learner
 from himac_ray.models import resolve_model
 
 pytestmark = pytest.mark.slow
@@ -46,6 +47,6 @@ def test_learner_recomputes_the_samplers_logprobs_from_the_record_images(visual_
     assert moved > 10 * TOL
     records = [dataclasses.replace(r, advantage=1.0 if i % 2 else -1.0) for i, r in enumerate(records)]
     metrics = learner.train_step(records, trainable="executor")
-    assert metrics[PG_LOSS_KEY] == metrics[PG_LOSS_KEY] and metrics["perf/learner_tokens"] > 0
+    assert metrics[M.PG_LOSS] == metrics[M.PG_LOSS] and metrics["perf/learner_tokens"] > 0
     after = learner.compute_logprobs(records)
     assert max(abs(a - b) for x, y in zip(recomputed, after) for a, b in zip(x, y)) > TOL  # the update moved it

@@ -5,14 +5,10 @@ import math
 import pytest
 import torch
 
+from himac_ray import metrics as M
 from himac_ray.batch import pad_batch
 from himac_ray.data import Record
 from himac_ray.loss import (
-    APPROX_KL_KEY,
-    CLIPFRAC_KEY,
-    ENTROPY_KEY,
-    KL_KEY,
-    PG_LOSS_KEY,
     compute_policy_loss,
     token_entropy,
     token_logprobs,
@@ -57,9 +53,9 @@ def test_clipping_zero_grad_and_clipfrac():
     g = lp.grad.reshape(4)
     assert g[0] == 0 and g[2] == 0  # clipped tokens give no gradient
     assert g[1] < 0 and g[3] < 0  # unclipped positive-advantage tokens push logprob up
-    assert m[CLIPFRAC_KEY] == pytest.approx(0.5)
+    assert m[M.CLIPFRAC] == pytest.approx(0.5)
     # pg loss per token: -1.2, -1.1, 0.8 (= max(0.5, 0.8)), -0.5 -> mean -0.5
-    assert m[PG_LOSS_KEY] == pytest.approx((-1.2 - 1.1 + 0.8 - 0.5) / 4)
+    assert m[M.PG_LOSS] == pytest.approx((-1.2 - 1.1 + 0.8 - 0.5) / 4)
 
 
 def test_asymmetric_clip_high():
@@ -67,10 +63,10 @@ def test_asymmetric_clip_high():
     _, m = compute_policy_loss(logprobs=lp, old_logprobs=torch.zeros(1, 1),
                                advantages=torch.ones(1), response_mask=torch.ones(1, 1),
                                clip_coef=0.2, clip_coef_high=0.28)
-    assert m[CLIPFRAC_KEY] == 0.0
+    assert m[M.CLIPFRAC] == 0.0
     _, m = compute_policy_loss(logprobs=lp, old_logprobs=torch.zeros(1, 1),
                                advantages=torch.ones(1), response_mask=torch.ones(1, 1))
-    assert m[CLIPFRAC_KEY] == 1.0
+    assert m[M.CLIPFRAC] == 1.0
 
 
 def test_masked_tokens_get_exactly_zero_gradient():
@@ -105,13 +101,13 @@ def test_kl_zero_when_ref_equals_current_and_k3_value():
                 response_mask=torch.ones(1, 2))
     loss, m = compute_policy_loss(logprobs=lp, ref_logprobs=lp.detach().clone(), **args)
     loss.backward()
-    assert m[KL_KEY] == 0.0 and m[APPROX_KL_KEY] == 0.0 and loss.item() == 0.0
+    assert m[M.KL] == 0.0 and m[M.APPROX_KL] == 0.0 and loss.item() == 0.0
     assert (lp.grad == 0).all()  # zero advantage and KL at its minimum
     # ref = current + log(0.5): k3 = 0.5 - log(0.5) - 1 on both tokens
     ref = lp.detach() + math.log(0.5)
     loss, m = compute_policy_loss(logprobs=lp, ref_logprobs=ref, kl_coef=0.01, **args)
     k3 = 0.5 - math.log(0.5) - 1
-    assert m[KL_KEY] == pytest.approx(k3)
+    assert m[M.KL] == pytest.approx(k3)
     assert loss.item() == pytest.approx(0.01 * k3)
 
 
@@ -146,7 +142,7 @@ def test_entropy_bonus_and_token_entropy():
     loss, m = compute_policy_loss(logprobs=lp, old_logprobs=lp, advantages=torch.zeros(1),
                                   response_mask=torch.tensor([[1.0, 0.0]]), entropy=ent,
                                   entropy_coef=0.1)
-    assert m[ENTROPY_KEY] == pytest.approx(math.log(V))
+    assert m[M.ENTROPY] == pytest.approx(math.log(V))
     assert loss.item() == pytest.approx(-0.1 * math.log(V))
 
 
@@ -181,18 +177,18 @@ def test_token_logprobs_alignment_with_pad_batch():
     b = pad_batch(records, pad_token_id=-1)
     _, m = compute_policy_loss(logprobs=lp, old_logprobs=b["old_logprobs"],
                                advantages=torch.ones(2), response_mask=b["response_mask"])
-    assert m[CLIPFRAC_KEY] == 0.0 and abs(m[APPROX_KL_KEY]) < 1e-6
+    assert m[M.CLIPFRAC] == 0.0 and abs(m[M.APPROX_KL]) < 1e-6
 
 
 def test_truncated_is_weights_by_hand():
-    from himac_ray.loss import IS_TRUNCATED_KEY, IS_WEIGHT_MAX_KEY, IS_WEIGHT_MEAN_KEY, truncated_is_weights
+    from himac_ray.loss import truncated_is_weights
 
     old = [[math.log(0.5), math.log(0.2)], [math.log(0.9)]]
     behaviour = [[math.log(0.5), math.log(0.1)], [math.log(0.3)]]  # raw weights 1, 2, 3
     weights, m = truncated_is_weights(old_logprobs=old, behaviour_logprobs=behaviour, cap=2.5)
     assert [[round(w, 9) for w in ws] for ws in weights] == [[1.0, 2.0], [2.5]]
-    assert m[IS_WEIGHT_MEAN_KEY] == pytest.approx(2.0) and m[IS_WEIGHT_MAX_KEY] == pytest.approx(3.0)
-    assert m[IS_TRUNCATED_KEY] == pytest.approx(1 / 3)
+    assert m[M.IS_WEIGHT_MEAN] == pytest.approx(2.0) and m[M.IS_WEIGHT_MAX] == pytest.approx(3.0)
+    assert m[M.IS_TRUNCATED] == pytest.approx(1 / 3)
 
 
 def test_is_weights_scale_each_tokens_policy_gradient():

@@ -4,8 +4,9 @@ import dataclasses
 
 import pytest
 
+from himac_ray import metrics as M
 from himac_ray.config import load_config
-from himac_ray.learner import TOKENS_KEY, Learner
+from himac_ray.learner import Learner
 from himac_ray.trainer import Trainer
 from tests.himac_ray.test_learner import make_learner, make_records
 
@@ -37,4 +38,4 @@ def test_zero_advantage_records_are_left_out_only_when_asked(tmp_path, learner, 
     assert out.get("learner/skipped_zero_advantage", 0) == (4 if skip else 0)
     # nothing left to train: the step still reports (zero) learner figures
     out = trainer._learn([dataclasses.replace(r, advantage=0.0) for r in records], "executor")
-    assert (out[TOKENS_KEY] == 0.0) == skip and out["learner/records"] == (0 if skip else 6)
+    assert (out[M.LEARNER_TOKENS] == 0.0) == skip and out["learner/records"] == (0 if skip else 6)

@@ -14,10 +14,11 @@ import pytest
 from gymnasium.utils.env_checker import check_env
 
 import himac_ray.envs  # noqa: F401  (registers the env ids)
-from himac_ray.envs.alfworld import HELP, NOTHING, ALFWorldEnv, join_items
+from himac_ray.envs.alfworld import EXPERTS, HELP, NOTHING, ALFWorldEnv, join_items
 from himac_ray.envs.alfworld_world import (
     CAN_CONTAIN,
     OPENABLE,
+    SEARCH_TYPES,
     TASK_TYPES,
     UNSEEN_FLOORPLANS,
     get_floorplan,
@@ -125,9 +126,10 @@ def test_truncation_at_max_steps():
 
 
 # --- expert ----------------------------------------------------------------------------------
+@pytest.mark.parametrize("expert", EXPERTS)
 @pytest.mark.parametrize("task_type", range(1, 7))
-def test_expert_solves_every_seed(task_type):
-    env = ALFWorldEnv(task_types=[task_type])
+def test_expert_solves_every_seed(task_type, expert):
+    env = ALFWorldEnv(task_types=[task_type], expert=expert)
     for seed in range(200):
         obs, info = env.reset(seed=seed)
         assert info["task_type"] == TASK_TYPES[task_type]
@@ -143,10 +145,11 @@ def test_expert_solves_every_seed(task_type):
         assert env.expert_actions() == [] and env.expert_subgoals() == []
 
 
+@pytest.mark.parametrize("expert", EXPERTS)
 @pytest.mark.parametrize("split", SPLITS)
-def test_expert_recovers_from_random_play(split):
+def test_expert_recovers_from_random_play(split, expert):
     """After random admissible actions (maybe holding the wrong thing), the expert still wins."""
-    env = ALFWorldEnv(split=split)
+    env = ALFWorldEnv(split=split, expert=expert)
     rng = random.Random(1)
     for seed in range(60):
         obs, info = env.reset(seed=seed)
@@ -159,6 +162,28 @@ def test_expert_recovers_from_random_play(split):
         actions = env.expert_actions()
         run(env, actions)
         assert env.won, (seed, actions)
+
+
+def test_search_expert_looks_where_the_object_may_be_in_a_fixed_order_and_stops_where_it_shows():
+    """Before its first `take`, the search expert visits unseen receptacles that may hold the goal
+    object (`SEARCH_TYPES`, never the goal's type), in that order, and the first that shows one
+    is where it takes it: its walk follows from what the agent has seen, not from the hidden state."""
+    walked = 0
+    for seed in range(200):
+        env = ALFWorldEnv(task_types=[1, 3, 4, 5, 6], expert="search")
+        env.reset(seed=seed)
+        hh, actions = env.household, env.expert_actions()
+        first_take = next(i for i, a in enumerate(actions) if a.startswith("take "))
+        visits = [a.removeprefix("go to ") for a in actions[:first_take] if a.startswith("go to ")]
+        taken_from = actions[first_take].rsplit(" from ", 1)[1]
+        kinds = [t for t in SEARCH_TYPES[hh.goal_object] if t != hh.goal_receptacle]
+        order = sorted((r for r in hh.receptacles if split_name(r)[0] in kinds),
+                       key=lambda r: (kinds.index(split_name(r)[0]), split_name(r)[1]))
+        holds = {r for o, r in hh.placement.items() if split_name(o)[0] == hh.goal_object}
+        stop = next(i for i, r in enumerate(order) if r in holds)
+        assert visits == order[:stop + 1] and taken_from == order[stop], (seed, actions, order)
+        walked += len(visits) > 1
+    assert walked > 50  # most games need a search, not one lucky first visit
 
 
 def test_subgoals_example_shape():
@@ -369,6 +394,8 @@ def test_bad_arguments():
         ALFWorldEnv(task_types=[7])
     with pytest.raises(ValueError):
         ALFWorldEnv(task_types=[])
+    with pytest.raises(ValueError, match="expert must be one of"):
+        ALFWorldEnv(expert="psychic")
 
 
 # --- speed -----------------------------------------------------------------------------------

@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 
 from himac_ray import parsers, prompts
+from himac_ray.names import MERGE_SEPARATOR
 from himac_ray.rollout import run_rollout
-from himac_ray.sft.expert import MERGE_SEPARATOR, expert_blueprint, expert_demonstrations
+from himac_ray.sft.expert import expert_blueprint, expert_demonstrations
 from tests.himac_ray.test_rollout import ENVS, SOKOBAN, SOKOBAN2, ExpertGenerator
 
 
