@@ -64,24 +64,34 @@ LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 
 
 @contextlib.contextmanager
-def loopback_head(node_ip_address: str):
-    """Around the `ray.init` of a local head: keep a loopback node address loopback.
+def loopback_head(host: str):
+    """Around a `ray.init` that starts a head on `host` or connects to a head at `host`: keep a
+    loopback host loopback.
 
-    Ray 2.60's `ray.init` replaces a loopback `_node_ip_address` by the machine's reachable IP
-    (`services.resolve_ip_for_localhost`), and then its GCS, raylet, workers and dashboard agent
-    listen on that IP and on 0.0.0.0. Ray keeps loopback where it runs single-machine heads
-    (`ray_constants.ENABLE_RAY_CLUSTER` false, its default on macOS and Windows): this sets that for
-    the block only (the started processes get the address on their command lines). Any other
-    address (a head meant to be reached from other machines) is left as it is."""
+    Ray 2.60's `ray.init` replaces a loopback address by the machine's reachable IP
+    (`services.resolve_ip_for_localhost`): a started head's GCS, raylet, workers and dashboard agent
+    would listen on that IP and on 0.0.0.0, and a driver connecting to "127.0.0.1:<port>" would dial
+    "<machine IP>:<port>", where a loopback head does not listen (it retries until it times out).
+    Ray keeps loopback where it runs single-machine heads (`ray_constants.ENABLE_RAY_CLUSTER` false,
+    its default on macOS and Windows): this sets that for the block only (started processes get the
+    address on their command lines). Any other host (a head meant to be reached from other
+    machines) is left as it is."""
     import ray._private.ray_constants as ray_constants
 
     before = ray_constants.ENABLE_RAY_CLUSTER
-    if node_ip_address in LOOPBACK_HOSTS:
+    if host in LOOPBACK_HOSTS:
         ray_constants.ENABLE_RAY_CLUSTER = False
     try:
         yield
     finally:
         ray_constants.ENABLE_RAY_CLUSTER = before
+
+
+def address_host(address: str) -> str:
+    """The host of a Ray address: "127.0.0.1" for "127.0.0.1:6379" or "ray://127.0.0.1:10001";
+    "auto" and other forms without a port come back whole."""
+    host = address.split("://", 1)[-1]
+    return host.rsplit(":", 1)[0].strip("[]") if ":" in host else host
 
 
 def start_local_head(**ray_init_kwargs):
@@ -101,7 +111,8 @@ def init_ray(cfg: TrainConfig, *, log=print):
         return ray.get_runtime_context()
     address = cfg.run.ray_address or os.environ.get("RAY_ADDRESS")
     if address:
-        ctx = ray.init(address=address, runtime_env=RAY_ENV, log_to_driver=True)
+        with loopback_head(address_host(address)):
+            ctx = ray.init(address=address, runtime_env=RAY_ENV, log_to_driver=True)
         log(f"[himac-ray] connected to Ray at {address}")
     else:
         with loopback_head(cfg.run.node_ip_address):

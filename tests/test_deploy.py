@@ -346,10 +346,24 @@ ray.get(ray.remote(lambda: 1).remote())  # a worker process listens too
 train = listeners()
 ray.shutdown()
 from benchmarks.common import local_ray
+import subprocess
 with local_ray(num_cpus=1):
     ray.get(ray.remote(lambda: 1).remote())
     bench = listeners()
-print(json.dumps({{"train": train, "bench": bench}}))
+    address = ray.get_runtime_context().gcs_address
+    driver = subprocess.run([sys.executable, "-c", CONNECT_SCRIPT.format(root={root!r}, address=address)],
+                            capture_output=True, text=True, timeout=240)
+print(json.dumps({{"train": train, "bench": bench, "address": address,
+                  "connected": driver.stdout.strip().splitlines()[-1:], "driver_rc": driver.returncode}}))
+"""
+CONNECT_SCRIPT = """
+import sys
+sys.path.insert(0, {root!r})
+from himac_ray.config import load_config
+from himac_ray.train import init_ray
+import ray
+init_ray(load_config(None, ["model.path=tiny", "run.ray_address={address}"]), log=lambda *_: None)
+print(ray.get(ray.remote(lambda: "ran on the head").remote()))
 """
 
 
@@ -361,15 +375,32 @@ def _loopback(ip: str) -> bool:
 @pytest.mark.slow
 def test_local_ray_heads_really_listen_on_loopback_only():
     """The sockets a local head opens (GCS, raylet, agents, dashboard, a worker), not just the arguments:
-    Ray 2.60 turns a loopback node address into the machine's IP unless `train.loopback_head` keeps it."""
+    Ray 2.60 turns a loopback node address into the machine's IP unless `train.loopback_head` keeps it;
+    and a driver in another process connects to such a head by its loopback address."""
     import subprocess
     import sys
 
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    proc = subprocess.run([sys.executable, "-c", LISTENERS_SCRIPT.format(root=str(ROOT))], env=env, cwd=ROOT,
+    script = LISTENERS_SCRIPT.format(root=str(ROOT)).replace("CONNECT_SCRIPT", repr(CONNECT_SCRIPT))
+    proc = subprocess.run([sys.executable, "-c", script], env=env, cwd=ROOT,
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     found = json.loads(proc.stdout.strip().splitlines()[-1])
+    # a second process (a driver started with run.ray_address, as `ray job submit` or the fault soak
+    # do) reaches the loopback head: Ray 2.60 would dial the machine's IP for "127.0.0.1:<port>"
+    assert _loopback(found["address"].rsplit(":", 1)[0]), found["address"]
+    assert (found.pop("driver_rc"), found.pop("connected")) == (0, ["ran on the head"]), found
+    found.pop("address")
     for head, ips in found.items():
         assert ips, f"{head}: no listening socket found (the check would pass vacuously)"
         assert all(_loopback(ip) for ip in ips), f"{head} head listens on {ips}"
+
+
+def test_address_host_reads_the_host_of_each_ray_address_form():
+    from himac_ray.train import address_host
+
+    assert address_host("127.0.0.1:6379") == "127.0.0.1"
+    assert address_host("ray://127.0.0.1:10001") == "127.0.0.1"
+    assert address_host("10.0.0.5:6379") == "10.0.0.5"
+    assert address_host("[::1]:6379") == "::1"
+    assert address_host("auto") == "auto"
