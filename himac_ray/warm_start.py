@@ -1,7 +1,8 @@
 """The SFT warm start, built once per recipe and reused: a cache keyed by everything that shapes it.
 
 A warm start depends on the base model, the env (id and kwargs), the prompt family (hierarchical
-or flat), the prompt style, the answer format and the SFT settings, and on nothing else: not on
+or flat), the prompt style, the answer format, the SFT settings and its compute precision (the
+resolved `model.dtype`), and on nothing else: not on
 the RL seed nor on which flat algorithm trains from it. So seeds and algorithms of one study
 share one warm start, stored under `$HIMAC_RAY_CACHE/warm_starts/<key>/`, and any change of the
 key builds a new one. No Ray here.
@@ -15,6 +16,7 @@ from pathlib import Path
 
 from himac_ray.atomic import publish_file
 from himac_ray.config import TrainConfig
+from himac_ray.hardware import resolve_dtype
 from himac_ray.models import cache_dir
 from himac_ray.prompts import PROMPT_VERSION
 
@@ -29,6 +31,9 @@ def warm_start_key(cfg: TrainConfig, model_path: str | Path) -> dict:
     stamp = [(w.name, w.stat().st_size, w.stat().st_mtime_ns) for w in weights]
     r, s = cfg.rollout, cfg.sft
     return {
+        # the SFT's compute precision (bfloat16 autocast or float32): `model.dtype` auto resolves per
+        # machine, so a cache shared by machines of both kinds keeps one warm start of each
+        "sft_dtype": resolve_dtype(cfg.model.dtype)[0],
         "model": str(Path(model_path).resolve()), "weights": stamp,
         "env": cfg.env.id, "env_kwargs": cfg.env.kwargs,
         "family": "hierarchical" if cfg.algorithm.name in HIERARCHICAL_ALGORITHMS else "flat",

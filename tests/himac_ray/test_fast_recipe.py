@@ -196,6 +196,7 @@ def test_warm_start_key_covers_the_recipe_not_the_rl_seed(tmp_path, monkeypatch)
     for change in ("rollout.prompt_style=compact", "rollout.answer_format=action", "sft.episodes=3", "sft.epochs=5",
                    "env.kwargs={max_steps: 4}", "rollout.max_subgoals=2", "sft.seed=1"):
         assert key(change) != base, change
+    assert key("model.dtype=float32") != key("model.dtype=bfloat16")  # SFT in float32 vs bfloat16 autocast
     (model / "model.safetensors").write_bytes(b"1" * 11)  # the base model changed
     assert key() != base
 
