@@ -168,7 +168,7 @@ def _run_tune(spec: dict, args, exp_dir: Path) -> int:
     import ray
     from ray import tune
 
-    from himac_ray.train import init_ray, loopback_head
+    from himac_ray.train import init_ray, local_ray_options, loopback_head
 
     keys = list(spec["grid"])
     base_cfg = config_from_dict(spec["base"])
@@ -177,11 +177,11 @@ def _run_tune(spec: dict, args, exp_dir: Path) -> int:
     if not (base_cfg.run.ray_address or os.environ.get("RAY_ADDRESS")):
         # a new local head even when another `ray start` instance runs on this machine
         # (ray.init without an address would try to join it)
+        # (the run's local-head options, with CPUs for the largest trial)
+        options = {**local_ray_options(base_cfg),
+                   "num_cpus": max(os.cpu_count() or 1, math.ceil(max(n["CPU"] for n in needs)))}
         with loopback_head(base_cfg.run.node_ip_address):
-            ray.init(address="local", num_cpus=max(os.cpu_count() or 1, math.ceil(max(n["CPU"] for n in needs))),
-                     include_dashboard=True, dashboard_host=base_cfg.run.dashboard_host,
-                     _node_ip_address=base_cfg.run.node_ip_address,
-                     runtime_env={"env_vars": {"TOKENIZERS_PARALLELISM": "false", "VLLM_CONFIGURE_LOGGING": "0"}})
+            ray.init(address="local", **options)
     init_ray(base_cfg)  # connects to run.ray_address / $RAY_ADDRESS (no-op when started above)
     trainable = tune.with_resources(tune.with_parameters(trial_trainable(), spec=spec), TRIAL_HEAD)
     start = time.time()
