@@ -62,9 +62,19 @@ def check_every_group_once(result, seeds, group_size=2):
 
 
 def kill_started(actor) -> None:
-    """Kills an actor once it runs: Ray 2.60 can drop a kill sent before the actor is scheduled."""
-    ray.get(actor.__ray_ready__.remote(), timeout=60)
+    """Kills an actor once it runs (Ray 2.60 can drop a kill sent before the actor is scheduled) and
+    returns once it is dead: `ray.kill` only sends the kill, and a call made before it lands would
+    still be served by the actor the test means to have lost."""
+    ray.get(actor.__ray_ready__.remote(), timeout=300)  # the first actors of a fresh venv start slowly
     ray.kill(actor)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            ray.get(actor.__ray_ready__.remote(), timeout=10)
+        except ray.exceptions.RayActorError:
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"{actor} still answers 60 s after ray.kill")
 
 
 def test_pool_restart_budget_is_per_rollout_call(local_ray):
