@@ -23,7 +23,8 @@ with a 95% percentile-bootstrap interval (`himac_ray.evaluate.paired_interval`),
 Usage: `himac-ray bench learning [--env sokoban|alfworld] [--size smoke|quick|full] [--algos himac,grpo]
 [--seeds 0,1,2] [--budget N] [--json]`; results go to `benchmarks/results/learning_recipe_<size>.json`
 (Sokoban) or `learning_alfworld_<size>.json` (smoke: into bench_out/, so a smoke run never touches the
-results; finished runs are skipped when the same command runs again) and PNGs beside them.
+results; finished runs are skipped when the same command runs again) and PNGs beside them; each run's final
+policy stays in its run directory under bench_out/learning (`FINAL_POLICY`, a model folder).
 """
 
 from __future__ import annotations
@@ -42,6 +43,8 @@ CONFIG = ROOT / "configs" / "sokoban_embedded_cpu.yaml"
 ALFWORLD_CONFIG = ROOT / "configs" / "alfworld_embedded_cpu.yaml"
 WORK_DIR = ROOT / "bench_out" / "learning"
 ALGOS = ("himac", "grpo", "gigpo")
+FINAL_POLICY = "final_policy"
+"""each run's final weights, a model folder inside its run directory (`keep_final_policy`)"""
 MAX_DIR_NAME = 120
 """longest run-directory name (the run key is kept whole in the JSON)"""
 SIZES = {
@@ -237,6 +240,7 @@ def run_one(algo: str, seed: int, spec: dict, model_path: str, run_dir: Path, st
                 if out_of_time:
                     log(f"learning: {algo} seed {seed}: stopped at the {spec['max_minutes']}-minute cap")
                     break
+        final_policy = keep_final_policy(stack, model_path, run_dir)
     finally:
         stack.shutdown()
     mean, lo, hi = paired_interval(start["won_by_seed"], evals[-1]["won_by_seed"])
@@ -245,7 +249,22 @@ def run_one(algo: str, seed: int, spec: dict, model_path: str, run_dir: Path, st
             "start_success": start["success"], "final_success": evals[-1]["success"],
             "rise": mean, "rise_ci95": [lo, hi], "sampled": sampled_rise(start, evals[-1]),
             "by_task_type": rise_by_task_type(start, evals[-1], classes), "env_steps": stack.trainer.state.env_steps,
-            "seconds": time.perf_counter() - t0, "start_eval": start}
+            "seconds": time.perf_counter() - t0, "final_policy": str(final_policy), "start_eval": start}
+
+
+def keep_final_policy(stack, warm_start_path: str, run_dir: Path) -> Path:
+    """The run's final policy as a model folder, `run_dir/FINAL_POLICY`: the warm start's config and tokenizer
+    with the learner's weights in the serving dtype (what the diagnostics in `benchmarks/results` take as
+    MODEL_DIR, e.g. `level_swap_diag.py`). One folder per run, replaced by a rerun of the same key."""
+    import shutil
+
+    from himac_ray.warm_start import KEY_FILE
+
+    out = run_dir / FINAL_POLICY
+    shutil.copytree(warm_start_path, out, ignore=shutil.ignore_patterns("*.safetensors", KEY_FILE, "sft_*"),
+                    dirs_exist_ok=True)
+    stack.learner.save_weights(out / "model.safetensors", policy="executor")
+    return out
 
 
 def success_at(curve: list[dict], steps: float) -> float:

@@ -275,9 +275,13 @@ def test_learning_summary_and_table_show_task_types():
 @pytest.mark.slow
 def test_learning_bench_alfworld_smoke_reports_success_by_task_type():
     """The ALFWorld learning bench end to end at its smallest size (tiny model, SFT on 2 expert episodes,
-    3 held-out tasks, one RL iteration): the JSON it writes holds each evaluation's success by task type."""
+    3 held-out tasks, one RL iteration): the JSON it writes holds each evaluation's success by task type, and
+    the run keeps its final policy as a model folder (the warm start's config and tokenizer, all of its weights)."""
     from pathlib import Path
 
+    from safetensors import safe_open
+
+    from benchmarks import learning_bench as L
     from himac_ray.envs.alfworld_world import TASK_TYPES
 
     out = run_bench("learning", {"env": "alfworld", "size": "smoke"})
@@ -292,6 +296,15 @@ def test_learning_bench_alfworld_smoke_reports_success_by_task_type():
     for ev in (*saved["start_evals"].values(), *run["evals"]):
         assert set(ev["by_task_type"]) == types and len(ev["task_type_by_seed"]) == saved["spec"]["eval_episodes"]
     assert set(saved["by_algo"][f"himac{saved['family']}"]["by_task_type"]) == types
+    final, warm = Path(run["final_policy"]), Path(L.warm_start("himac", saved["spec"], build=False))
+    assert final.is_relative_to(L.WORK_DIR) and final.name == L.FINAL_POLICY
+    assert (final / "config.json").read_text() == (warm / "config.json").read_text()
+    assert (final / "tokenizer.json").exists() and not (final / "warm_start_key.json").exists()
+
+    def shapes(path):
+        with safe_open(path / "model.safetensors", "pt") as f:
+            return {k: f.get_slice(k).get_shape() for k in f.keys()}
+    assert shapes(final).items() >= shapes(warm).items()
 
 
 def test_sokoban_rooms_are_split_into_straight_pushes_and_walk_arounds():
