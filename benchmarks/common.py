@@ -14,12 +14,14 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from himac_ray.atomic import publish_file
+from himac_ray.train import RAY_ENV as TRAIN_RAY_ENV
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT_DIR = ROOT / "benchmarks"
 RESULTS_DIR = OUT_DIR / "results"
 """the JSON / log / PNG files behind benchmarks/RESULTS.md"""
-RAY_ENV = {"TOKENIZERS_PARALLELISM": "false", "VLLM_CONFIGURE_LOGGING": "0"}
+RAY_ENV = TRAIN_RAY_ENV["env_vars"]
+"""the environment variables every Ray worker of a run gets (`himac_ray.train.RAY_ENV`)"""
 
 
 def opt(args, name: str, default=None):
@@ -97,7 +99,7 @@ def local_ray(num_cpus: int | None = None):
     from himac_ray.train import start_local_head
 
     start_local_head(num_cpus=num_cpus or max(os.cpu_count() or 1, 4), include_dashboard=False,
-                     runtime_env={"env_vars": RAY_ENV}, log_to_driver=False)
+                     runtime_env=TRAIN_RAY_ENV, log_to_driver=False)
     try:
         yield
     finally:
