@@ -16,9 +16,9 @@ from benchmarks.learning_bench import SIZES, make_cfg, warm_start  # noqa: E402 
 def diag_model_and_config(name: str):
     """(model directory, TrainConfig) for a diagnostic called `name` (its run dir is /tmp/himac-<name>): the full
     recipe plus the command line's `key=value` overrides; its warm start unless a model directory is given."""
-    overrides = [a for a in sys.argv[1:] if "=" in a]
+    overrides = [a for a in sys.argv[1:] if "=" in a and not Path(a).is_dir()]  # run dirs may hold "="
     spec = dict(SIZES["full"], overrides=(*SIZES["full"]["overrides"], *overrides))
-    model = next((a for a in sys.argv[1:] if "=" not in a), None) or warm_start("himac", spec)
+    model = next((a for a in sys.argv[1:] if a not in overrides), None) or warm_start("himac", spec)
     print("model", model, "overrides", overrides, flush=True)
     return model, make_cfg(Path(f"/tmp/himac-{name}"), algo="himac", seed=0, spec=spec)
 

@@ -17,7 +17,7 @@ from diag_common import diag_rollout_setup, room_outcomes
 from benchmarks.learning_bench import SIZES, room_classes, warm_start
 from himac_ray.rollout import run_rollout
 
-dirs = [a for a in sys.argv[1:] if "=" not in a]
+dirs = [a for a in sys.argv[1:] if Path(a).is_dir()]  # run-directory names may hold "key=value" text
 if not dirs:
     sys.exit(__doc__)
 cfg, common, P, E = diag_rollout_setup("level-swap")  # the engine starts on FINAL_DIR
