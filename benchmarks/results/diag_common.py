@@ -13,12 +13,24 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from benchmarks.learning_bench import SIZES, make_cfg, warm_start  # noqa: E402  (after the path insert)
 
 
+def cli_model_dirs_and_overrides() -> tuple[list[str], list[str]]:
+    """(model directories, `key=value` overrides) on the command line; an argument that is an existing directory
+    is a model directory even if its name holds "=" (learning-bench run directories do). Exits with a message on
+    an argument that is neither."""
+    dirs = [a for a in sys.argv[1:] if Path(a).is_dir()]
+    overrides = [a for a in sys.argv[1:] if a not in dirs and "=" in a]
+    unknown = [a for a in sys.argv[1:] if a not in dirs and a not in overrides]
+    if unknown:
+        sys.exit(f"not a directory and not a key=value override: {' '.join(unknown)}")
+    return dirs, overrides
+
+
 def diag_model_and_config(name: str):
     """(model directory, TrainConfig) for a diagnostic called `name` (its run dir is /tmp/himac-<name>): the full
-    recipe plus the command line's `key=value` overrides; its warm start unless a model directory is given."""
-    overrides = [a for a in sys.argv[1:] if "=" in a and not Path(a).is_dir()]  # run dirs may hold "="
+    recipe plus the command line's `key=value` overrides; the first model directory given, else the warm start."""
+    dirs, overrides = cli_model_dirs_and_overrides()
     spec = dict(SIZES["full"], overrides=(*SIZES["full"]["overrides"], *overrides))
-    model = next((a for a in sys.argv[1:] if a not in overrides), None) or warm_start("himac", spec)
+    model = dirs[0] if dirs else warm_start("himac", spec)
     print("model", model, "overrides", overrides, flush=True)
     return model, make_cfg(Path(f"/tmp/himac-{name}"), algo="himac", seed=0, spec=spec)
 

@@ -12,12 +12,12 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from diag_common import diag_rollout_setup, room_outcomes
+from diag_common import cli_model_dirs_and_overrides, diag_rollout_setup, room_outcomes
 
 from benchmarks.learning_bench import SIZES, room_classes, warm_start
 from himac_ray.rollout import run_rollout
 
-dirs = [a for a in sys.argv[1:] if Path(a).is_dir()]  # run-directory names may hold "key=value" text
+dirs = cli_model_dirs_and_overrides()[0]
 if not dirs:
     sys.exit(__doc__)
 cfg, common, P, E = diag_rollout_setup("level-swap")  # the engine starts on FINAL_DIR

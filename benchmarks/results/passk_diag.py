@@ -12,7 +12,7 @@ import sys
 import time
 
 sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parent))
-from diag_common import diag_rollout_setup, room_outcomes
+from diag_common import cli_model_dirs_and_overrides, diag_rollout_setup, room_outcomes
 
 from himac_ray.evaluate import eval_params
 from himac_ray.rollout import run_rollout
@@ -27,4 +27,4 @@ for name, group, executor in [("greedy", 1, E), ("exec_T1.0_x8", 8, eval_params(
                      invalid=round(res.metrics.get("invalid_action_rate", 0), 4),
                      sub_done_advances=res.metrics.get("sub_done_advances"), secs=round(time.time() - t0))
     print(name, json.dumps(out[name]), flush=True)
-print(json.dumps({"overrides": [a for a in sys.argv[1:] if "=" in a], **out}))
+print(json.dumps({"overrides": cli_model_dirs_and_overrides()[1], **out}))
