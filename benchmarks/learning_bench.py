@@ -308,6 +308,20 @@ def run_family(run: dict) -> str:
     return f"[{run['variant']}]" if run.get("variant") else ""
 
 
+def mean_rise_interval(runs: list[dict]) -> list[float] | None:
+    """Paired 95% interval of the seeds' mean rise (first to last held-out evaluation): each room's rise is averaged
+    over the seeds, then rooms are resampled (`paired_interval`). It measures the room sampling of the mean; the
+    seed-to-seed spread shows in the per-seed intervals. None if a run has no per-room evaluations."""
+    from himac_ray.evaluate import paired_interval
+
+    if not all(r.get("evals") for r in runs):
+        return None
+    rooms = set.intersection(*(set(r["evals"][0]["won_by_seed"]) & set(r["evals"][-1]["won_by_seed"]) for r in runs))
+    before, after = ({room: statistics.mean(r["evals"][i]["won_by_seed"][room] for r in runs) for room in rooms}
+                     for i in (0, -1))
+    return list(paired_interval(before, after)[1:])
+
+
 def summarize(out: dict) -> None:
     """Curves and means per algorithm and family (`family`; named `algo` + family), over their seeds;
     within each family that has flat GRPO runs, GRPO's best mean success and the env steps each
@@ -323,7 +337,7 @@ def summarize(out: dict) -> None:
         out["by_algo"][name] = {
             "seeds": [r["seed"] for r in rs], "start": statistics.mean(r["start_success"] for r in rs),
             "final": statistics.mean(r["final_success"] for r in rs), "rise": statistics.mean(r["rise"] for r in rs),
-            "every_interval_above_0": all(r["rise_ci95"][0] > 0 for r in rs)}
+            "rise_ci95": mean_rise_interval(rs), "every_interval_above_0": all(r["rise_ci95"][0] > 0 for r in rs)}
         types = sorted({t for r in rs for t in r.get("by_task_type", {})})
         if types and all(set(r.get("by_task_type", {})) == set(types) for r in rs):
             out["by_algo"][name]["by_task_type"] = {t: {
@@ -445,8 +459,9 @@ def format_table(out: dict) -> str:
                          f"{tr['rise']:+.3f} 95% [{tr['rise_ci95'][0]:+.3f}, {tr['rise_ci95'][1]:+.3f}]  "
                          f"{tr['tasks']} {env['unit']}")
     for algo, a in out.get("by_algo", {}).items():
+        ci = f" 95% [{a['rise_ci95'][0]:+.3f}, {a['rise_ci95'][1]:+.3f}] over rooms" if a.get("rise_ci95") else ""
         lines.append(f"  {algo:<6} mean of seeds {a['seeds']}: greedy {a['start']:.3f} -> {a['final']:.3f} "
-                     f"(rise {a['rise']:+.3f}; every seed's interval above 0: {a['every_interval_above_0']})")
+                     f"(rise {a['rise']:+.3f}{ci}; every seed's interval above 0: {a['every_interval_above_0']})")
         if a.get("sampled"):
             sa = a["sampled"]
             lines.append(f"  {'':<6} sampled {sa['start']:.3f} -> {sa['final']:.3f} (rise {sa['rise']:+.3f}; every "

@@ -76,6 +76,28 @@ def test_learning_summary_compares_algorithms_within_a_family():
     # HiMAC's seed mean reaches GRPO's best 0.65 at the first evaluation (50 steps); GRPO itself at 100
     assert out["steps_to_grpo_best"]["[lr=1]@ws2"] == {"grpo": 100, "himac": 50}
     assert out["steps_to_grpo_best"]["@ws1"] == {"grpo": 50}
+    assert out["by_algo"]["himac[lr=1]@ws2"]["rise_ci95"] is None  # these runs keep no per-room evaluations
+
+
+def test_learning_summary_interval_of_the_seed_mean_pairs_rooms_across_seeds():
+    from benchmarks.learning_bench import summarize
+
+    def run(seed, before, after):
+        evals = [{"won_by_seed": dict(enumerate(before))}, {"won_by_seed": dict(enumerate(after))}]
+        return {"algo": "himac", "seed": seed, "curve": [{"env_steps": 0, "success": 0.5}], "evals": evals,
+                "start_success": 0.5, "final_success": 0.5, "rise": 0.0, "rise_ci95": [0, 0], "family": "@ws"}
+
+    # seed 0 wins rooms 0-7 it lost, seed 1 loses nothing: every room's mean rise is 0.5 or 0
+    rises = {"a": run(0, [0] * 8 + [1] * 8, [1] * 16), "b": run(1, [0] * 8 + [1] * 8, [0] * 8 + [1] * 8)}
+    out = {"spec": {"budget": 100}, "runs": rises}
+    summarize(out)
+    lo, hi = out["by_algo"]["himac@ws"]["rise_ci95"]
+    assert 0 < lo < 0.25 < hi <= 0.5
+    # seed 1 loses rooms 8-15 instead: mean rise +0.5 on rooms 0-7, -0.5 on rooms 8-15, 0 overall
+    out["runs"]["b"] = run(1, [0] * 8 + [1] * 8, [0] * 16)
+    summarize(out)
+    lo, hi = out["by_algo"]["himac@ws"]["rise_ci95"]
+    assert lo < 0 < hi
 
 
 def test_long_run_keys_make_short_distinct_directories(tmp_path):
