@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import statistics
 import textwrap
 import time
@@ -322,19 +323,37 @@ def mean_rise_interval(runs: list[dict]) -> list[float] | None:
     return list(paired_interval(before, after)[1:])
 
 
+def run_budget(key: str, run: dict, default: int) -> int:
+    """A run's env-step budget: recorded in the run, else in its key (`<algo>-seed<s>-budget<N><family>`), else
+    `default` (the command's)."""
+    if "budget" in run:
+        return run["budget"]
+    found = re.search(r"-budget(\d+)", key)
+    return int(found.group(1)) if found else default
+
+
 def summarize(out: dict) -> None:
-    """Curves and means per algorithm and family (`family`; named `algo` + family), over their seeds;
-    within each family that has flat GRPO runs, GRPO's best mean success and the env steps each
-    algorithm of the family needs to reach it."""
+    """Curves and means per algorithm, family (`family`) and budget, over their seeds: named `algo` + family, or
+    `algo-budget<N>` + family when the family holds runs of several budgets (a mean never mixes budgets); within
+    each family and budget that has flat GRPO runs, GRPO's best mean success and the env steps each algorithm
+    needs to reach it (keyed by the family, `-budget<N>` prefixed when the family has several)."""
     spec = out["spec"]
     out["curves"], out["by_algo"], out["grpo_best_success"], out["steps_to_grpo_best"] = {}, {}, {}, {}
-    groups: dict[tuple[str, str], list[dict]] = {}
-    for r in out["runs"].values():
-        groups.setdefault((run_family(r), r["algo"]), []).append(r)
-    for (fam, algo), rs in sorted(groups.items()):
-        name = algo + fam
-        out["curves"][name] = aggregate(rs, spec["budget"])
+    groups: dict[tuple[str, int, str], list[dict]] = {}
+    for key, r in out["runs"].items():
+        groups.setdefault((run_family(r), run_budget(key, r, spec["budget"]), r["algo"]), []).append(r)
+    budgets: dict[str, set[int]] = {}
+    for fam, budget, _ in groups:
+        budgets.setdefault(fam, set()).add(budget)
+
+    def label(fam: str, budget: int) -> str:
+        return (f"-budget{budget}" if len(budgets[fam]) > 1 else "") + fam
+
+    for (fam, budget, algo), rs in sorted(groups.items()):
+        name = algo + label(fam, budget)
+        out["curves"][name] = aggregate(rs, budget)
         out["by_algo"][name] = {
+            "algo": algo, "family": fam, "budget": budget,
             "seeds": [r["seed"] for r in rs], "start": statistics.mean(r["start_success"] for r in rs),
             "final": statistics.mean(r["final_success"] for r in rs), "rise": statistics.mean(r["rise"] for r in rs),
             "rise_ci95": mean_rise_interval(rs), "every_interval_above_0": all(r["rise_ci95"][0] > 0 for r in rs)}
@@ -349,10 +368,12 @@ def summarize(out: dict) -> None:
                 "final": statistics.mean(r["sampled"]["final_success"] for r in rs),
                 "rise": statistics.mean(r["sampled"]["rise"] for r in rs),
                 "every_interval_above_0": all(r["sampled"]["rise_ci95"][0] > 0 for r in rs)}
-    for fam in sorted({f for f, a in groups if a == "grpo"}):
-        best = max(p["mean"] for p in out["curves"]["grpo" + fam])
-        out["grpo_best_success"][fam] = best
-        out["steps_to_grpo_best"][fam] = {a: steps_to_reach(out["curves"][a + fam], best) for f, a in groups if f == fam}
+    for fam, budget in sorted({(f, b) for f, b, a in groups if a == "grpo"}):
+        where = label(fam, budget)
+        best = max(p["mean"] for p in out["curves"]["grpo" + where])
+        out["grpo_best_success"][where] = best
+        out["steps_to_grpo_best"][where] = {a: steps_to_reach(out["curves"][a + where], best)
+                                            for f, b, a in groups if (f, b) == (fam, budget)}
 
 
 def with_run_options(spec: dict, args) -> dict:
@@ -425,7 +446,7 @@ def run(args=None, quick: bool = True) -> dict:
                 res = run_one(algo, seed, spec, model, runs_dir / run_dir_name(key), out["start_evals"].get(start_key))
             out["start_evals"].setdefault(start_key, res.pop("start_eval"))
             res.pop("start_eval", None)
-            res["variant"], res["family"] = tag, fam
+            res["variant"], res["family"], res["budget"] = tag, fam, spec["budget"]
             res["warm_start"] = start_key
             out["runs"][key] = res
             log(f"learning: {key}: {res['start_success']:.3f} -> {res['final_success']:.3f}, rise {res['rise']:+.3f} "
@@ -485,10 +506,11 @@ def plot(out: dict, path: Path) -> None:
         return
     fig, ax = plt.subplots(figsize=(6.5, 4))
     for name, c in out["curves"].items():
-        if name.removesuffix(out["family"]) not in ALGOS:  # the command's family only (the JSON keeps every run)
+        a = out["by_algo"][name]
+        if (a["family"], a["budget"]) != (out["family"], out["spec"]["budget"]):  # the command's (the JSON keeps all)
             continue
         xs = [q["env_steps"] for q in c]
-        ax.step(xs, [q["mean"] for q in c], where="post", label=name.removesuffix(out["family"]))
+        ax.step(xs, [q["mean"] for q in c], where="post", label=a["algo"])
         ax.fill_between(xs, [q["min"] for q in c], [q["max"] for q in c], step="post", alpha=0.15)
     spec = out["spec"]
     env = ENVS[spec.get("env", DEFAULT_ENV)]

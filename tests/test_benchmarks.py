@@ -79,6 +79,22 @@ def test_learning_summary_compares_algorithms_within_a_family():
     assert out["by_algo"]["himac[lr=1]@ws2"]["rise_ci95"] is None  # these runs keep no per-room evaluations
 
 
+def test_learning_summary_never_averages_runs_of_different_budgets():
+    from benchmarks.learning_bench import summarize
+
+    def run(seed, final):
+        return {"algo": "himac", "seed": seed, "curve": [{"env_steps": 0, "success": 0.5}, {"env_steps": 90, "success": final}],
+                "start_success": 0.5, "final_success": final, "rise": final - 0.5, "rise_ci95": [0, 0.1], "family": "@ws"}
+
+    out = {"spec": {"budget": 100}, "runs": {"himac-seed0-budget50@ws": run(0, 0.6), "himac-seed0-budget100@ws": run(0, 0.9),
+                                             "himac-seed1-budget100@ws": run(1, 0.7)}}
+    summarize(out)
+    assert set(out["by_algo"]) == {"himac-budget50@ws", "himac-budget100@ws"}
+    assert out["by_algo"]["himac-budget100@ws"]["seeds"] == [0, 1]
+    assert out["by_algo"]["himac-budget100@ws"]["final"] == pytest.approx(0.8)
+    assert out["by_algo"]["himac-budget50@ws"]["budget"] == 50
+
+
 def test_learning_summary_interval_of_the_seed_mean_pairs_rooms_across_seeds():
     from benchmarks.learning_bench import summarize
 
