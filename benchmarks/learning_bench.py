@@ -518,7 +518,7 @@ def plot(out: dict, path: Path) -> None:
     ax.set_ylabel(f"held-out success ({spec['eval_episodes']} {env['unit']})")
     ax.set_ylim(0, 1)
     ax.set_title(f"{spec['model']} + SFT, {env['label']} ({len(spec['seeds'])} seed(s), min-max band)\n"
-                 f"{textwrap.shorten(out['family'], 150)}", fontsize=8)
+                 f"{textwrap.fill(out['family'].replace(',', ', '), 120)}", fontsize=7)
     ax.legend()
     fig.tight_layout()
     publish_file(path, lambda tmp: fig.savefig(tmp, dpi=100, format="png"))
