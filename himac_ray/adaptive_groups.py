@@ -7,13 +7,13 @@ growing a group by rolling out more members on its seed under its group id (`gro
 `first_member`). The rules, per level (macro blueprints, micro executions of z*, flat episodes):
 
 - a task's group starts with the level's start size s (clipped so the iteration's first round fits);
-- grow: while its members' scores (`algorithm.episode_score`) all tie and it holds fewer than
-  `auto_group.max` members, it doubles (adds min(n, max - n) members), one round at a time, as long as
+- grow: while its members' scores (`algorithm.episode_score`) all tie (with `auto_group.grow: unsolved`:
+  tie and none of them won) and it holds fewer than `auto_group.max` members, it doubles (adds min(n, max - n) members), one round at a time, as long as
   the round's worst case (new members x the env's max_steps) fits the iteration's env-step budget
   with the rounds still owed (the micro phase's first round) reserved;
 - next iteration's s: halved (not below `auto_group.min`) when at least half of the level's groups
   were high-variance at size s (score std >= `auto_group.shrink_std`), doubled (not above the cap
-  nor what the budget's first round allows) when more than half of them tied at size s.
+  nor what the budget's first round allows) when more than half of them would have grown at size s.
 
 In micro mode the macro groups finish growing before z* is picked (the best of all members, ties ->
 the first sampled), so every micro group executes its own macro group's z*.
@@ -40,19 +40,28 @@ def tied(scores: Sequence[float]) -> bool:
     return len(set(scores)) < 2
 
 
-def next_start(start: int, first_scores: Sequence[Sequence[float]], *, auto: AutoGroupConfig, fit: int) -> int:
+def wants_growth(scores: Sequence[float], won: bool, grow: str) -> bool:
+    """Whether a group should grow under `auto_group.grow`: "tied" -> its scores tie; "unsolved" -> they tie
+    and no member won (`won`: whether any did)."""
+    return tied(scores) and (grow == "tied" or not won)
+
+
+def next_start(start: int, first_scores: Sequence[Sequence[float]], first_growing: Sequence[bool], *,
+               auto: AutoGroupConfig, fit: int) -> int:
     """The level's start size for the next iteration from its groups' scores at size `start`.
 
     Args:
         start: this iteration's start size.
         first_scores: one list per group, its members' scores after the first round.
+        first_growing: one flag per group (same order): whether it wanted to grow after the first round
+            (`wants_growth`).
         auto: `algorithm.auto_group`.
         fit: the largest start the next iteration's first round can afford (the budget).
     """
     if not first_scores:
         return start
     high = sum(len(s) > 1 and statistics.stdev(s) >= auto.shrink_std for s in first_scores)
-    ties = sum(tied(s) for s in first_scores)
+    ties = sum(first_growing)
     if high >= MAJORITY * len(first_scores):
         return max(auto.min, start // 2)
     if ties > MAJORITY * len(first_scores):
@@ -95,6 +104,8 @@ class AdaptiveRollout:
         self.spent = 0
         """env steps taken so far this iteration"""
         self.first_scores: dict[str, list[list[float]]] = {level: [] for level in self.levels}
+        self.first_growing: dict[str, list[bool]] = {level: [] for level in self.levels}
+        """level -> per group, whether it wanted to grow after its first round (`wants_growth`)"""
         self.sizes: dict[str, list[int]] = {level: [] for level in self.levels}
         """level -> members launched per group (failed members included)"""
 
@@ -105,8 +116,8 @@ class AdaptiveRollout:
 
     def next_starts(self) -> dict[str, int]:
         """level -> start size of the next iteration (`next_start`)."""
-        return {level: next_start(self.starts[level], self.first_scores[level], auto=self.auto, fit=self.fit)
-                for level in self.levels}
+        return {level: next_start(self.starts[level], self.first_scores[level], self.first_growing[level],
+                                  auto=self.auto, fit=self.fit) for level in self.levels}
 
     def roll(self, seeds: list[int]) -> RolloutResult:
         """Every level's groups of `seeds`, grown as the rules allow; the caller checked `affordable`."""
@@ -128,18 +139,22 @@ class AdaptiveRollout:
         return res
 
     def _level(self, seeds, mode, executor_params, *, reserve: int, **kw) -> RolloutResult:
-        """First round at the level's start size, then growth rounds while tied groups fit."""
+        """First round at the level's start size, then growth rounds while groups that want growth fit."""
         start, cap = self.starts[mode], self.auto.max
         results = [self._call(seeds, mode, start, executor_params, **kw)]
         episodes = list(results[0].episodes)
         seed_of = {e["group_id"]: int(e["seed"]) for e in episodes}
         launched = dict.fromkeys(seed_of, start)
-        self.first_scores[mode] += member_scores(episodes, episode_score=self.episode_score).values()
+        won = {g for g in launched if any(e["won"] for e in episodes if e["group_id"] == g)}
+        first = member_scores(episodes, episode_score=self.episode_score)
+        self.first_scores[mode] += first.values()
+        self.first_growing[mode] += [wants_growth(first[g], g in won, self.auto.grow) for g in first]
         grew = True
         while grew:
             grew = False
             scores = member_scores(episodes, episode_score=self.episode_score)
-            growing = [g for g in launched if tied(scores[g]) and launched[g] < cap]
+            won = {g for g in launched if any(e["won"] for e in episodes if e["group_id"] == g)}
+            growing = [g for g in launched if wants_growth(scores[g], g in won, self.auto.grow) and launched[g] < cap]
             for size in sorted({launched[g] for g in growing}):
                 add = min(size, cap - size)
                 affordable = (self.budget - self.spent - reserve) // (add * self.step_cap)

@@ -68,6 +68,9 @@ class AutoGroupConfig:
     """members every task's group starts with in the first iteration, per level (macro, micro, flat)"""
     max: int = 16
     """cap: most members a group grows to"""
+    grow: str = "tied"
+    """which groups grow: tied (members' scores all equal: all failed or all succeeded) | unsolved (tied
+    and no member won: samples go only to tasks no member has solved yet)"""
     shrink_std: float = 1.0
     """a group whose members' scores (`algorithm.episode_score` units) have a sample std of at least
     this, at its start size, is high-variance"""

@@ -27,6 +27,7 @@ CHOICES = {
     "algorithm.name": ALGORITHMS,
     "algorithm.loss_aggregation": ("token-mean", "seq-mean-token-mean"),
     "algorithm.episode_score": ("return", "won"),
+    "algorithm.auto_group.grow": ("tied", "unsolved"),
     "learner.zero_stage": (2, 3),
     "learner.backend": ("auto", "gloo", "nccl"),
     "learner.weight_sync": ("auto", "shm_object_store", "nccl"),

@@ -1,13 +1,18 @@
 # ruff: noqa: E402  (imports follow the sys.path insert)
-"""Diagnostic (session 8): how much can RL by sharpening gain from a warm start? On held-out rooms 0-63, the greedy
-planner and executor (held-out greedy success) and the greedy planner with the executor sampled at temperature 1.0,
-8 per room: mean sampled success, pass@8 (rooms solved by any of the 8) and mixed-outcome rooms. Group-relative RL
-raises the probability of executions it samples and wins with, so pass@8 - greedy bounds what it can add at the
-recipe's group size without new exploration.
-Usage: .venv/bin/python benchmarks/results/passk_diag.py [key=value ...] — the learning bench's full recipe plus
-these overrides (e.g. `sft.epochs=1`: a different, cached warm start, built on first use).
+"""Diagnostic (session 8): how much can RL by sharpening gain from a warm start? On held-out rooms 0-63, per setting:
+mean success, pass@k (rooms solved by any of the k episodes) and mixed-outcome rooms. Group-relative RL raises the
+probability of episodes it samples and wins with, so pass@k - greedy bounds what it can add at group size k without
+new exploration.
+Settings (env `PASSK_SETTINGS`, comma-separated; default `greedy,exec_T1.0_x8`): `greedy` (planner and executor
+greedy) or `<level>_T<temperature>_x<k>` with level `exec` (greedy planner, executor sampled: the micro phase's
+sampling), `plan` (planner sampled, greedy executor: the macro phase's) or `both` (both sampled), k episodes per room.
+Usage: [PASSK_SETTINGS=...] .venv/bin/python benchmarks/results/passk_diag.py [MODEL_DIR] [key=value ...] — the
+learning bench's full recipe plus these overrides (e.g. `sft.epochs=1`: a different, cached warm start, built on
+first use).
 Output: one JSON line per setting, then one with all."""
 import json
+import os
+import re
 import sys
 import time
 
@@ -17,11 +22,23 @@ from diag_common import cli_model_dirs_and_overrides, diag_rollout_setup, room_o
 from himac_ray.evaluate import eval_params
 from himac_ray.rollout import run_rollout
 
+SETTING = re.compile(r"(exec|plan|both)_T([0-9.]+)_x([0-9]+)")
+
+names = os.environ.get("PASSK_SETTINGS", "greedy,exec_T1.0_x8").split(",")
+bad = [n for n in names if n != "greedy" and not SETTING.fullmatch(n)]
+if bad:
+    sys.exit(f"PASSK_SETTINGS: not `greedy` nor <exec|plan|both>_T<temperature>_x<k>: {', '.join(bad)}")
 cfg, common, P, E = diag_rollout_setup("passk-diag")
 out = {}
-for name, group, executor in [("greedy", 1, E), ("exec_T1.0_x8", 8, eval_params(cfg, 1.0)[1])]:
+for name in names:
+    planner, executor, group = P, E, 1
+    if name != "greedy":
+        level, temperature, group = SETTING.fullmatch(name).groups()
+        sampled_planner, sampled_executor = eval_params(cfg, float(temperature))
+        planner = sampled_planner if level in ("plan", "both") else P
+        executor = sampled_executor if level in ("exec", "both") else E
     t0 = time.time()
-    res = run_rollout(**common, mode="macro", group_size=group, planner_params=P, executor_params=executor)
+    res = run_rollout(**common, mode="macro", group_size=int(group), planner_params=planner, executor_params=executor)
     rooms = room_outcomes(res)
     out[name] = dict(success=round(rooms["success"], 4), pass_k=round(rooms["any"], 4), mixed=round(rooms["mixed"], 4),
                      invalid=round(res.metrics.get("invalid_action_rate", 0), 4),

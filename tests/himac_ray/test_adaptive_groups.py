@@ -8,13 +8,13 @@ from collections import Counter
 import pytest
 
 from himac_ray import metrics as M
-from himac_ray.adaptive_groups import next_start, tied
+from himac_ray.adaptive_groups import AdaptiveRollout, next_start, tied, wants_growth
 from himac_ray.advantage import compute_advantages, member_scores
 from himac_ray.config import AutoGroupConfig, ConfigError, load_config
 from himac_ray.data import read_parquet, table_to_records
-from himac_ray.generation import ScriptedGenerator
+from himac_ray.generation import SamplingParams, ScriptedGenerator
 from himac_ray.rollout_call import EpisodeSettings, RolloutCall
-from himac_ray.rollout_result import best_blueprints
+from himac_ray.rollout_result import ENV_STEPS, RolloutResult, best_blueprints
 from himac_ray.trainer import Trainer
 from tests.himac_ray.test_ablations import RecordingLearner
 
@@ -184,11 +184,15 @@ def test_flat_groups_grow_too(tmp_path):
 def test_start_size_rules():
     auto = AutoGroupConfig(min=2, start=4, max=16, shrink_std=1.0)
     assert tied([1.0, 1.0]) and tied([3.0]) and not tied([0.0, 1.0])
-    assert next_start(4, [[0.0, 0.0], [1.0, 1.0], [0.0, 5.0]], auto=auto, fit=16) == 8  # most tied: double
-    assert next_start(4, [[0.0, 0.0], [1.0, 1.0], [0.0, 5.0]], auto=auto, fit=6) == 6  # ... within the budget
-    assert next_start(4, [[0.0, 5.0], [1.0, 1.0]], auto=auto, fit=16) == 2  # half high-variance: halve
-    assert next_start(2, [[0.0, 5.0]], auto=auto, fit=16) == 2  # not below min
-    assert next_start(4, [[0.0, 0.5], [1.0, 1.0]], auto=auto, fit=16) == 4  # neither
+    assert next_start(4, [[0.0, 0.0], [1.0, 1.0], [0.0, 5.0]], [True, True, False], auto=auto, fit=16) == 8  # most tied
+    assert next_start(4, [[0.0, 0.0], [1.0, 1.0], [0.0, 5.0]], [True, True, False], auto=auto, fit=6) == 6  # ... fits
+    assert next_start(4, [[0.0, 0.0], [1.0, 1.0], [0.0, 5.0]], [True, False, False], auto=auto, fit=16) == 4  # 1 grew
+    assert next_start(4, [[0.0, 5.0], [1.0, 1.0]], [False, True], auto=auto, fit=16) == 2  # half high-variance: halve
+    assert next_start(2, [[0.0, 5.0]], [False], auto=auto, fit=16) == 2  # not below min
+    assert next_start(4, [[0.0, 0.5], [1.0, 1.0]], [False, True], auto=auto, fit=16) == 4  # neither
+    assert wants_growth([0.0, 0.0], False, "tied") and wants_growth([0.0, 0.0], False, "unsolved")
+    assert wants_growth([1.0, 1.0], True, "tied") and not wants_growth([1.0, 1.0], True, "unsolved")
+    assert not wants_growth([0.0, 1.0], True, "tied") and not wants_growth([0.0, 1.0], True, "unsolved")
     assert member_scores([{"group_id": "g", "won": True, "return": 2.0}], episode_score="won") == {"g": [1.0]}
 
 
@@ -197,6 +201,7 @@ def test_start_size_rules():
     ("algorithm.auto_group.min=1", "2 <= min <= start <= max"),
     ("algorithm.auto_group.start=20", "2 <= min <= start <= max"),
     ("algorithm.auto_group.shrink_std=0", "must be > 0"),
+    ("algorithm.auto_group.grow=always", "choose one of"),
     ("algorithm.auto_group.env_steps=-1", "must be >= 0"),
 ])
 def test_bad_auto_settings_are_config_errors(bad, match):
@@ -248,3 +253,21 @@ def test_start_sizes_are_part_of_the_checkpointed_state(tmp_path):
     older = {k: v for k, v in json.loads((tmp_path / "coordinator.json").read_text()).items() if k != "group_starts"}
     (tmp_path / "old.json").write_text(json.dumps(older))  # a checkpoint from before the field
     assert CoordinatorState.load(tmp_path / "old.json").group_starts == {}
+
+
+@pytest.mark.parametrize("grow, grown", [("tied", {0: 8, 1: 8}), ("unsolved", {0: 2, 1: 8})])
+def test_unsolved_grows_only_groups_no_member_won(grow, grown):
+    """Seed 0's members all win, seed 1's all fail: both tie; `unsolved` spends samples on seed 1 only."""
+    def rollout(*, seeds, group_size, group_ids=None, first_member=0, **_):
+        episodes = [{"seed": s, "group_id": (group_ids or {}).get(s, f"flat-{s}"), "won": s == 0,
+                     "return": float(s == 0), "traj_id": f"flat-{s}/{first_member + m}"}
+                    for s in seeds for m in range(group_size)]
+        return RolloutResult(records=[], episodes=episodes, metrics={ENV_STEPS: MAX_STEPS * len(episodes)})
+
+    auto = AutoGroupConfig(min=2, start=2, max=8, grow=grow)
+    sizer = AdaptiveRollout(rollout=rollout, mode="flat", planner_params=SamplingParams(),
+                            executor_params=SamplingParams(), starts={}, auto=auto, episode_score="return",
+                            num_groups=2, step_cap=MAX_STEPS, budget=0)
+    result = sizer.roll([0, 1])
+    assert dict(Counter(e["seed"] for e in result.episodes)) == grown
+    assert sizer.next_starts() == {"flat": 4 if grow == "tied" else 2}  # doubles only when most groups wanted more
