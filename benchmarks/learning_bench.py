@@ -38,6 +38,7 @@ import time
 from pathlib import Path
 
 from benchmarks.common import RESULTS_DIR, ROOT, local_ray, log, machine, opt, save_json, script_main
+from himac_ray import metrics as M
 from himac_ray.atomic import publish_file
 
 CONFIG = ROOT / "configs" / "sokoban_embedded_cpu.yaml"
@@ -223,9 +224,10 @@ def run_one(algo: str, seed: int, spec: dict, model_path: str, run_dir: Path, st
             row = it["row"]
             iters.append({k: v for k, v in row.items() if isinstance(v, (int, float, str))} | {"wall": it["wall"]})
             steps = stack.trainer.state.env_steps
+            sizes = ", ".join(f"{level} {row[key]:.1f}" for level, key in M.GROUP_SIZE_MEAN.items() if key in row)
             log(f"learning: {algo} seed {seed}: iter {row['iteration']} [{row['trainable']}] train success "
-                f"{row['charts/success_rate']:.2f}, informative {row.get('groups/informative_fraction', 0):.2f}, "
-                f"{steps} env steps, {it['wall']:.0f}s")
+                f"{row['charts/success_rate']:.2f}, informative {row.get(M.GROUPS_INFORMATIVE_FRACTION, 0):.2f}, "
+                f"members per group: {sizes}, {steps} env steps, {it['wall']:.0f}s")
             out_of_time = time.perf_counter() - t0 > 60 * spec["max_minutes"]
             if steps >= points[0] or out_of_time:
                 while points and steps >= points[0]:

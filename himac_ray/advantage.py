@@ -12,7 +12,7 @@ from typing import Sequence
 import numpy as np
 
 from himac_ray.data import Record
-from himac_ray.names import ALGORITHMS, ROLES
+from himac_ray.names import ALGORITHMS, ROLES, STEP_WEIGHTINGS
 
 EPISODE_SCORES = ("return", "won")
 
@@ -313,6 +313,7 @@ def compute_advantages(
     subgoal_shaping_w: float = 0.0,
     micro_step_term: bool = False,
     episode_norm_over_steps: bool = False,
+    step_weighting: str = "uniform",
 ) -> list[Record]:
     """Set `Record.advantage` on every record (in place) and return the same list.
 
@@ -345,6 +346,8 @@ def compute_advantages(
             (`algorithm.micro_step_term`).
         episode_norm_over_steps: group statistics over records instead of trajectories
             (`algorithm.episode_norm_over_steps`; True reproduces verl-agent GiGPO).
+        step_weighting: "uniform" (every act record as computed) or "trajectory" (`weight_by_trajectory`)
+            (`algorithm.step_weighting`).
 
     Returns:
         `records`, with `.advantage` set.
@@ -357,6 +360,8 @@ def compute_advantages(
         raise ValueError(f"flat algorithm {algorithm!r} has no planner to train")
     if episode_score not in EPISODE_SCORES:
         raise ValueError(f"episode_score must be one of {EPISODE_SCORES}, got {episode_score!r}")
+    if step_weighting not in STEP_WEIGHTINGS:
+        raise ValueError(f"step_weighting must be one of {STEP_WEIGHTINGS}, got {step_weighting!r}")
 
     plan = [r for r in records if r.level == "plan"]
     act = [r for r in records if r.level == "act"]
@@ -377,6 +382,8 @@ def compute_advantages(
             adv = _level_advantages(act, traj_score, estimator="grpo", step_w=step_w, **common)
             for r, a in zip(act, adv):
                 r.advantage = float(a)
+            if step_weighting == "trajectory":
+                weight_by_trajectory(act)
         return records
 
     if act:
@@ -386,7 +393,25 @@ def compute_advantages(
         adv = _level_advantages(act, traj_score, estimator=estimator, step_w=step_w, **common)
         for r, a in zip(act, adv):
             r.advantage = float(a)
+        if step_weighting == "trajectory":
+            weight_by_trajectory(act)
     return records
+
+
+def weight_by_trajectory(act: Sequence[Record]) -> None:
+    """Scale each act record's advantage (in place) by m / n_tau: n_tau = act records of its trajectory,
+    m = mean act records per trajectory over `act`. Every trajectory then carries the same total weight
+    in the loss whatever its length (its advantage x m), so a group's positive and negative advantages
+    balance even when failing members run all `max_steps` and winners stop early; the weights m / n_tau
+    average 1 over the records."""
+    steps: dict[str, int] = {}
+    for r in act:
+        steps[r.traj_id] = steps.get(r.traj_id, 0) + 1
+    if not steps:
+        return
+    mean = len(act) / len(steps)
+    for r in act:
+        r.advantage *= mean / steps[r.traj_id]
 
 
 def group_informative(episodes: Sequence[dict], *, episode_score: str = "return") -> dict[str, bool]:

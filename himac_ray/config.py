@@ -130,6 +130,12 @@ class AlgorithmConfig:
     """add GiGPO's step-level anchor-state term to HiMAC micro advantages"""
     episode_norm_over_steps: bool = False
     """group statistics over every step record (verl-agent GiGPO) instead of once per trajectory"""
+    step_weighting: str = "uniform"
+    """how much each env step (act record) of a trajectory weighs in the loss: uniform (every step its
+    trajectory's advantage, so long trajectories weigh more: failing members that run all max_steps
+    outweigh winners that stop early) | trajectory (each step's advantage x mean steps per trajectory /
+    its trajectory's steps: every trajectory the same total weight, a group's positive and negative
+    advantages balance)"""
     tis_cap: float = 0.0
     """off-policy correction (truncated importance sampling, docs/algorithm.md): > 0 = the learner
     recomputes the old-policy logprobs before its update (the PPO ratio's denominator) and weights

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from himac_ray.names import ALGORITHMS, FLAT_ALGORITHMS, ROLES
+from himac_ray.names import ALGORITHMS, FLAT_ALGORITHMS, ROLES, STEP_WEIGHTINGS
 
 if TYPE_CHECKING:
     from himac_ray.config import TrainConfig
@@ -28,6 +28,7 @@ CHOICES = {
     "algorithm.loss_aggregation": ("token-mean", "seq-mean-token-mean"),
     "algorithm.episode_score": ("return", "won"),
     "algorithm.auto_group.grow": ("tied", "unsolved"),
+    "algorithm.step_weighting": STEP_WEIGHTINGS,
     "learner.zero_stage": (2, 3),
     "learner.backend": ("auto", "gloo", "nccl"),
     "learner.weight_sync": ("auto", "shm_object_store", "nccl"),

@@ -13,6 +13,9 @@ ALGORITHMS = ("himac", "grpo", "gigpo", "rloo")
 FLAT_ALGORITHMS = ("grpo", "gigpo", "rloo")
 """single-policy baselines: flat prompts, `act` records only"""
 
+STEP_WEIGHTINGS = ("uniform", "trajectory")
+"""`algorithm.step_weighting`: how an act record's advantage weighs in the loss (`advantage.weight_by_trajectory`)"""
+
 LEVELS = ("plan", "act")
 """record levels (`Record.level`), also the `plan_` / `act_` metric prefixes"""
 ROLES = ("planner", "executor")

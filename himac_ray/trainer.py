@@ -375,7 +375,7 @@ class Trainer:
             records, algorithm=a.name, trainable=trainable, norm_std=a.norm_std, eps=a.eps, gamma=a.gamma,
             step_advantage_w=a.step_advantage_w, episode_score=a.episode_score,
             subgoal_shaping_w=a.subgoal_shaping_w, micro_step_term=a.micro_step_term,
-            episode_norm_over_steps=a.episode_norm_over_steps,
+            episode_norm_over_steps=a.episode_norm_over_steps, step_weighting=a.step_weighting,
         )
 
     def _learn(self, records, trainable) -> dict:

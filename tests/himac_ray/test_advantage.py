@@ -170,6 +170,20 @@ def test_grpo_and_rloo_flat():
         compute_advantages(batch, algorithm="grpo", trainable="planner")
 
 
+@pytest.mark.parametrize("algorithm", ["himac", "grpo"])
+def test_trajectory_step_weighting_balances_long_failures(algorithm):
+    # one winner of 1 step, two losers of 3 steps each: uniform steps weigh the losers 6 : 1
+    batch = [rec("act", "g", "w", 0, ret=1.0), *(rec("act", "g", t, i, ret=0.0) for t in "ab" for i in range(3))]
+    compute_advantages(batch, algorithm=algorithm, trainable="executor", norm_std=False)
+    uniform = adv(batch)
+    np.testing.assert_allclose(uniform, [2 / 3] + [-1 / 3] * 6)
+    assert sum(uniform) < 0  # the failures' negative mass dominates
+    compute_advantages(batch, algorithm=algorithm, trainable="executor", norm_std=False, step_weighting="trajectory")
+    mean = 7 / 3  # act records per trajectory
+    np.testing.assert_allclose(adv(batch), [2 / 3 * mean] + [-1 / 3 * mean / 3] * 6)
+    assert abs(sum(adv(batch))) < 1e-12  # the group's positive and negative weight balance
+
+
 def _gigpo_batch(level="act"):
     # episode group g: traj a visits s0 -> s1 and wins (rewards 0, 10);
     # traj b visits s0 -> s1 -> s1 (rewards 0, -0.1, 0). Group h: one traj, also at "s0".
@@ -234,3 +248,5 @@ def test_compute_advantages_rejects_bad_options():
         compute_advantages([], trainable="both")
     with pytest.raises(ValueError, match="episode_score"):
         compute_advantages([], episode_score="success")
+    with pytest.raises(ValueError, match="step_weighting"):
+        compute_advantages([], step_weighting="token")
