@@ -8,9 +8,10 @@ growing a group by rolling out more members on its seed under its group id (`gro
 
 - a task's group starts with the level's start size s (clipped so the iteration's first round fits);
 - grow: while its members' scores (`algorithm.episode_score`) all tie (with `auto_group.grow: unsolved`:
-  tie and none of them won) and it holds fewer than `auto_group.max` members, it doubles (adds min(n, max - n) members), one round at a time, as long as
-  the round's worst case (new members x the env's max_steps) fits the iteration's env-step budget
-  with the rounds still owed (the micro phase's first round) reserved;
+  tie and none of them won) and it holds fewer than `auto_group.max` members, it doubles (adds
+  min(n, max - n) members), one round at a time, as long as the round's worst case (new members x
+  the env's max_steps) fits the iteration's env-step budget with the rounds still owed (the micro
+  phase's first round) reserved;
 - next iteration's s: halved (not below `auto_group.min`) when at least half of the level's groups
   were high-variance at size s (score std >= `auto_group.shrink_std`), doubled (not above the cap
   nor what the budget's first round allows) when more than half of them would have grown at size s.
@@ -145,7 +146,7 @@ class AdaptiveRollout:
         episodes = list(results[0].episodes)
         seed_of = {e["group_id"]: int(e["seed"]) for e in episodes}
         launched = dict.fromkeys(seed_of, start)
-        won = {g for g in launched if any(e["won"] for e in episodes if e["group_id"] == g)}
+        won = {e["group_id"] for e in episodes if e["won"]}
         first = member_scores(episodes, episode_score=self.episode_score)
         self.first_scores[mode] += first.values()
         self.first_growing[mode] += [wants_growth(first[g], g in won, self.auto.grow) for g in first]
@@ -153,7 +154,7 @@ class AdaptiveRollout:
         while grew:
             grew = False
             scores = member_scores(episodes, episode_score=self.episode_score)
-            won = {g for g in launched if any(e["won"] for e in episodes if e["group_id"] == g)}
+            won = {e["group_id"] for e in episodes if e["won"]}
             growing = [g for g in launched if wants_growth(scores[g], g in won, self.auto.grow) and launched[g] < cap]
             for size in sorted({launched[g] for g in growing}):
                 add = min(size, cap - size)
