@@ -382,19 +382,15 @@ def compute_advantages(
             adv = _level_advantages(act, traj_score, estimator="grpo", step_w=step_w, **common)
             for r, a in zip(act, adv):
                 r.advantage = float(a)
-            if step_weighting == "trajectory":
-                weight_by_trajectory(act)
-        return records
-
-    if act:
+    elif act:
         traj_score = _trajectory_scores(act, episode_score=episode_score, subgoal_shaping_w=0.0)
         estimator = "rloo" if algorithm == "rloo" else "grpo"
         step_w = step_advantage_w if algorithm == "gigpo" else 0.0
         adv = _level_advantages(act, traj_score, estimator=estimator, step_w=step_w, **common)
         for r, a in zip(act, adv):
             r.advantage = float(a)
-        if step_weighting == "trajectory":
-            weight_by_trajectory(act)
+    if step_weighting == "trajectory":  # act records of an untrained level are 0 and stay 0
+        weight_by_trajectory(act)
     return records
 
 
