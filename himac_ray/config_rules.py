@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from himac_ray.names import ALGORITHMS, FLAT_ALGORITHMS, ROLES, STEP_WEIGHTINGS
+from himac_ray.names import ALGORITHMS, FLAT_ALGORITHMS, GROUP_GROWTH, ROLES, STEP_WEIGHTINGS
 
 if TYPE_CHECKING:
     from himac_ray.config import TrainConfig
@@ -27,7 +27,7 @@ CHOICES = {
     "algorithm.name": ALGORITHMS,
     "algorithm.loss_aggregation": ("token-mean", "seq-mean-token-mean"),
     "algorithm.episode_score": ("return", "won"),
-    "algorithm.auto_group.grow": ("tied", "unsolved"),
+    "algorithm.auto_group.grow": GROUP_GROWTH,
     "algorithm.step_weighting": STEP_WEIGHTINGS,
     "learner.zero_stage": (2, 3),
     "learner.backend": ("auto", "gloo", "nccl"),

@@ -13,6 +13,8 @@ ALGORITHMS = ("himac", "grpo", "gigpo", "rloo")
 FLAT_ALGORITHMS = ("grpo", "gigpo", "rloo")
 """single-policy baselines: flat prompts, `act` records only"""
 
+GROUP_GROWTH = ("tied", "unsolved")
+"""`algorithm.auto_group.grow`: which groups grow (`adaptive_groups.wants_growth`)"""
 STEP_WEIGHTINGS = ("uniform", "trajectory")
 """`algorithm.step_weighting`: how an act record's advantage weighs in the loss (`advantage.weight_by_trajectory`)"""
 
