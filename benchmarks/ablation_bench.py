@@ -16,9 +16,10 @@ over the same held-out rooms. The paper's ALFWorld figures at 7B (as issue #19 l
 beside the table: at CPU scale the ordering, not the values, is what can be compared.
 
 Usage: `himac-ray bench ablations [--size smoke|quick|full] [--seeds 0,1,2] [--budget N] [--minutes M]
-[--variants himac,G=auto]`; results go to `benchmarks/results/ablations_<size>.json` (smoke: into
+[--variants himac,G=auto] [--set key=value ...]` (`--set`: on every variant, after the recipe's
+overrides); results go to `benchmarks/results/ablations_<size>.json` (smoke: into
 bench_out/, so a smoke run never touches the results; finished runs are skipped when the same
-command runs again).
+command runs again; a file from another budget or other overrides stops the command, never overwritten).
 """
 
 from __future__ import annotations
@@ -120,7 +121,8 @@ def compare(out: dict) -> None:
 
 def run(args=None, quick: bool = True) -> dict:
     """`himac-ray bench ablations`: options `size` (smoke | quick | full), `seeds`, `budget`, `minutes`
-    (wall-clock cap per run), `variants`."""
+    (wall-clock cap per run), `variants`, `overrides` (`--set`, on every variant). Finished runs are
+    kept and skipped; a results file of another budget or other overrides is an error, never overwritten."""
     size = opt(args, "size", "quick" if quick else "full")
     spec = L.with_run_options(dict(SIZES[size], size=size, variants=list(VARIANTS)), args)
     if opt(args, "variants"):
@@ -135,8 +137,12 @@ def run(args=None, quick: bool = True) -> dict:
            "runs": {}, "start_evals": {}}
     if size != "smoke" and path.exists():
         saved = json.loads(path.read_text())
-        if saved.get("spec", {}).get("budget") == spec["budget"]:
-            out["runs"], out["start_evals"] = saved.get("runs", {}), saved.get("start_evals", {})
+        was = saved.get("spec", {})
+        if [was.get("budget"), list(was.get("overrides", []))] != [spec["budget"], list(spec.get("overrides", ()))]:
+            raise ValueError(f"{path} holds runs of budget {was.get('budget')} with overrides {was.get('overrides')}; "
+                             f"this command asks for budget {spec['budget']} with {list(spec.get('overrides', ()))}: "
+                             "rerun with those, or move the file aside to start a new table")
+        out["runs"], out["start_evals"] = saved.get("runs", {}), saved.get("start_evals", {})
     out["spec"] = spec
     # full HiMAC first: every other variant is compared with it, and prompting only reuses its warm start's eval
     for name in sorted(spec["variants"], key=lambda v: v != BASELINE):

@@ -379,13 +379,16 @@ def summarize(out: dict) -> None:
 
 
 def with_run_options(spec: dict, args) -> dict:
-    """`spec` with the command's `seeds`, `budget` and `minutes` (wall-clock cap per run) applied."""
+    """`spec` with the command's `seeds`, `budget`, `minutes` (wall-clock cap per run) and `--set`
+    overrides (a variant of the recipe, after its own overrides) applied."""
     if opt(args, "seeds"):
         spec["seeds"] = [int(s) for s in str(opt(args, "seeds")).split(",")]
     if opt(args, "budget"):
         spec["budget"] = int(opt(args, "budget"))
     if opt(args, "minutes"):
         spec["max_minutes"] = float(opt(args, "minutes"))
+    if opt(args, "overrides"):
+        spec["overrides"] = (*spec.get("overrides", ()), *opt(args, "overrides"))
     return spec
 
 
@@ -406,8 +409,6 @@ def bench_spec(args, quick: bool) -> dict:
     spec = with_run_options(dict(ENVS[env]["sizes"][size], env=env, size=size), args)
     if opt(args, "algos"):
         spec["algos"] = tuple(opt(args, "algos").split(","))
-    if opt(args, "overrides"):  # `--set key=value`: a variant of the recipe, tagged in the run keys
-        spec["overrides"] = (*spec.get("overrides", ()), *opt(args, "overrides"))
     return spec
 
 

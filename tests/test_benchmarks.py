@@ -157,6 +157,25 @@ def test_hierarchy_turns_alternate_between_planner_and_executor():
     assert list(obs) == ["planner"] and rew["planner"] == pytest.approx(-0.2) and not term["__all__"]
 
 
+def test_ablation_bench_takes_set_overrides_and_never_overwrites_another_table(tmp_path, monkeypatch):
+    """`--set` reaches every variant after the recipe's overrides; a results file of another budget
+    or other overrides stops the command (before any run) and is left as it was."""
+    from benchmarks import ablation_bench as A
+
+    spec = A.variant_spec(A.L.with_run_options(dict(A.SIZES["full"]), {"overrides": ["learner.lr=1e-4"]}), "G=2")
+    assert spec["overrides"][-2:] == ("learner.lr=1e-4", "algorithm.group_size=2")
+    assert spec["overrides"][:-2] == A.SIZES["full"]["overrides"]
+    monkeypatch.setattr(A, "RESULTS_DIR", tmp_path)
+    saved = tmp_path / "ablations_full.json"
+    saved.write_text(json.dumps({"spec": {"budget": 4000, "overrides": list(A.SIZES["full"]["overrides"])},
+                                 "runs": {"himac-seed0": {}}}))
+    before = saved.read_text()
+    for args in ({"size": "full", "budget": 2000}, {"size": "full", "budget": 4000, "overrides": ["learner.lr=1e-4"]}):
+        with pytest.raises(ValueError, match="holds runs of budget 4000"):
+            A.run(args, quick=False)
+    assert saved.read_text() == before
+
+
 @pytest.mark.slow
 def test_ablation_bench_smoke_runs_each_kind_of_variant():
     """Full HiMAC (the baseline), prompting only (no RL), flat GRPO (its own warm start) and the
