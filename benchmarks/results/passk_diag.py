@@ -9,7 +9,9 @@ sampling), `plan` (planner sampled, greedy executor: the macro phase's) or `both
 Usage: [PASSK_SETTINGS=...] .venv/bin/python benchmarks/results/passk_diag.py [MODEL_DIR] [key=value ...] — the
 learning bench's full recipe plus these overrides (e.g. `sft.epochs=1`: a different, cached warm start, built on
 first use).
-Output: one JSON line per setting, then one with all."""
+Rooms: the held-out rooms 0-63, or any 64 consecutive env seeds with `env.eval_seed_start=N` (e.g. 1000: the
+first training rooms of a learning-bench run, 16 per iteration).
+Output: one JSON line per setting (with `won`: the rooms won by at least one episode), then one with all."""
 import json
 import os
 import re
@@ -42,6 +44,7 @@ for name in names:
     rooms = room_outcomes(res)
     out[name] = dict(success=round(rooms["success"], 4), pass_k=round(rooms["any"], 4), mixed=round(rooms["mixed"], 4),
                      invalid=round(res.metrics.get("invalid_action_rate", 0), 4),
-                     sub_done_advances=res.metrics.get("sub_done_advances"), secs=round(time.time() - t0))
+                     sub_done_advances=res.metrics.get("sub_done_advances"), secs=round(time.time() - t0),
+                     won=[seed for seed, w in rooms["won"].items() if w])
     print(name, json.dumps(out[name]), flush=True)
 print(json.dumps({"overrides": cli_model_dirs_and_overrides()[1], **out}))
