@@ -39,6 +39,11 @@ class EnvConfig:
     """keyword arguments for gymnasium.make (e.g. dim_room, num_boxes, max_steps, split)"""
     train_seed_start: int = 1000
     """first env seed used for training groups; each iteration takes the next num_groups seeds"""
+    train_pool: int = 0
+    """0 = every training group gets a fresh env seed (never repeated); N > 0 = a fixed training set of
+    N tasks, seeds train_seed_start .. train_seed_start + N - 1, cycled in order: each task comes back
+    every N / num_groups iterations (epochs over a dataset); extra groups (dynamic sampling) draw from
+    the same N tasks"""
     eval_seed_start: int = 0
     """first held-out seed for evaluation (disjoint from training seeds)"""
     eval_episodes: int = 32

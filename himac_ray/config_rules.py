@@ -56,7 +56,8 @@ NON_NEGATIVE = (
     "sampler.kv_cache_gb", "learner.cpus_per_rank", "learner.gpus_per_rank", "learner.lr",
     "learner.weight_decay", "learner.grad_clip", "coevolution.planner_iters",
     "coevolution.executor_iters", "coevolution.executor_warmup", "run.eval_every", "sft.epochs", "sft.lr",
-    "run.seed", "sampler.seed", "sft.seed", "sft.seed_start", "env.train_seed_start", "env.eval_seed_start",
+    "run.seed", "sampler.seed", "sft.seed", "sft.seed_start", "env.train_seed_start", "env.train_pool",
+    "env.eval_seed_start",
     "env.eval_temperature", "sft.plan_episodes", "run.iterations",
     "run.max_restarts", "run.max_learner_restarts", "run.rollout_timeout_s", "run.generate_timeout_s",
     "run.learner_timeout_s", "run.sync_timeout_s", "run.max_staleness", "algorithm.tis_cap",
@@ -85,6 +86,12 @@ def validate(cfg: TrainConfig) -> None:
             raise ConfigError(f"{key}={_get(cfg, key)!r} must be >= 0")
     if cfg.algorithm.clip_coef_high is not None and cfg.algorithm.clip_coef_high < 0:
         raise ConfigError(f"algorithm.clip_coef_high={cfg.algorithm.clip_coef_high!r} must be >= 0 or null")
+    env = cfg.env
+    if env.train_pool and (env.train_seed_start < env.eval_seed_start + env.eval_episodes
+                           and env.eval_seed_start < env.train_seed_start + env.train_pool):
+        raise ConfigError(f"env.train_pool={env.train_pool} from env.train_seed_start={env.train_seed_start} overlaps "
+                          f"the held-out seeds {env.eval_seed_start}..{env.eval_seed_start + env.eval_episodes - 1}: "
+                          "training tasks must stay disjoint from the evaluation's")
     if not 0 < cfg.algorithm.gamma <= 1:
         raise ConfigError(f"algorithm.gamma={cfg.algorithm.gamma!r} must be in (0, 1]")
     if not 0 < cfg.rollout.top_p <= 1:

@@ -54,14 +54,23 @@ the checkpoint, disjoint from the iterations' own seeds"""
 
 def iteration_seeds(cfg: TrainConfig, iteration: int) -> list[int]:
     """Env seeds of iteration i: a fixed function of i, so resumed runs see the same tasks."""
-    start = cfg.env.train_seed_start + iteration * cfg.algorithm.num_groups
-    return list(range(start, start + cfg.algorithm.num_groups))
+    first = iteration * cfg.algorithm.num_groups
+    return [_pool_seed(cfg, first + j) for j in range(cfg.algorithm.num_groups)]
 
 
 def extra_seeds(cfg: TrainConfig, cursor: int, count: int) -> list[int]:
-    """Env seeds of the next `count` extra groups, from `cursor` extra groups drawn so far."""
+    """Env seeds of the next `count` extra groups, from `cursor` extra groups drawn so far: fresh
+    seeds past EXTRA_SEED_OFFSET, or with `env.train_pool` the pool's tasks from the cursor on."""
+    if cfg.env.train_pool:
+        return [_pool_seed(cfg, cursor + k) for k in range(count)]
     start = cfg.env.train_seed_start + EXTRA_SEED_OFFSET + cursor
     return list(range(start, start + count))
+
+
+def _pool_seed(cfg: TrainConfig, index: int) -> int:
+    """The env seed of the index-th training task drawn (cycling over `env.train_pool` tasks if set)."""
+    pool = cfg.env.train_pool
+    return cfg.env.train_seed_start + (index % pool if pool else index)
 
 
 def sampling_params(cfg: TrainConfig, phase: Phase) -> tuple[SamplingParams, SamplingParams]:

@@ -10,7 +10,7 @@ import pytest
 
 from himac_ray import metrics as M
 from himac_ray import run_state
-from himac_ray.config import load_config
+from himac_ray.config import ConfigError, load_config
 from himac_ray.run_state import (
     RUN_MARKER,
     CoordinatorState,
@@ -24,7 +24,7 @@ from himac_ray.run_state import (
     latest_checkpoint,
     prepare_run_dir,
 )
-from himac_ray.schedule import iteration_seeds, phase_of, sampling_params
+from himac_ray.schedule import extra_seeds, iteration_seeds, phase_of, sampling_params
 
 
 def test_himac_phases_alternate_and_pick_rollout_modes():
@@ -53,6 +53,15 @@ def test_iteration_seeds_are_disjoint_and_a_function_of_the_iteration():
     assert iteration_seeds(cfg, 0) == [50, 51, 52]
     assert iteration_seeds(cfg, 2) == [56, 57, 58]
     assert not set(iteration_seeds(cfg, 1)) & set(range(cfg.env.eval_seed_start, cfg.env.eval_seed_start + 32))
+
+
+def test_train_pool_cycles_a_fixed_set_of_tasks_disjoint_from_held_out():
+    cfg = load_config(None, ["algorithm.num_groups=3", "env.train_seed_start=50", "env.train_pool=4"])
+    assert [iteration_seeds(cfg, i) for i in range(3)] == [[50, 51, 52], [53, 50, 51], [52, 53, 50]]
+    assert extra_seeds(cfg, 3, 2) == [53, 50]  # extra groups draw from the same 4 tasks
+    assert extra_seeds(load_config(None, ["env.train_seed_start=50"]), 3, 2) == [10_000_053, 10_000_054]
+    with pytest.raises(ConfigError, match="env.train_pool=40 from env.train_seed_start=0 overlaps the held-out"):
+        load_config(None, ["env.train_seed_start=0", "env.train_pool=40", "env.eval_seed_start=30"])
 
 
 def test_partial_checkpoints_are_never_picked(tmp_path):
