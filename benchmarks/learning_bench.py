@@ -258,7 +258,8 @@ def run_one(algo: str, seed: int, spec: dict, model_path: str, run_dir: Path, st
 def keep_final_policy(stack, warm_start_path: str, run_dir: Path) -> Path:
     """The run's final policy as a model folder, `run_dir/FINAL_POLICY`: the warm start's config and tokenizer
     with the learner's weights in the serving dtype (what the diagnostics in `benchmarks/results` take as
-    MODEL_DIR, e.g. `level_swap_diag.py`). One folder per run, replaced by a rerun of the same key."""
+    MODEL_DIR, e.g. `level_swap_diag.py`). One folder per run, replaced by a rerun of the same key. With two
+    policies (per-level LoRA adapters, two models) it holds the executor's weights only."""
     import shutil
 
     from himac_ray.warm_start import KEY_FILE
