@@ -30,7 +30,6 @@ from himac_ray.advantage import member_scores
 from himac_ray.config import AutoGroupConfig
 from himac_ray.config_rules import ConfigError
 from himac_ray.generation import SamplingParams
-from himac_ray.names import GROUP_GROWTH
 from himac_ray.rollout_result import ENV_STEPS, RolloutResult, best_blueprints, merge_results
 
 MAJORITY = 0.5
@@ -45,7 +44,7 @@ def tied(scores: Sequence[float]) -> bool:
 def wants_growth(scores: Sequence[float], won: bool, grow: str) -> bool:
     """Whether a group should grow under `auto_group.grow`: "tied" -> its scores tie; "unsolved" -> they tie
     and no member won (`won`: whether any did)."""
-    return tied(scores) and (grow == GROUP_GROWTH[0] or not won)
+    return tied(scores) and (grow == "tied" or not won)
 
 
 def next_start(start: int, first_scores: Sequence[Sequence[float]], first_growing: Sequence[bool], *,

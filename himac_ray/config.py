@@ -273,6 +273,11 @@ class LearnerConfig:
     """Ray GPUs per rank"""
     lr: float = 1e-6
     """AdamW learning rate"""
+    planner_lr: float | None = None
+    """learning rate of planner updates (plan records); null = `lr`. With one shared model the two
+    levels share the weights and Adam moments, not the step size: a lower planner rate keeps the
+    blueprints near the warm start while the executor learns. The joint update
+    (`coevolution.enabled: false`) uses `lr`"""
     weight_decay: float = 0.0
     """AdamW weight decay"""
     grad_clip: float = 1.0

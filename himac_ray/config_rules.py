@@ -84,8 +84,10 @@ def validate(cfg: TrainConfig) -> None:
     for key in NON_NEGATIVE:
         if _get(cfg, key) < 0:
             raise ConfigError(f"{key}={_get(cfg, key)!r} must be >= 0")
-    if cfg.algorithm.clip_coef_high is not None and cfg.algorithm.clip_coef_high < 0:
-        raise ConfigError(f"algorithm.clip_coef_high={cfg.algorithm.clip_coef_high!r} must be >= 0 or null")
+    for key in ("algorithm.clip_coef_high", "learner.planner_lr"):
+        value = _get(cfg, key)
+        if value is not None and value < 0:
+            raise ConfigError(f"{key}={value!r} must be >= 0 or null")
     env = cfg.env
     if env.train_pool and (env.train_seed_start < env.eval_seed_start + env.eval_episodes
                            and env.eval_seed_start < env.train_seed_start + env.train_pool):

@@ -73,6 +73,7 @@ from himac_ray.loss import (
 )
 from himac_ray.models import is_vision_model, resolve_model, trainable_parameters
 from himac_ray.names import JOINT, LEVEL_OF, ROLE_OF, ROLES
+from himac_ray.optim_state import apply_hyperparams
 
 PIXEL_KEYS = ("pixel_values", "pixel_attention_mask")
 """image-processor outputs a vision-language forward takes"""
@@ -319,6 +320,9 @@ class Learner(LearnerWeights):
         tokens, steps = 0.0, 0
         policy = "executor" if trainable == JOINT else trainable
         engine, ref = self._engine(policy), self.policies[policy][1]
+        planner_lr = self.cfg.planner_lr if trainable == "planner" else None
+        apply_hyperparams(engine.optimizer.param_groups, lr=self.cfg.lr if planner_lr is None else planner_lr,
+                          weight_decay=self.cfg.weight_decay)
         engine.train()
         ordered = [records[i] for i in stable_order(records)]
         for _ in range(self.cfg.ppo_epochs):

@@ -52,6 +52,7 @@ def test_overrides_are_typed():
         ("algorithm.gamma=1.5", "algorithm.gamma=1.5 must be in (0, 1]"),
         ("algorithm.clip_coef=-0.2", "algorithm.clip_coef=-0.2 must be >= 0"),
         ("algorithm.clip_coef_high=-0.1", "algorithm.clip_coef_high=-0.1 must be >= 0"),
+        ("learner.planner_lr=-1e-5", "learner.planner_lr=-1e-05 must be >= 0"),
         ("run.seed=-1", "run.seed=-1 must be >= 0"),
         ("sampler.seed=-3", "sampler.seed=-3 must be >= 0"),
         ("env.train_seed_start=-5", "env.train_seed_start=-5 must be >= 0"),

@@ -272,3 +272,18 @@ def test_vllm_reloads_saved_weights_and_agrees_with_learner(tmp_path):
     assert worst_gap(vllm.generate(chat, params)) > 1e-2  # old sampler weights
     vllm.reload_weights(learner.save_weights(tmp_path / "w.safetensors", policy="executor"))
     assert worst_gap(vllm.generate(chat, params)) < 1e-3  # same tolerance as tests/himac_ray/test_engines.py
+
+
+@pytest.mark.slow
+def test_planner_lr_sets_the_step_size_of_planner_updates_only():
+    """`learner.planner_lr` = 0: a planner update leaves the shared weights bit-identical, an executor
+    update (at `learner.lr`) moves them; the optimizer holds the rate of the last update."""
+    learner = make_learner(planner_lr=0.0, kl_coef=0.0)
+    plans = on_policy(learner, make_records(learner.tokenizer, 4, level="plan"))
+    acts = on_policy(learner, make_records(learner.tokenizer, 4, tag="a"))
+    before = exported(learner)
+    assert learner.train_step(plans, trainable="planner")[M.LEARNER_TOKENS] > 0
+    assert all(torch.equal(before[k], v) for k, v in exported(learner).items())
+    learner.train_step(acts, trainable="executor")
+    assert any(not torch.equal(before[k], v) for k, v in exported(learner).items())
+    assert {g["lr"] for g in learner.policies["executor"][0].optimizer.param_groups} == {1e-3}
