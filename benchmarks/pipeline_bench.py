@@ -12,6 +12,8 @@ on the other (`learner.torch_threads=1`), same iterations (so the same env seeds
 
 Sizes: smoke (tiny model, 3 iterations per mode, seconds per iteration), quick (tiny model, 6), full
 (the embedded model with the fast CPU recipe, 4 iterations per mode, about 12 minutes here).
+`--set key=value` changes the config of both modes (placement and pipeline keys stay the bench's); a full
+run with overrides saves `pipeline_full[overrides].json` beside the recipe's `pipeline_full.json`.
 Goal (issue #17): async >= 1.5x sync env steps per second.
 """
 
@@ -36,17 +38,26 @@ COMMON = ("run.eval_every=0", "env.eval_episodes=1", "env.eval_temperature=0", "
 MODES = {"sync": ("run.pipeline=sync",), "async": ("run.pipeline=async", "run.max_staleness=1")}
 
 
-def run_mode(config: str, iterations: int, mode: str, run_dir: Path, model_path: str | None = None) -> dict:
-    """One training run of `iterations` in `mode` (from `model_path`, else the config's model); its
-    throughput and idle figures."""
+def mode_config(config: str, iterations: int, mode: str, run_dir: Path, overrides: tuple[str, ...] = ()):
+    """The TrainConfig of one mode's run: `configs/<config>` with `overrides`, then the bench's placement,
+    common and mode keys (which win over an override of the same key)."""
+    from himac_ray.config import load_config
+
+    return load_config(ROOT / "configs" / config, [f"run.dir={run_dir}", f"run.iterations={iterations}",
+                                                   *overrides, *PLACEMENT, *COMMON, *MODES[mode]])
+
+
+def run_mode(config: str, iterations: int, mode: str, run_dir: Path, model_path: str | None = None,
+             overrides: tuple[str, ...] = ()) -> dict:
+    """One training run of `iterations` in `mode` (from `model_path`, else the config's model; `overrides`
+    before the bench's own keys); its throughput and idle figures."""
     import ray
 
     from actors.coordinator import Coordinator
-    from himac_ray.config import config_to_dict, load_config
+    from himac_ray.config import config_to_dict
     from himac_ray.models import resolve_model
 
-    cfg = load_config(ROOT / "configs" / config, [f"run.dir={run_dir}", f"run.iterations={iterations}",
-                                                  *PLACEMENT, *COMMON, *MODES[mode]])
+    cfg = mode_config(config, iterations, mode, run_dir, overrides)
     coord = Coordinator.remote(config_to_dict(cfg), model_path=model_path or str(resolve_model(cfg.model.path)))
     try:
         ray.get(coord.setup.remote())
@@ -84,14 +95,21 @@ def format_table(out: dict) -> str:
     return "\n".join(lines)
 
 
+def results_path(overrides: tuple[str, ...]) -> Path:
+    """Where a full run saves its JSON: `pipeline_full.json` for the recipe, `pipeline_full[a=1,b=2].json`
+    with `--set` overrides (so a variant never overwrites the recipe's figures)."""
+    return RESULTS_DIR / (f"pipeline_full[{','.join(overrides)}].json" if overrides else "pipeline_full.json")
+
+
 def run(args=None, quick: bool = True) -> dict:
-    """`himac-ray bench pipeline`: option `size` (smoke | quick | full)."""
+    """`himac-ray bench pipeline`: options `size` (smoke | quick | full) and `overrides` (`--set`)."""
     import tempfile
 
     size = opt(args, "size", "quick" if quick else "full")
+    overrides = tuple(opt(args, "overrides") or ())
     spec = SIZES[size]
     out = {"bench": "pipeline", "size": size, "config": spec["config"], "placement": list(PLACEMENT),
-           "machine": machine(), "modes": []}
+           "overrides": list(overrides), "machine": machine(), "modes": []}
     model = None
     if spec.get("warm_start"):
         from benchmarks import learning_bench
@@ -101,13 +119,13 @@ def run(args=None, quick: bool = True) -> dict:
     with local_ray(num_cpus=4), tempfile.TemporaryDirectory(prefix="himac-pipeline-") as tmp:
         for mode in MODES:
             log(f"{mode}: {spec['iterations']} iterations of {spec['config']}" + (f" from {model}" if model else ""))
-            out["modes"].append(run_mode(spec["config"], spec["iterations"], mode, Path(tmp) / mode, model))
+            out["modes"].append(run_mode(spec["config"], spec["iterations"], mode, Path(tmp) / mode, model, overrides))
     sync, async_ = out["modes"]
     out["speedup"] = async_["env_steps_per_s"] / max(sync["env_steps_per_s"], 1e-9)
     print(format_table(out), flush=True)
     if size == "full":
         RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-        save_json(RESULTS_DIR / "pipeline_full.json", out, indent=2)
+        save_json(results_path(overrides), out, indent=2)
     return out
 
 

@@ -243,6 +243,18 @@ def test_pipeline_bench_summary_weighs_busy_fractions_by_iteration_time():
     assert (out["overlap_s"], out["dropped_stale"]) == (4.0, 2)
 
 
+def test_pipeline_bench_set_overrides_reach_both_modes_but_not_the_placement_and_save_apart(tmp_path):
+    from benchmarks.pipeline_bench import RESULTS_DIR, mode_config, results_path
+
+    sets = ("learner.train_layers=1", "run.pipeline=async", "sampler.threads=2")
+    sync, async_ = (mode_config("sokoban_tiny.yaml", 2, m, tmp_path / m, sets) for m in ("sync", "async"))
+    assert sync.learner.train_layers == async_.learner.train_layers == 1
+    assert (sync.run.pipeline, async_.run.pipeline) == ("sync", "async")  # the mode's key wins
+    assert sync.sampler.threads == async_.sampler.threads == 1  # so does the placement
+    assert results_path(()) == RESULTS_DIR / "pipeline_full.json"
+    assert results_path(sets[:1]) == RESULTS_DIR / "pipeline_full[learner.train_layers=1].json"
+
+
 def test_learning_bench_env_choice_selects_config_sizes_and_result_files():
     from benchmarks import learning_bench as L
     from himac_ray import cli
