@@ -275,9 +275,15 @@ class LearnerConfig:
     """AdamW learning rate"""
     planner_lr: float | None = None
     """learning rate of planner updates (plan records); null = `lr`. With one shared model the two
-    levels share the weights and Adam moments, not the step size: a lower planner rate keeps the
-    blueprints near the warm start while the executor learns. The joint update
-    (`coevolution.enabled: false`) uses `lr`"""
+    levels share the weights, not the step size: a lower planner rate keeps the blueprints near the
+    warm start while the executor learns. The joint update (`coevolution.enabled: false`) uses `lr`"""
+    level_moments: str = "per_level"
+    """Adam state of one shared policy trained by both levels in turn: per_level = each level keeps its
+    own (a switch of the trainable level stashes one on CPU and restores the other; a level's first
+    update starts fresh), so a phase moves the weights along its own level's gradient only; shared =
+    one state (before session 18): the momentum of a phase's last steps carries into the next phase's
+    first steps and keeps moving the frozen level, at the other level's rate. Two models and per-level
+    LoRA adapters have an optimizer per level anyway"""
     weight_decay: float = 0.0
     """AdamW weight decay"""
     grad_clip: float = 1.0

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from himac_ray.names import ALGORITHMS, FLAT_ALGORITHMS, GROUP_GROWTH, ROLES, STEP_WEIGHTINGS
+from himac_ray.names import ALGORITHMS, FLAT_ALGORITHMS, GROUP_GROWTH, LEVEL_MOMENTS, ROLES, STEP_WEIGHTINGS
 
 if TYPE_CHECKING:
     from himac_ray.config import TrainConfig
@@ -31,6 +31,7 @@ CHOICES = {
     "algorithm.step_weighting": STEP_WEIGHTINGS,
     "learner.zero_stage": (2, 3),
     "learner.backend": ("auto", "gloo", "nccl"),
+    "learner.level_moments": LEVEL_MOMENTS,
     "learner.weight_sync": ("auto", "shm_object_store", "nccl"),
     "sampler.placement_strategy": ("SPREAD", "PACK", "STRICT_SPREAD", "STRICT_PACK"),
     "learner.placement_strategy": ("SPREAD", "PACK", "STRICT_SPREAD", "STRICT_PACK"),

@@ -59,6 +59,7 @@ from himac_ray.config import AlgorithmConfig, LearnerConfig, ModelConfig
 from himac_ray.data import LEVELS, Record, png_image, table_to_records
 from himac_ray.hardware import resolve_dtype
 from himac_ray.learner_io import LearnerWeights
+from himac_ray.level_moments import LevelMoments
 from himac_ray.lora import (
     FrozenBase,
     adapter_name,
@@ -174,6 +175,10 @@ class Learner(LearnerWeights):
         self.policies = {"planner": planner, "executor": executor}
         """policy name -> (engine, frozen reference or None); shared mode maps both to one pair
         (per-level LoRA: two engines over one module, one per adapter, each with its own optimizer)"""
+        self.level_moments = (LevelMoments() if planner is executor and learner.level_moments == "per_level"
+                              else None)
+        """the shared policy's Adam state per trainable level (`learner.level_moments`); None when each
+        level has an optimizer of its own (two models, per-level LoRA) or the state is shared"""
         self._keeps_logits = all("logits_to_keep" in inspect.signature(hf_forward(e.module)).parameters
                                  for e, _ in self.policies.values())
         """every policy's forward takes `logits_to_keep` (logits only for the response window)"""
@@ -320,6 +325,8 @@ class Learner(LearnerWeights):
         tokens, steps = 0.0, 0
         policy = "executor" if trainable == JOINT else trainable
         engine, ref = self._engine(policy), self.policies[policy][1]
+        if self.level_moments is not None:
+            self.level_moments.switch(engine.optimizer, trainable)
         planner_lr = self.cfg.planner_lr if trainable == "planner" else None
         apply_hyperparams(engine.optimizer.param_groups, lr=self.cfg.lr if planner_lr is None else planner_lr,
                           weight_decay=self.cfg.weight_decay)

@@ -165,8 +165,11 @@ class LearnerWeights:
                     engine.module.generation_config.save_pretrained(sub)
                 (self.processor or self.tokenizer).save_pretrained(sub)
             dist.barrier()
-            torch.save({"optimizer": to_plain(engine.optimizer.state_dict()), "global_steps": engine.global_steps,
-                        "global_samples": engine.global_samples}, sub / f"optim_rank{self.rank}.pt")
+            optim = {"optimizer": to_plain(engine.optimizer.state_dict()), "global_steps": engine.global_steps,
+                     "global_samples": engine.global_samples}
+            if self.level_moments is not None:  # the stashed level's moments too (one shared policy only)
+                optim["level_moments"] = to_plain(self.level_moments.state_dict())
+            torch.save(optim, sub / f"optim_rank{self.rank}.pt")
         torch.save({"torch_rng": torch.get_rng_state()}, tmp / f"rng_rank{self.rank}.pt")
         dist.barrier()
         if self.rank == 0:
@@ -207,6 +210,8 @@ class LearnerWeights:
             engine.optimizer.load_state_dict(sd_list, load_optimizer_states=True, load_from_fp32_weights=True)
             engine.global_steps = saved["global_steps"]
             engine.global_samples = saved["global_samples"]
+            if self.level_moments is not None and "level_moments" in saved:
+                self.level_moments.load_state_dict(saved["level_moments"])
             # the saved param groups carry the old run's lr / weight decay: this run's config wins
             # (a resume with --allow-config-change must really train with the new values)
             apply_hyperparams(engine.optimizer.param_groups, lr=self.cfg.lr, weight_decay=self.cfg.weight_decay)

@@ -17,6 +17,8 @@ GROUP_GROWTH = ("tied", "unsolved")
 """`algorithm.auto_group.grow`: which groups grow (`adaptive_groups.wants_growth`)"""
 STEP_WEIGHTINGS = ("uniform", "trajectory")
 """`algorithm.step_weighting`: how an act record's advantage weighs in the loss (`advantage.weight_by_trajectory`)"""
+LEVEL_MOMENTS = ("per_level", "shared")
+"""`learner.level_moments`: one shared policy's Adam state per trainable level, or one for both (`level_moments`)"""
 
 LEVELS = ("plan", "act")
 """record levels (`Record.level`), also the `plan_` / `act_` metric prefixes"""

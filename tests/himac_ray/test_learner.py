@@ -287,3 +287,41 @@ def test_planner_lr_sets_the_step_size_of_planner_updates_only():
     learner.train_step(acts, trainable="executor")
     assert any(not torch.equal(before[k], v) for k, v in exported(learner).items())
     assert {g["lr"] for g in learner.policies["executor"][0].optimizer.param_groups} == {1e-3}
+
+
+@pytest.mark.slow
+def test_per_level_moments_keep_one_levels_momentum_out_of_the_other_levels_update():
+    """A planner update at lr 0 leaves the weights as they were but fills Adam's moments with plan
+    gradients. With `level_moments: per_level` the executor update that follows is bit-identical to a
+    fresh learner's; with `shared` the planner's momentum moves it too."""
+    def after_executor(level_moments: str, planner_first: bool) -> dict:
+        learner = make_learner(planner_lr=0.0, kl_coef=0.0, level_moments=level_moments)
+        plans = on_policy(learner, make_records(learner.tokenizer, 4, level="plan"))
+        acts = on_policy(learner, make_records(learner.tokenizer, 4, tag="a"))
+        if planner_first:
+            learner.train_step(plans, trainable="planner")
+        learner.train_step(acts, trainable="executor")
+        return exported(learner)
+
+    fresh = after_executor("per_level", planner_first=False)
+    per_level, shared = after_executor("per_level", planner_first=True), after_executor("shared", planner_first=True)
+    assert all(torch.equal(fresh[k], v) for k, v in per_level.items())
+    assert any(not torch.equal(fresh[k], v) for k, v in shared.items())
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("zero_stage", [2, 3])
+def test_checkpoint_keeps_the_stashed_levels_moments(tmp_path, zero_stage):
+    learner = make_learner(zero_stage=zero_stage, kl_coef=0.0)
+    plans = on_policy(learner, make_records(learner.tokenizer, 4, level="plan"))
+    acts = on_policy(learner, make_records(learner.tokenizer, 4, tag="a"))
+    learner.train_step(plans, trainable="planner")
+    learner.train_step(acts, trainable="executor")  # the planner's moments are stashed now
+    learner.save_checkpoint(tmp_path / "ckpt")
+    learner.train_step(plans, trainable="planner")
+    w1 = exported(learner)
+    resumed = make_learner(zero_stage=zero_stage, kl_coef=0.0)
+    resumed.load_checkpoint(tmp_path / "ckpt")
+    assert resumed.level_moments.active == "executor" and set(resumed.level_moments.stash) == {"planner"}
+    resumed.train_step(plans, trainable="planner")
+    assert all(torch.equal(w1[k], v) for k, v in exported(resumed).items())
