@@ -277,6 +277,11 @@ class LearnerConfig:
     """learning rate of planner updates (plan records); null = `lr`. With one shared model the two
     levels share the weights, not the step size: a lower planner rate keeps the blueprints near the
     warm start while the executor learns. The joint update (`coevolution.enabled: false`) uses `lr`"""
+    warmup_steps: int = 0
+    """linear learning-rate warm-up over a level's first N optimizer steps (0 = none): Adam's first step
+    moves every trained weight by the full rate whatever its gradient's size (its bias-corrected moments
+    make it a sign step), from a few dozen records. Counted from the optimizer's step (per level with
+    `level_moments: per_level`), so it survives a resume"""
     level_moments: str = "per_level"
     """Adam state of one shared policy trained by both levels in turn: per_level = each level keeps its
     own (a switch of the trainable level stashes one on CPU and restores the other; a level's first

@@ -55,7 +55,7 @@ NON_NEGATIVE = (
     "rollout.history_length", "rollout.planner_temperature", "rollout.executor_temperature",
     "rollout.scoring_temperature", "sampler.cpus_per_engine", "sampler.gpus_per_engine",
     "sampler.kv_cache_gb", "learner.cpus_per_rank", "learner.gpus_per_rank", "learner.lr",
-    "learner.weight_decay", "learner.grad_clip", "coevolution.planner_iters",
+    "learner.weight_decay", "learner.grad_clip", "learner.warmup_steps", "coevolution.planner_iters",
     "coevolution.executor_iters", "coevolution.executor_warmup", "run.eval_every", "sft.epochs", "sft.lr",
     "run.seed", "sampler.seed", "sft.seed", "sft.seed_start", "env.train_seed_start", "env.train_pool",
     "env.eval_seed_start",

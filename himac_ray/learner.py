@@ -59,7 +59,7 @@ from himac_ray.config import AlgorithmConfig, LearnerConfig, ModelConfig
 from himac_ray.data import LEVELS, Record, png_image, table_to_records
 from himac_ray.hardware import resolve_dtype
 from himac_ray.learner_io import LearnerWeights
-from himac_ray.level_moments import LevelMoments
+from himac_ray.level_moments import LevelMoments, optimizer_steps
 from himac_ray.lora import (
     FrozenBase,
     adapter_name,
@@ -328,14 +328,15 @@ class Learner(LearnerWeights):
         if self.level_moments is not None:
             self.level_moments.switch(engine.optimizer, trainable)
         planner_lr = self.cfg.planner_lr if trainable == "planner" else None
-        apply_hyperparams(engine.optimizer.param_groups, lr=self.cfg.lr if planner_lr is None else planner_lr,
-                          weight_decay=self.cfg.weight_decay)
+        lr = self.cfg.lr if planner_lr is None else planner_lr
         engine.train()
         ordered = [records[i] for i in stable_order(records)]
         for _ in range(self.cfg.ppo_epochs):
             for chunk in _split(ordered, self.cfg.mini_batches):
                 if not chunk:
                     continue
+                warm = min(1.0, (optimizer_steps(engine.optimizer) + 1) / max(self.cfg.warmup_steps, 1))
+                apply_hyperparams(engine.optimizer.param_groups, lr=lr * warm, weight_decay=self.cfg.weight_decay)
                 metrics, n_tok = self._train_mini_batch(engine, ref, chunk, levels, is_weights)
                 for k in keys:
                     totals[k] += metrics[k]

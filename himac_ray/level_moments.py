@@ -20,6 +20,13 @@ def _states(optimizer) -> list[dict]:
     return list(getattr(optimizer, "optimizer", optimizer).state.values())
 
 
+def optimizer_steps(optimizer) -> int:
+    """Steps the torch optimizer inside `optimizer` has taken (Adam's `step`; 0 before the first)."""
+    states = _states(optimizer)
+    step = states[0].get("step", 0) if states else 0
+    return int(step.item() if torch.is_tensor(step) else step)
+
+
 def _copy(value):
     return value.detach().to("cpu", copy=True) if torch.is_tensor(value) else value
 

@@ -325,3 +325,25 @@ def test_checkpoint_keeps_the_stashed_levels_moments(tmp_path, zero_stage):
     assert resumed.level_moments.active == "executor" and set(resumed.level_moments.stash) == {"planner"}
     resumed.train_step(plans, trainable="planner")
     assert all(torch.equal(w1[k], v) for k, v in exported(resumed).items())
+
+
+@pytest.mark.slow
+def test_warmup_ramps_the_rate_over_the_first_optimizer_steps():
+    """Adam's first step moves every trained weight by the full rate (a sign step): with
+    `warmup_steps: 4` it moves them by a quarter of it, and the rate reaches `lr` at the 4th step."""
+    def first_step_moves(**kw) -> tuple:
+        learner = make_learner(kl_coef=0.0, **kw)
+        records = on_policy(learner, make_records(learner.tokenizer, 4))
+        before = exported(learner)
+        rates = []
+        for _ in range(4):
+            learner.train_step(records, trainable="executor")
+            rates.append(learner.policies["executor"][0].optimizer.param_groups[0]["lr"])
+            if len(rates) == 1:
+                moved = max(float((v - before[k]).abs().max()) for k, v in exported(learner).items())
+        return moved, rates
+
+    full, _ = first_step_moves()
+    warm, rates = first_step_moves(warmup_steps=4)
+    assert full == pytest.approx(1e-3, rel=1e-3) and warm == pytest.approx(2.5e-4, rel=1e-3)
+    assert rates == pytest.approx([2.5e-4, 5e-4, 7.5e-4, 1e-3])
