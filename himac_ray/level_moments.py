@@ -6,8 +6,9 @@ executor's learning rate (and the reverse), so the level that co-evolution holds
 `LevelMoments.switch` stashes the outgoing level's optimizer state (its tensors copied to CPU) and puts the
 incoming level's back, or zeros (step 0 included) the first time: a fresh optimizer for a level that has
 not trained yet. The first level to train takes the optimizer as it is (fresh, or restored from a
-checkpoint written without per-level state). Torch only; it acts on the torch optimizer inside DeepSpeed's ZeRO-2/3 wrappers (their
-`.optimizer`), whose state holds the moments of this rank's flat fp32 partitions, in a stable order.
+checkpoint written without per-level state). Torch only; it acts on the torch optimizer inside
+DeepSpeed's ZeRO-2/3 wrappers (their `.optimizer`), whose state holds the moments of this rank's flat
+fp32 partitions, in a stable order.
 """
 
 from __future__ import annotations
