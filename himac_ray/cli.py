@@ -42,10 +42,13 @@ def cmd_model(args) -> int:
 
 DEMO_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "sokoban_embedded_cpu.yaml"
 DEMO_SETTINGS = ("sft.train_layers=4", "env.eval_temperature=0", "run.iterations=2", "run.eval_every=2",
-                 "run.checkpoint_every=2")
+                 "run.checkpoint_every=2", "learner.warmup_steps=8")
 """what `himac-ray demo` sets on top of DEMO_CONFIG (the fast CPU recipe) to stay within ~15 minutes on a
 2-core CPU without native bfloat16: SFT of the top 4 blocks, a greedy-only evaluation, one planner and one
-executor iteration. `--set` overrides come after these; with `--config` none of them applies."""
+executor iteration, and a learning-rate warm-up over each level's first 8 optimizer steps (the demo's 4
+steps at full rate — Adam's first steps are sign steps of every weight, from ~50 records — took its warm
+start from 12 to 3 of 32 rooms; benchmarks/RESULTS.md 29.1). `--set` overrides come after these; with
+`--config` none of them applies."""
 
 
 def demo_config(args) -> TrainConfig:

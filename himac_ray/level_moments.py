@@ -57,10 +57,12 @@ class LevelMoments:
                                f"the optimizer {len(states)}")
         for i, s in enumerate(states):
             for k, v in s.items():
-                if torch.is_tensor(v):
-                    v.copy_(saved[i][k]) if saved is not None else v.zero_()
-                else:
+                if not torch.is_tensor(v):
                     s[k] = saved[i][k] if saved is not None else type(v)()
+                elif saved is not None:
+                    v.copy_(saved[i][k])
+                else:
+                    v.zero_()
         self.active = level
 
     def state_dict(self) -> dict:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import atexit
 import functools
+import logging
 import os
 import shutil
 import tempfile
@@ -26,6 +27,18 @@ from typing import TYPE_CHECKING, Mapping, Sequence
 from himac_ray.engines.chat import render_chats, token_bias_ids
 from himac_ray.generation import Chat, Sample, SamplingParams
 from himac_ray.lora import ADAPTER_IDS, create_adapter_dir, remove_adapter_dir, vllm_max_lora_rank, write_adapter
+
+NARROWING_WARNING = "Attempted to load weight %s with dtype %s into parameter with dtype %s"
+"""vLLM's warning for every weight it narrows while loading (a float32 model folder into a bfloat16 engine:
+~120 lines per engine start); here the narrowing is the serving dtype `model.dtype` chose, so it is dropped"""
+
+
+class _DropNarrowingWarning(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.msg != NARROWING_WARNING
+
+
+logging.getLogger("vllm.model_executor.models.utils").addFilter(_DropNarrowingWarning())
 
 if TYPE_CHECKING:
     import torch

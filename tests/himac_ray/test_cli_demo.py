@@ -12,6 +12,7 @@ def _demo_cfg(argv):
 def test_demo_adds_its_short_settings_to_the_recipe():
     recipe, demo = load_config(cli.DEMO_CONFIG), _demo_cfg([])
     assert (demo.sft.train_layers, demo.env.eval_temperature, demo.run.iterations) == (4, 0.0, 2)
+    assert demo.learner.warmup_steps == 8 and recipe.learner.warmup_steps == 0
     assert (recipe.sft.train_layers, recipe.run.iterations) != (demo.sft.train_layers, demo.run.iterations)
     assert demo.rollout == recipe.rollout and demo.algorithm == recipe.algorithm
 

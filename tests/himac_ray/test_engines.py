@@ -4,12 +4,14 @@ Tolerance for logprobs: vLLM's sampling logprobs and HF's recomputed ones (both 
 agree within 1e-3 nats per token; observed differences are ~1e-5.
 """
 
+import logging
+
 import pytest
 import torch
 
 from himac_ray.engines.chat import marker_token
 from himac_ray.engines.hf_engine import HFGenerator
-from himac_ray.engines.vllm_engine import VLLMGenerator
+from himac_ray.engines.vllm_engine import NARROWING_WARNING, VLLMGenerator
 from himac_ray.generation import SamplingParams
 from himac_ray.models import build_tiny_llama, prepare_embedded_model
 from himac_ray.prompts import ACTION_CLOSE, SUB_DONE
@@ -145,3 +147,19 @@ def test_token_bias_moves_greedy_choice_and_leaves_logprobs_raw(engines):
         assert base.token_ids[0] != tid and s.token_ids[0] == tid
         raw = hf.score(s.prompt_token_ids, s.token_ids)
         assert abs(raw[0] - s.logprobs[0]) < LOGPROB_TOL and s.logprobs[0] < -1.0  # not the biased ~0
+
+
+def test_vllm_narrowing_warning_is_dropped_and_other_warnings_kept():
+    """vLLM warns once per weight it narrows (a float32 folder into a bfloat16 engine); the engine module drops
+    exactly that message on its logger."""
+    logger = logging.getLogger("vllm.model_executor.models.utils")
+    seen: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = seen.append
+    logger.addHandler(handler)
+    try:
+        logger.warning(NARROWING_WARNING, "layers.0.mlp.up_proj.weight", torch.float32, torch.bfloat16)
+        logger.warning("Ignoring weight %s", "x")
+    finally:
+        logger.removeHandler(handler)
+    assert [r.getMessage() for r in seen] == ["Ignoring weight x"]
